@@ -1,0 +1,1 @@
+"""trainlab: see what an optimizer, initializer, regularizer or schedule does to training."""

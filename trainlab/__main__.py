@@ -1,0 +1,3 @@
+from trainlab.main import main
+
+main()

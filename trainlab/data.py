@@ -1,0 +1,122 @@
+"""Data sets as arrays: train, validation and test splits, standardized with training statistics.
+
+Every loader returns a `Dataset` of NumPy arrays; the training loop puts them on the device once. Loaders
+never download into the working directory and never unpickle anything a user hands in.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+from typing import NamedTuple
+
+import numpy as np
+
+
+class DataError(ValueError):
+  """A data file that is missing or malformed; the message names the file and the problem."""
+
+
+class Dataset(NamedTuple):
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_val: np.ndarray
+  y_val: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+  num_classes: int
+
+
+def resolve_cache_dir(configured: str | None = None) -> pathlib.Path:
+  """Where generated data sets are kept: the configured folder, $TRAINLAB_CACHE, or ~/.cache/trainlab."""
+  path = configured or os.environ.get("TRAINLAB_CACHE") or pathlib.Path.home() / ".cache" / "trainlab"
+  return pathlib.Path(path).expanduser()
+
+
+def mnist1d(val_fraction: float, split_seed: int, cache_dir: str | None = None) -> Dataset:
+  """MNIST-1D (Greydanus 2020) from the `mnist1d` package's generator with its default arguments.
+
+  The 4,000/1,000 train/test split is the generator's own; the first run writes it to the cache, so later
+  runs load a small .npz instead of generating it again.
+  """
+  path = resolve_cache_dir(cache_dir) / "mnist1d.npz"
+  if not path.exists():
+    from mnist1d.data import get_dataset_args, make_dataset  # slow import (matplotlib, scipy): only once
+
+    made = make_dataset(get_dataset_args())
+    _save_npz_atomically(path, x_train=made["x"], y_train=made["y"], x_test=made["x_test"], y_test=made["y_test"])
+  return npz(str(path), val_fraction, split_seed)
+
+
+def npz(path: str, val_fraction: float, split_seed: int) -> Dataset:
+  """A user's arrays from one .npz: x_train, y_train, x_test, y_test, and optionally x_val, y_val."""
+  file = pathlib.Path(path).expanduser()
+  if not file.is_file():
+    raise DataError(f"data file {file} does not exist (data.path)")
+  try:
+    with np.load(file, allow_pickle=False) as archive:
+      arrays = {name: archive[name] for name in archive.files}
+  except Exception as e:  # zipfile, format and pickle errors all mean the same thing to the user
+    raise DataError(f"data file {file} is not a readable .npz archive: {e}") from None
+  required = ["x_train", "y_train", "x_test", "y_test"]
+  missing = [name for name in required if name not in arrays]
+  if ("x_val" in arrays) != ("y_val" in arrays):
+    missing.append("y_val" if "x_val" in arrays else "x_val")
+  if missing:
+    raise DataError(f"data file {file} lacks the array(s) {', '.join(missing)}; it has {', '.join(arrays) or 'none'}")
+  splits = ["train", "test"] + (["val"] if "x_val" in arrays else [])
+  for split in splits:
+    x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+    if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
+      raise DataError(
+          f"data file {file}: x_{split} {x.shape} and y_{split} {y.shape} must hold one row per label "
+          "(x at least 2-D, y 1-D, the same length)")
+    if not np.issubdtype(x.dtype, np.number):
+      raise DataError(f"data file {file}: x_{split} has dtype {x.dtype}; it must be numeric")
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.bool_)):
+      raise DataError(f"data file {file}: y_{split} has dtype {y.dtype}; labels must be integer classes")
+    if len(y) and y.min() < 0:
+      raise DataError(f"data file {file}: y_{split} has the negative label {y.min()}; classes are 0, 1, 2, ...")
+  shapes = {arrays[f"x_{split}"].shape[1:] for split in splits}
+  if len(shapes) > 1:
+    raise DataError(f"data file {file}: the splits' examples have different shapes {sorted(shapes)}")
+  if len(arrays["y_train"]) == 0:
+    raise DataError(f"data file {file}: x_train is empty")
+
+  x_train, y_train = arrays["x_train"], arrays["y_train"]
+  if "x_val" in arrays:
+    x_val, y_val = arrays["x_val"], arrays["y_val"]
+  else:
+    x_train, y_train, x_val, y_val = hold_out(x_train, y_train, val_fraction, split_seed)
+  x_train, x_val, x_test = standardize(x_train, x_val, arrays["x_test"])
+  num_classes = int(max(y.max(initial=0) for y in (y_train, y_val, arrays["y_test"]))) + 1
+  as_labels = lambda y: y.astype(np.int32)
+  return Dataset(x_train, as_labels(y_train), x_val, as_labels(y_val), x_test, as_labels(arrays["y_test"]),
+                 num_classes)
+
+
+def hold_out(x, y, fraction: float, seed: int):
+  """Splits a random `fraction` of (x, y) off as a validation set."""
+  order = np.random.default_rng(seed).permutation(len(y))
+  n_val = int(round(fraction * len(y)))
+  val, train = order[:n_val], order[n_val:]
+  return x[train], y[train], x[val], y[val]
+
+
+def standardize(x_train, *others):
+  """Zero mean, unit variance per feature (per channel for images), with statistics of x_train only."""
+  axes = tuple(range(x_train.ndim - 1))
+  x_train = x_train.astype(np.float32)
+  mean = x_train.mean(axis=axes, keepdims=True)
+  std = x_train.std(axis=axes, keepdims=True)
+  std = np.where(std > 0, std, 1.0)  # a constant feature stays 0 instead of becoming NaN
+  return tuple(((x.astype(np.float32) - mean) / std).astype(np.float32) for x in (x_train, *others))
+
+
+def _save_npz_atomically(path: pathlib.Path, **arrays) -> None:
+  """Writes beside the target and renames, so that a reader never sees half a file."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
+    np.savez(tmp, **arrays)
+  os.replace(tmp.name, path)

@@ -1,0 +1,92 @@
+"""The `trainlab` command. `trainlab train [overrides]` is a Hydra app over conf/; the rest are small tools.
+
+This file is intentionally thin: training lives in train.py, the sweep table in sweep.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import sys
+import time
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from trainlab import config, data, writers
+
+log = logging.getLogger("trainlab")
+
+USAGE = """usage: trainlab COMMAND [ARGS]
+
+commands:
+  train [overrides]   train one model; -m/--multirun sweeps a grid (trainlab train --help for the groups)
+
+examples:
+  trainlab train optimizer=adam init=he
+  trainlab train -m optimizer=sgd,adam init=he,glorot seed=0,1,2
+  tensorboard --logdir outputs
+"""
+
+config.register_schemas()
+# conf/ sits beside the package in the repository (an editable install); an absolute path, because Hydra
+# would look for a Python module named "conf" given a path relative to an imported module.
+CONF_DIR = str(pathlib.Path(__file__).resolve().parent.parent / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def train_app(cfg: DictConfig) -> float | None:
+  """One job: train, and always leave a summary.json saying how it ended."""
+  from trainlab import train  # JAX is imported only when a job runs, not for --help
+
+  started = time.perf_counter()
+  hydra_cfg = HydraConfig.get()
+  workdir = pathlib.Path(hydra_cfg.runtime.output_dir)
+  multirun = hydra_cfg.mode == RunMode.MULTIRUN
+  record = {"overrides": list(hydra_cfg.overrides.task), "run_dir": str(workdir)}
+  try:
+    summary = train.train_and_evaluate(cfg, workdir, started)
+  except (config.ConfigError, data.DataError) as e:
+    writers.write_summary(workdir, {"status": "failed", "error": str(e), **record})
+    if not multirun:
+      print(f"error: {e}", file=sys.stderr)
+      raise SystemExit(2)
+    log.error("job failed: %s", e)
+    return None
+  except Exception as e:  # one failed job must not take the sweep down
+    writers.write_summary(workdir, {"status": "failed", "error": f"{type(e).__name__}: {e}", **record})
+    log.error("job failed: %s: %s", type(e).__name__, e, exc_info=True)
+    if not multirun:
+      raise SystemExit(1)
+    return None
+  writers.write_summary(workdir, {**summary, **record})
+  _print_table(summary)
+  return summary.get("best_val/accuracy")
+
+
+def _print_table(summary: dict) -> None:
+  rows = [(k, summary[k]) for k in ("status", "test/accuracy", "test/loss", "best_val/accuracy", "best_val/step",
+                                    "steps_run", "steps_per_second", "compile_time_s", "wall_time_s")]
+  width = max(len(k) for k, _ in rows)
+  lines = [f"  {k:<{width}}  {v:.4g}" if isinstance(v, float) else f"  {k:<{width}}  {v}" for k, v in rows]
+  log.info("final metrics:\n%s", "\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if not argv or argv[0] in ("-h", "--help", "help"):
+    print(USAGE, end="")
+    return
+  command, rest = argv[0], argv[1:]
+  if command == "train":
+    sys.argv = ["trainlab train", *rest]
+    train_app()
+    return
+  print(f"trainlab: unknown command {command!r}\n\n{USAGE}", file=sys.stderr, end="")
+  raise SystemExit(2)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,71 @@
+"""The sweep table: when a multirun ends, one row per job in `results.csv` in the sweep directory."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import pathlib
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from trainlab import writers
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.csv"
+METRIC_COLUMNS = ("status", "test/accuracy", "test/loss", "best_val/accuracy", "best_val/loss", "best_val/step",
+                  "steps_run", "diverged_at_step", "wall_time_s", "compile_time_s", "steps_per_second", "error")
+
+
+def _job_order(path: pathlib.Path):
+  return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
+
+
+def collect(sweep_dir: pathlib.Path) -> list[dict]:
+  """One row per job directory holding a summary.json: the job's overrides as columns, then its results."""
+  rows = []
+  for job_dir in sorted((p for p in pathlib.Path(sweep_dir).iterdir() if p.is_dir()), key=_job_order):
+    summary = writers.read_summary(job_dir)
+    if summary is None:
+      continue
+    row = {"job": job_dir.name}
+    for override in summary.get("overrides", []):
+      key, _, value = override.partition("=")
+      row[key.lstrip("+~")] = value
+    row.update({k: summary.get(k) for k in METRIC_COLUMNS})
+    rows.append(row)
+  return rows
+
+
+def write_results(sweep_dir: pathlib.Path, rows: list[dict]) -> pathlib.Path:
+  columns = ["job"]
+  for row in rows:
+    columns += [k for k in row if k not in columns and k not in METRIC_COLUMNS]
+  columns += list(METRIC_COLUMNS)
+  text = io.StringIO()
+  table = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+  table.writeheader()
+  table.writerows(rows)
+  path = pathlib.Path(sweep_dir) / RESULTS_FILE
+  writers.write_text_atomically(path, text.getvalue())
+  return path
+
+
+class ResultsTable(Callback):
+  """Hydra callback: writes results.csv when a multirun ends, and fails the sweep if a job failed."""
+
+  def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+    sweep_dir = pathlib.Path(config.hydra.sweep.dir)
+    if not sweep_dir.is_dir():
+      return
+    rows = collect(sweep_dir)
+    path = write_results(sweep_dir, rows)
+    counts = {}
+    for row in rows:
+      counts[row["status"]] = counts.get(row["status"], 0) + 1
+    log.info("%d jobs (%s); results in %s", len(rows), ", ".join(f"{n} {s}" for s, n in counts.items()), path)
+    if counts.get("failed"):
+      log.error("%d of %d jobs failed: see the error column of %s", counts["failed"], len(rows), path)
+      raise SystemExit(1)

@@ -1,0 +1,309 @@
+"""The training loop: one compiled program per run structure, run in chunks of many steps.
+
+Reading order: how a config splits into structure and values, the compiled program (init, train_step,
+train_chunk, evaluate), then `train_and_evaluate`, the host loop that walks between chunks.
+
+Every float under the groups `model`, `init`, `optimizer`, `schedule` and `regularizer` is a *value*: it
+enters the compiled program as a traced array (the optimizer's through `optax.inject_hyperparams`, the rest in
+`TrainState.hparams`). Everything else (ints, strings, lists, which options are chosen) is *structure*, and
+the program is built from the structure alone, so jobs of a sweep that differ only in values share it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import pathlib
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from trainlab import config, data, optim, regularizers, writers
+
+log = logging.getLogger(__name__)
+
+PROGRAM_GROUPS = ("model", "init", "optimizer", "schedule", "regularizer")
+EVAL_BATCH = 1000  # examples per evaluation batch; one compiled call walks the whole split
+
+
+# --- structure and values ----------------------------------------------------------------------------------
+def split_values(tree: Any) -> tuple[Any, Any]:
+  """Splits a config tree into (structure, values): values holds its floats, structure the rest (floats 0)."""
+  if isinstance(tree, dict):
+    structure, values = {}, {}
+    for key, child in tree.items():
+      structure[key], child_values = split_values(child)
+      if child_values is not None:
+        values[key] = child_values
+    return structure, values
+  if isinstance(tree, float):
+    return 0.0, tree
+  return tree, None
+
+
+def merge_values(structure: Any, values: Any) -> Any:
+  """The inverse of split_values; `values` may hold traced arrays."""
+  if isinstance(structure, dict):
+    return {k: merge_values(v, values[k]) if k in values else v for k, v in structure.items()}
+  return values
+
+
+class Spec(NamedTuple):
+  """Everything a compiled program depends on. Hashable: it keys the program cache."""
+  structure: str  # JSON of the program groups with every float set to 0
+  batch_size: int
+  total_steps: int
+  chunk_steps: int
+  input_shape: tuple[int, ...]
+  num_classes: int
+
+
+class TrainState(NamedTuple):
+  step: jax.Array  # int32 scalar: optimizer steps taken
+  params: Any
+  model_state: Any  # mutable collections (batch norm statistics); {} for models without
+  opt_state: Any  # holds the optimizer's and the schedule's values
+  hparams: Any  # values of the model and regularizer groups
+  key: jax.Array  # fixed for the run; data order and dropout masks are folded from it and the step
+
+
+class Program(NamedTuple):
+  init: Callable  # (seed, values) -> TrainState
+  train_chunk: Callable  # (state, x, y, num_steps) -> (state, per-step metrics)
+  evaluate: Callable  # (state, x, y) -> {"loss", "accuracy"}
+
+
+# --- the compiled program ----------------------------------------------------------------------------------
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+@functools.lru_cache(maxsize=32)
+def build_program(spec: Spec) -> Program:
+  """Builds the jitted functions of a run from its structure; cached, so a sweep's jobs reuse them."""
+  structure = json.loads(spec.structure)
+
+  def make_model(hparams: dict, **kwargs):
+    dropout = hparams["regularizer"].get("dropout")
+    return instantiate(merge_values(structure["model"], hparams["model"]), num_outputs=spec.num_classes,
+                       dropout_rate=None if dropout is None else dropout["rate"], _convert_="all", **kwargs)
+
+  tx, learning_rate_fn = optim.build_optimizer(structure["optimizer"], structure["schedule"], spec.total_steps)
+
+  def init(seed: jax.Array, values: dict) -> TrainState:
+    key = jax.random.PRNGKey(seed)
+    hparams = {"model": values["model"], "regularizer": values["regularizer"]}
+    kernel_init = instantiate(merge_values(structure["init"], values["init"]))
+    model = make_model(hparams, kernel_init=kernel_init)
+    variables = dict(model.init(jax.random.fold_in(key, 2), jnp.zeros((1, *spec.input_shape)), train=False))
+    params = variables.pop("params")
+    # The optimizer is built here from the traced values, so that its state carries them.
+    run_tx, _ = optim.build_optimizer(merge_values(structure["optimizer"], values["optimizer"]),
+                                      merge_values(structure["schedule"], values["schedule"]), spec.total_steps)
+    return TrainState(jnp.zeros((), jnp.int32), params, variables, run_tx.init(params), hparams, key)
+
+  def apply(state: TrainState, params, x, *, train: bool, rng=None):
+    model = make_model(state.hparams)
+    variables = {"params": params, **state.model_state}
+    if train and state.model_state:
+      return model.apply(variables, x, train=True, rngs={"dropout": rng}, mutable=list(state.model_state))
+    return model.apply(variables, x, train=train, rngs={"dropout": rng} if train else None), state.model_state
+
+  def train_step(state: TrainState, x: jax.Array, y: jax.Array):
+    rng = jax.random.fold_in(jax.random.fold_in(state.key, 1), state.step)
+
+    def loss_fn(params):
+      logits, model_state = apply(state, params, x, train=True, rng=rng)
+      data_loss = cross_entropy(logits, y).mean()
+      objective = data_loss + regularizers.penalty(params, state.hparams["regularizer"])
+      return objective, (data_loss, logits, model_state)
+
+    (_, (data_loss, logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    metrics = {
+        "loss": data_loss,
+        "accuracy": jnp.mean(jnp.argmax(logits, -1) == y),
+        "learning_rate": learning_rate_fn(state.opt_state),
+        "grad_norm": optax.global_norm(grads),
+    }
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return state._replace(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state), metrics
+
+  def train_chunk(state: TrainState, x: jax.Array, y: jax.Array, num_steps: jax.Array):
+    """Runs min(num_steps, chunk_steps) steps in one lax.scan; returns per-step metrics (0 where not run).
+
+    Each epoch visits the training set in a fresh order drawn from the run's key and the epoch number, so
+    the order depends only on the step: a chunk can start anywhere.
+    """
+    n, batch = x.shape[0], spec.batch_size
+    per_epoch = n // batch
+    data_key = jax.random.fold_in(state.key, 0)
+    order = lambda step: jax.random.permutation(jax.random.fold_in(data_key, step // per_epoch), n)
+
+    def body(carry, i):
+      state, perm = carry
+      position = state.step % per_epoch
+      perm = jax.lax.cond(position == 0, lambda: order(state.step), lambda: perm)
+      idx = jax.lax.dynamic_slice_in_dim(perm, position * batch, batch)
+      run = lambda s: train_step(s, x[idx], y[idx])
+      skipped = jax.tree.map(jnp.zeros_like, jax.eval_shape(run, state)[1])
+      state, metrics = jax.lax.cond(i < num_steps, run, lambda s: (s, skipped), state)
+      return (state, perm), metrics
+
+    (state, _), metrics = jax.lax.scan(body, (state, order(state.step)), jnp.arange(spec.chunk_steps))
+    return state, metrics
+
+  def evaluate(state: TrainState, x: jax.Array, y: jax.Array) -> dict:
+    """Mean loss and accuracy over a whole split, in batches of EVAL_BATCH inside one compiled call."""
+    n = x.shape[0]
+    size = min(n, EVAL_BATCH)
+    batches = -(-n // size)
+    pad = batches * size - n
+    xs = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(batches, size, *x.shape[1:])
+    ys = jnp.pad(y, (0, pad)).reshape(batches, size)
+    real = (jnp.arange(batches * size) < n).reshape(batches, size)
+
+    def one(batch):
+      xb, yb, mb = batch
+      logits, _ = apply(state, state.params, xb, train=False)
+      return (jnp.sum(cross_entropy(logits, yb) * mb), jnp.sum((jnp.argmax(logits, -1) == yb) * mb))
+
+    loss, correct = jax.tree.map(jnp.sum, jax.lax.map(one, (xs, ys, real)))
+    return {"loss": loss / n, "accuracy": correct / n}
+
+  return Program(jax.jit(init), jax.jit(train_chunk, donate_argnums=0), jax.jit(evaluate))
+
+
+# --- compile-time accounting -------------------------------------------------------------------------------
+_COMPILE = {"seconds": 0.0, "count": 0}
+
+
+def _on_event(event: str, seconds: float, **kwargs) -> None:
+  if event.startswith("/jax/core/compile/"):
+    _COMPILE["seconds"] += seconds
+  if event == "/jax/core/compile/backend_compile_duration":
+    _COMPILE["count"] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_event)
+
+
+def compile_count() -> int:
+  """How many XLA compilations this process has run (tests use it to prove that nothing recompiles)."""
+  return _COMPILE["count"]
+
+
+# --- the host loop -----------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4)
+def _load_data(data_cfg_json: str) -> data.Dataset:
+  """Loads a data set once per process: jobs of a sweep run in one process share it."""
+  return instantiate(json.loads(data_cfg_json))
+
+
+def load_data(data_cfg: DictConfig) -> data.Dataset:
+  return _load_data(json.dumps(OmegaConf.to_container(data_cfg, resolve=True), sort_keys=True))
+
+
+def total_steps(cfg: DictConfig, n_train: int) -> int:
+  return cfg.steps if cfg.epochs is None else cfg.epochs * (n_train // cfg.batch_size)
+
+
+class _Window:
+  """Averages the per-step training metrics over each window of `log_every` steps."""
+
+  def __init__(self):
+    self.sums, self.count = {}, 0
+
+  def add(self, metrics: dict[str, float]) -> None:
+    for k, v in metrics.items():
+      self.sums[k] = self.sums.get(k, 0.0) + v
+    self.count += 1
+
+  def pop(self) -> dict[str, float]:
+    means = {f"train/{k}": v / self.count for k, v in self.sums.items()}
+    self.sums, self.count = {}, 0
+    return means
+
+
+def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | None = None) -> dict:
+  """Trains the model that `cfg` describes, writes the run's files into `workdir`, returns the summary."""
+  started = time.perf_counter() if started is None else started
+  config.check_ranges(cfg)
+  dataset = load_data(cfg.data)
+  n_train = len(dataset.y_train)
+  if cfg.batch_size > n_train:
+    raise config.ConfigError(
+        f"batch_size={cfg.batch_size} is not allowed: it must be <= {n_train}, the size of the training split")
+  steps = total_steps(cfg, n_train)
+  chunk_steps = min(cfg.eval_every, steps)
+  program_cfg = {g: OmegaConf.to_container(cfg[g], resolve=True) for g in PROGRAM_GROUPS}
+  structure, values = split_values(program_cfg)
+  values = jax.tree.map(np.float32, values)
+  spec = Spec(json.dumps(structure, sort_keys=True), cfg.batch_size, steps, chunk_steps,
+              tuple(dataset.x_train.shape[1:]), dataset.num_classes)
+  program = build_program(spec)
+
+  x_train, y_train, x_val, y_val, x_test, y_test = jax.device_put(dataset[:6])  # once; they stay there
+  compile_seconds_before = _COMPILE["seconds"]
+  state = program.init(np.int32(cfg.seed), values)
+  startup_seconds = time.perf_counter() - started
+
+  writer = writers.RunWriter(workdir)
+  window, best, status, diverged_at = _Window(), None, "completed", None
+  train_seconds, step = 0.0, 0
+  try:
+    while step < steps:
+      run_now = min(chunk_steps, steps - step)
+      tick, compiling = time.perf_counter(), _COMPILE["seconds"]
+      state, metrics = program.train_chunk(state, x_train, y_train, np.int32(run_now))
+      metrics = jax.device_get(metrics)  # the one host transfer of the chunk
+      train_seconds += time.perf_counter() - tick - (_COMPILE["seconds"] - compiling)
+      for i in range(run_now):
+        step += 1
+        if not math.isfinite(metrics["loss"][i]):
+          status, diverged_at = "diverged", step
+          break
+        window.add({k: float(v[i]) for k, v in metrics.items()})
+        if step % cfg.log_every == 0 or step == steps:
+          writer.write(step, window.pop())
+      if status == "diverged":
+        log.warning("diverged: the training loss became %s at step %d", metrics["loss"][i], diverged_at)
+        break
+      val = {f"val/{k}": float(v) for k, v in jax.device_get(program.evaluate(state, x_val, y_val)).items()}
+      writer.write(step, val)
+      if best is None or val["val/accuracy"] > best["val/accuracy"]:
+        best = {"step": step, **val}
+      log.info("step %d/%d  train/loss %.4f  val/loss %.4f  val/accuracy %.4f", step, steps,
+               float(metrics["loss"][run_now - 1]), val["val/loss"], val["val/accuracy"])
+    test = {}
+    if status == "completed":
+      test = {f"test/{k}": float(v) for k, v in jax.device_get(program.evaluate(state, x_test, y_test)).items()}
+      writer.write(step, test)
+  finally:
+    writer.close()
+
+  train_steps = step - (1 if status == "diverged" else 0)
+  compile_seconds = _COMPILE["seconds"] - compile_seconds_before
+  summary = {
+      "status": status,
+      "steps": steps,
+      "steps_run": train_steps,
+      "diverged_at_step": diverged_at,
+      **test,
+      "best_val/step": best and best["step"],
+      "best_val/loss": best and best["val/loss"],
+      "best_val/accuracy": best and best["val/accuracy"],
+      "wall_time_s": time.perf_counter() - started,
+      "startup_time_s": startup_seconds,
+      "compile_time_s": compile_seconds,
+      "steps_per_second": train_steps / max(train_seconds, 1e-9),
+  }
+  return summary
