@@ -26,7 +26,7 @@ import optax
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab import config, data, optim, regularizers, writers
+from trainlab import config, data, losses, optim, regularizers, writers
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,6 @@ class Program(NamedTuple):
 
 
 # --- the compiled program ----------------------------------------------------------------------------------
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-
-
 @functools.lru_cache(maxsize=32)
 def build_program(spec: Spec) -> Program:
   """Builds the jitted functions of a run from its structure; cached, so a sweep's jobs reuse them."""
@@ -122,14 +118,14 @@ def build_program(spec: Spec) -> Program:
 
     def loss_fn(params):
       logits, model_state = apply(state, params, x, train=True, rng=rng)
-      data_loss = cross_entropy(logits, y).mean()
+      data_loss = losses.cross_entropy(logits, y).mean()
       objective = data_loss + regularizers.penalty(params, state.hparams["regularizer"])
       return objective, (data_loss, logits, model_state)
 
     (_, (data_loss, logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     metrics = {
         "loss": data_loss,
-        "accuracy": jnp.mean(jnp.argmax(logits, -1) == y),
+        "accuracy": losses.correct(logits, y).mean(),
         "learning_rate": learning_rate_fn(state.opt_state),
         "grad_norm": optax.global_norm(grads),
     }
@@ -174,7 +170,7 @@ def build_program(spec: Spec) -> Program:
     def one(batch):
       xb, yb, mb = batch
       logits, _ = apply(state, state.params, xb, train=False)
-      return (jnp.sum(cross_entropy(logits, yb) * mb), jnp.sum((jnp.argmax(logits, -1) == yb) * mb))
+      return jnp.sum(losses.cross_entropy(logits, yb) * mb), jnp.sum(losses.correct(logits, yb) * mb)
 
     loss, correct = jax.tree.map(jnp.sum, jax.lax.map(one, (xs, ys, real)))
     return {"loss": loss / n, "accuracy": correct / n}

@@ -22,6 +22,7 @@ def write_text_atomically(path: pathlib.Path, text: str) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for everyone who may read the folder
     with os.fdopen(fd, "w") as f:
       f.write(text)
       f.flush()
