@@ -193,6 +193,17 @@ def _on_event(event: str, seconds: float, **kwargs) -> None:
 jax.monitoring.register_event_duration_secs_listener(_on_event)
 
 
+def enable_persistent_compilation_cache() -> None:
+  """Keeps compiled programs on disk, so that jobs in fresh processes (joblib, a cluster) skip compilation.
+
+  JAX's default thresholds skip programs that compile in under a second, which is every small CPU program
+  trainlab makes; a user's own JAX_COMPILATION_CACHE_DIR wins over our default folder.
+  """
+  if jax.config.jax_compilation_cache_dir is None:
+    jax.config.update("jax_compilation_cache_dir", str(data.resolve_cache_dir() / "jax"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 def compile_count() -> int:
   """How many XLA compilations this process has run (tests use it to prove that nothing recompiles)."""
   return _COMPILE["count"]
@@ -239,6 +250,7 @@ def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | 
   """Trains the model that `cfg` describes, writes the run's files into `workdir`, returns the summary."""
   started = time.perf_counter() if started is None else started
   config.check_ranges(cfg)
+  enable_persistent_compilation_cache()
   dataset = load_data(cfg.data)
   n_train = len(dataset.y_train)
   if cfg.batch_size > n_train:
