@@ -1,0 +1,205 @@
+"""Speed of trainlab, measured side by side in one process and one run, reported as ratios.
+
+Workloads:
+  mlp    MLP 784-512-512-10, batch 128, 60,000 examples, Adam: a bare `lax.scan` epoch (the reference)
+         against trainlab's own loop with default logging; both against the measured matmul peak.
+  sweep  MNIST-1D, 4 learning rates x 4 seeds: one process compiling once (trainlab's default), the same
+         with every job recompiling, and one fresh process per job.
+
+Usage:  python scripts/bench.py            (the full sizes; several minutes on 2 cores)
+        python scripts/bench.py --tiny     (a smoke run of every path, seconds)
+Writes the table as JSON under outputs/bench/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import open_dict  # noqa: E402
+
+from trainlab import config, train  # noqa: E402
+
+
+def matmul_peak_gflops(n: int, repeats: int) -> float:
+  """Float32 matmul throughput of this device: the ceiling for dense layers."""
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  start = time.perf_counter()
+  for _ in range(repeats):
+    out = f(a)
+  out.block_until_ready()
+  return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def mlp_flops_per_step(widths: list[int], batch: int) -> float:
+  """Forward 2·B·Σ(m·n), backward twice that."""
+  return 3 * 2 * batch * sum(m * n for m, n in zip(widths[:-1], widths[1:]))
+
+
+def bare_scan_epoch_seconds(x, y, widths, batch, epochs) -> float:
+  """The reference: the same MLP and Adam as one lax.scan per epoch, no metrics, no logging."""
+  import flax.linen as nn
+
+  class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      for w in widths[1:-1]:
+        x = nn.relu(nn.Dense(w)(x))
+      return nn.Dense(widths[-1])(x)
+
+  model, tx = MLP(), optax.adam(1e-3)
+  params = model.init(jax.random.PRNGKey(0), x[:1])
+  steps = len(y) // batch
+
+  @jax.jit
+  def epoch(params, opt_state, key):
+    perm = jax.random.permutation(key, len(y))[: steps * batch].reshape(steps, batch)
+
+    def step(carry, idx):
+      params, opt_state = carry
+      loss_fn = lambda p: optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x[idx]), y[idx]).mean()
+      grads = jax.grad(loss_fn)(params)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), None
+
+    return jax.lax.scan(step, (params, opt_state), perm)[0]
+
+  state = epoch(params, tx.init(params), jax.random.PRNGKey(1))
+  jax.block_until_ready(state)
+  start = time.perf_counter()
+  for e in range(epochs):
+    state = epoch(*state, jax.random.PRNGKey(e))
+  jax.block_until_ready(state)
+  return (time.perf_counter() - start) / epochs
+
+
+def compose_run(overrides: list[str]):
+  with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    cfg = compose(config_name="train", overrides=overrides)
+  with open_dict(cfg):
+    cfg.pop("hydra", None)
+  return cfg
+
+
+def trainlab_epoch_seconds(npz_path, widths, batch, epochs, workdir) -> float:
+  hidden = ",".join(str(w) for w in widths[1:-1])
+  cfg = compose_run([f"data=npz", f"data.path={npz_path}", f"model.widths=[{hidden}]",
+                     f"batch_size={batch}", f"epochs={epochs}", "optimizer=adam", "init=glorot"])
+  n_train = int(np.load(npz_path)["y_train"].shape[0])
+  steps_per_epoch = n_train // batch
+  with open_dict(cfg):
+    cfg.eval_every = steps_per_epoch  # one chunk per epoch, as the reference
+  summary = train.train_and_evaluate(cfg, workdir)
+  return steps_per_epoch / summary["steps_per_second"]
+
+
+def bench_mlp(tiny: bool, tmp: pathlib.Path) -> dict:
+  n, widths, batch, epochs = (1024, [784, 32, 32, 10], 128, 1) if tiny else (60000, [784, 512, 512, 10], 128, 3)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(n, 784)).astype(np.float32)
+  y = rng.integers(0, 10, n).astype(np.int32)
+  path = tmp / "mlp.npz"
+  np.savez(path, x_train=x, y_train=y, x_test=x[:1000], y_test=y[:1000], x_val=x[:1000], y_val=y[:1000])
+  peak = matmul_peak_gflops(512 if tiny else 2048, 3 if tiny else 20)
+  bare = bare_scan_epoch_seconds(jnp.asarray(x), jnp.asarray(y), widths, batch, epochs)
+  ours = trainlab_epoch_seconds(path, widths, batch, epochs, tmp / "mlp_run")
+  flops_per_epoch = mlp_flops_per_step(widths, batch) * (n // batch)
+  return {
+      "matmul_peak_gflops": peak,
+      "bare_scan_epoch_s": bare,
+      "trainlab_epoch_s": ours,
+      "trainlab_vs_bare": bare / ours,
+      "bare_pct_of_peak": 100 * flops_per_epoch / bare / 1e9 / peak,
+      "trainlab_pct_of_peak": 100 * flops_per_epoch / ours / 1e9 / peak,
+      "trainlab_samples_per_s": (n // batch) * batch / ours,
+  }
+
+
+def bench_sweep(tiny: bool, tmp: pathlib.Path) -> dict:
+  lrs, seeds = ([1e-3, 3e-3], [0]) if tiny else ([3e-4, 1e-3, 3e-3, 1e-2], [0, 1, 2, 3])
+  base = ["steps=20", "eval_every=10"] if tiny else ["steps=1000", "eval_every=250"]
+  jobs = [base + [f"optimizer.lr={lr}", f"seed={s}"] for lr in lrs for s in seeds]
+
+  def in_process(recompile: bool, tag: str) -> float:
+    start = time.perf_counter()
+    for i, overrides in enumerate(jobs):
+      if recompile:  # what a loop that bakes hyperparameters into the program pays for every job
+        train.build_program.cache_clear()
+        jax.clear_caches()
+        jax.config.update("jax_enable_compilation_cache", False)
+      train.train_and_evaluate(compose_run(overrides), tmp / tag / str(i))
+    jax.config.update("jax_enable_compilation_cache", True)
+    return time.perf_counter() - start
+
+  def fresh_processes() -> float:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    start = time.perf_counter()
+    for i, overrides in enumerate(jobs):
+      subprocess.run([sys.executable, "-m", "trainlab", "train", *overrides,
+                      f"hydra.run.dir={tmp / 'fresh' / str(i)}"], check=True, env=env, capture_output=True)
+    return time.perf_counter() - start
+
+  train.load_data(compose_run(jobs[0]).data)  # generate and cache MNIST-1D before any clock starts
+  train.build_program.cache_clear()
+  jax.clear_caches()
+  once = in_process(False, "once")
+  recompile = in_process(True, "recompile")
+  fresh = fresh_processes()
+  return {
+      "jobs": len(jobs),
+      "one_compilation_s": once,
+      "recompile_every_job_s": recompile,
+      "fresh_processes_s": fresh,
+      "speedup_vs_recompile": recompile / once,
+      "speedup_vs_fresh_processes": fresh / once,
+  }
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--tiny", action="store_true", help="a smoke run of every path at tiny sizes")
+  parser.add_argument("--only", choices=["mlp", "sweep"], help="one workload")
+  parser.add_argument("--out", default=str(ROOT / "outputs" / "bench"), help="folder for the JSON result")
+  args = parser.parse_args()
+
+  config.register_schemas()
+  os.environ.setdefault("TRAINLAB_CACHE", tempfile.mkdtemp(prefix="trainlab-bench-cache-"))
+  results = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.machine(),
+             "cores": os.cpu_count(), "device": str(jax.devices()[0]), "jax": jax.__version__, "tiny": args.tiny}
+  with tempfile.TemporaryDirectory() as tmp:
+    if args.only in (None, "mlp"):
+      results["mlp"] = bench_mlp(args.tiny, pathlib.Path(tmp))
+    if args.only in (None, "sweep"):
+      results["sweep"] = bench_sweep(args.tiny, pathlib.Path(tmp))
+
+  for workload in ("mlp", "sweep"):
+    for key, value in results.get(workload, {}).items():
+      print(f"{workload:6} {key:28} {value:10.4g}")
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  path = out / f"bench-{results['date'].replace(':', '-')}{'-tiny' if args.tiny else ''}.json"
+  path.write_text(json.dumps(results, indent=2) + "\n")
+  print(f"written {path}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,17 @@
+"""The benchmark is not a test of speed; this only checks that every path of it runs, at a tiny size."""
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_bench_runs_at_a_tiny_size(tmp_path):
+  proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--tiny", "--out", str(tmp_path)],
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr
+  (result,) = tmp_path.glob("bench-*.json")
+  table = json.loads(result.read_text())
+  assert table["mlp"]["trainlab_epoch_s"] > 0 and table["mlp"]["matmul_peak_gflops"] > 0
+  assert table["sweep"]["jobs"] == 2 and table["sweep"]["fresh_processes_s"] > 0
