@@ -52,7 +52,8 @@ def choice(*options: str, default=MISSING):
 
 
 POSITIVE = dict(lo=0.0, lo_open=True)
-FRACTION = dict(lo=0.0, hi=1.0, hi_open=True)  # [0, 1): momentum, betas, dropout and split fractions
+FRACTION = dict(lo=0.0, hi=1.0, hi_open=True)  # [0, 1): momentum, betas, dropout rates
+HELD_OUT = dict(lo=0.0, hi=1.0, lo_open=True, hi_open=True)  # (0, 1): a validation split must not be empty
 
 
 # --- run level -------------------------------------------------------------------------------------------
@@ -76,7 +77,7 @@ class TrainConfig:
 @dataclass
 class Mnist1dConfig:
   _target_: str = MISSING
-  val_fraction: float = value(**FRACTION)
+  val_fraction: float = value(**HELD_OUT)
   split_seed: int = value(0)
   cache_dir: Optional[str] = None
 
@@ -85,7 +86,7 @@ class Mnist1dConfig:
 class NpzConfig:
   _target_: str = MISSING
   path: str = MISSING
-  val_fraction: float = value(**FRACTION)
+  val_fraction: float = value(**HELD_OUT)
   split_seed: int = value(0)
 
 
