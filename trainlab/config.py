@@ -88,6 +88,75 @@ class NpzConfig:
   path: str = MISSING
   val_fraction: float = value(**HELD_OUT)
   split_seed: int = value(0)
+  layout: Optional[str] = choice("vector", "sequence", "image", default=None)
+
+
+@dataclass
+class ImageDataConfig:
+  """mnist, fashion_mnist, cifar10: files in <root>/<name>/, downloaded there when missing."""
+  _target_: str = MISSING
+  root: Optional[str] = None
+  download: bool = MISSING
+  url: Optional[str] = None
+  val_fraction: float = value(**FRACTION)
+  split_seed: int = value(0)
+
+
+@dataclass
+class DigitsConfig:
+  _target_: str = MISSING
+  val_fraction: float = value(**FRACTION)
+  test_fraction: float = value(0.0, 1.0, lo_open=True, hi_open=True)
+  split_seed: int = value(0)
+
+
+@dataclass
+class SequentialConfig:
+  _target_: str = MISSING
+  source: str = choice("digits", "mnist", "fashion_mnist", "cifar10")
+  order: str = choice("pixel", "row")
+  permute: bool = MISSING
+  root: Optional[str] = None
+  download: bool = MISSING
+  val_fraction: float = value(**FRACTION)
+  test_fraction: float = value(0.0, 1.0, lo_open=True, hi_open=True)
+  split_seed: int = value(0)
+
+
+@dataclass
+class SpiralsConfig:
+  _target_: str = MISSING
+  n_train: int = value(1)
+  n_val: int = value(1)
+  n_test: int = value(1)
+  num_classes: int = value(2)
+  turns: float = value(0.0)
+  noise: float = value(0.0)
+  seed: int = value(0)
+
+
+@dataclass
+class TeacherConfig:
+  _target_: str = MISSING
+  task: str = choice("classification", "regression")
+  n_train: int = value(1)
+  n_val: int = value(1)
+  n_test: int = value(1)
+  input_dim: int = value(1)
+  widths: List[int] = MISSING
+  outputs: int = value(1)
+  noise: float = value(0.0)
+  seed: int = value(0)
+
+
+@dataclass
+class AddingConfig:
+  _target_: str = MISSING
+  length: int = value(2)
+  n_train: int = value(1)
+  n_val: int = value(1)
+  n_test: int = value(1)
+  seed: int = value(0)
 
 
 # --- model -----------------------------------------------------------------------------------------------
@@ -99,6 +168,55 @@ class MLPConfig:
   _target_: str = MISSING
   widths: List[int] = MISSING
   activation: str = choice(*ACTIVATIONS)
+
+
+@dataclass
+class CNNConfig:
+  _target_: str = MISSING
+  features: List[int] = MISSING
+  kernel_size: int = value(1)
+  widths: List[int] = MISSING
+  activation: str = choice(*ACTIVATIONS)
+
+
+@dataclass
+class ResNetConfig:
+  _target_: str = MISSING
+  features: List[int] = MISSING
+  blocks: int = value(1)
+  kernel_size: int = value(1)
+  norm: str = choice("batch", "layer", "none")
+  activation: str = choice(*ACTIVATIONS)
+
+
+@dataclass
+class RNNConfig:
+  _target_: str = MISSING
+  hidden: int = value(1)
+  layers: int = value(1)
+  activation: str = choice("tanh", "relu")
+
+
+@dataclass
+class LSTMConfig:
+  _target_: str = MISSING
+  hidden: int = value(1)
+  layers: int = value(1)
+  forget_bias: float = MISSING
+
+
+@dataclass
+class GRUConfig:
+  _target_: str = MISSING
+  hidden: int = value(1)
+  layers: int = value(1)
+
+
+@dataclass
+class LinearChainConfig:
+  _target_: str = MISSING
+  depth: int = value(1)
+  width: int = value(1)
 
 
 # --- init ------------------------------------------------------------------------------------------------
@@ -164,7 +282,19 @@ SCHEMAS = {
     "train_schema": TrainConfig,
     "data_mnist1d_schema": Mnist1dConfig,
     "data_npz_schema": NpzConfig,
+    "data_image_schema": ImageDataConfig,
+    "data_digits_schema": DigitsConfig,
+    "data_sequential_schema": SequentialConfig,
+    "data_spirals_schema": SpiralsConfig,
+    "data_teacher_schema": TeacherConfig,
+    "data_adding_schema": AddingConfig,
     "model_mlp_schema": MLPConfig,
+    "model_cnn_schema": CNNConfig,
+    "model_resnet_schema": ResNetConfig,
+    "model_rnn_schema": RNNConfig,
+    "model_lstm_schema": LSTMConfig,
+    "model_gru_schema": GRUConfig,
+    "model_linear_chain_schema": LinearChainConfig,
     "init_variance_scaling_schema": VarianceScalingConfig,
     "init_constant_schema": ConstantInitConfig,
     "optimizer_sgd_schema": SGDConfig,

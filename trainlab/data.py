@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pathlib
 import tempfile
+import zipfile
 from typing import NamedTuple
 
 import numpy as np
@@ -18,7 +19,13 @@ class DataError(ValueError):
   """A data file that is missing or malformed; the message names the file and the problem."""
 
 
+LAYOUTS = ("vector", "sequence", "image")  # unordered features (N, D); (N, T) or (N, T, F); (N, H, W, C)
+TASKS = ("classification", "regression")
+
+
 class Dataset(NamedTuple):
+  """Arrays of the three splits. Classification: integer labels y (N,), `num_classes` classes. Regression:
+  float targets y (N, num_classes), so `num_classes` is the number of outputs either way."""
   x_train: np.ndarray
   y_train: np.ndarray
   x_val: np.ndarray
@@ -26,6 +33,8 @@ class Dataset(NamedTuple):
   x_test: np.ndarray
   y_test: np.ndarray
   num_classes: int
+  task: str = "classification"  # chooses the loss and the metric (losses.TASKS), not the user
+  layout: str = "vector"  # what an example's axes mean; decides which models can read it
 
 
 def resolve_cache_dir(configured: str | None = None) -> pathlib.Path:
@@ -46,14 +55,22 @@ def mnist1d(val_fraction: float, split_seed: int, cache_dir: str | None = None) 
 
     made = make_dataset(get_dataset_args())
     _save_npz_atomically(path, x_train=made["x"], y_train=made["y"], x_test=made["x_test"], y_test=made["y_test"])
-  return npz(str(path), val_fraction, split_seed)
+  return npz(str(path), val_fraction, split_seed, layout="sequence")
 
 
-def npz(path: str, val_fraction: float, split_seed: int) -> Dataset:
-  """A user's arrays from one .npz: x_train, y_train, x_test, y_test, and optionally x_val, y_val."""
+def npz(path: str, val_fraction: float, split_seed: int, layout: str | None = None) -> Dataset:
+  """A user's arrays from one .npz: x_train, y_train, x_test, y_test, and optionally x_val, y_val.
+
+  `layout` None infers it from the rank of x: (N, D) vectors, (N, T, F) sequences, (N, H, W, C) images.
+  """
   file = pathlib.Path(path).expanduser()
   if not file.is_file():
     raise DataError(f"data file {file} does not exist (data.path)")
+  try:
+    with zipfile.ZipFile(file) as archive:  # the sizes before loading: a file larger than memory stops here
+      check_fits_in_memory(sum(info.file_size for info in archive.infolist()), f"data file {file}")
+  except zipfile.BadZipFile as e:
+    raise DataError(f"data file {file} is not a readable .npz archive: {e}") from None
   try:
     with np.load(file, allow_pickle=False) as archive:
       arrays = {name: archive[name] for name in archive.files}
@@ -92,8 +109,9 @@ def npz(path: str, val_fraction: float, split_seed: int) -> Dataset:
   x_train, x_val, x_test = standardize(x_train, x_val, arrays["x_test"])
   num_classes = int(max(y.max(initial=0) for y in (y_train, y_val, arrays["y_test"]))) + 1
   as_labels = lambda y: y.astype(np.int32)
+  layout = layout or {2: "vector", 3: "sequence"}.get(x_train.ndim, "image")
   return Dataset(x_train, as_labels(y_train), x_val, as_labels(y_val), x_test, as_labels(arrays["y_test"]),
-                 num_classes)
+                 num_classes, layout=layout)
 
 
 def hold_out(x, y, fraction: float, seed: int):
@@ -120,3 +138,27 @@ def _save_npz_atomically(path: pathlib.Path, **arrays) -> None:
   with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
     np.savez(tmp, **arrays)
   os.replace(tmp.name, path)
+
+
+def available_memory() -> int:
+  """Bytes of memory available to this process now (MemAvailable on Linux)."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_fits_in_memory(nbytes: int, what: str) -> None:
+  """Stops before loading `nbytes` of data when they exceed half the available memory.
+
+  Half, because loading makes a float32 copy beside the raw arrays, and the device needs its own.
+  """
+  limit = available_memory() // 2
+  if nbytes > limit:
+    gib = lambda n: f"{n / 2**30:.2f} GiB"
+    raise DataError(f"{what} needs {gib(nbytes)} in memory, more than the limit of {gib(limit)} (half the "
+                    "memory available now); use a smaller data set or a machine with more memory")

@@ -27,7 +27,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab import config, data, losses, optim, regularizers, writers
+from trainlab import config, data, losses, models, optim, regularizers, writers
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ class Spec(NamedTuple):
   total_steps: int
   chunk_steps: int
   input_shape: tuple[int, ...]
-  num_classes: int
+  num_classes: int  # outputs of the model: classes, or regression targets
+  task: str = "classification"  # a key of losses.TASKS, set by the data set
 
 
 class TrainState(NamedTuple):
@@ -79,7 +80,7 @@ class TrainState(NamedTuple):
 class Program(NamedTuple):
   init: Callable  # (seed, values) -> TrainState
   train_chunk: Callable  # (state, x, y, num_steps) -> (state, per-step metrics)
-  evaluate: Callable  # (state, x, y) -> {"loss", "accuracy"}
+  evaluate: Callable  # (state, x, y) -> {"loss", <the task's metric: "accuracy" or "mse">}
 
 
 # --- the compiled program ----------------------------------------------------------------------------------
@@ -87,6 +88,7 @@ class Program(NamedTuple):
 def build_program(spec: Spec) -> Program:
   """Builds the jitted functions of a run from its structure; cached, so a sweep's jobs reuse them."""
   structure = json.loads(spec.structure)
+  task = losses.TASKS[spec.task]
 
   def make_model(hparams: dict, **kwargs):
     dropout = hparams["regularizer"].get("dropout")
@@ -119,14 +121,14 @@ def build_program(spec: Spec) -> Program:
 
     def loss_fn(params):
       logits, model_state = apply(state, params, x, train=True, rng=rng)
-      data_loss = losses.cross_entropy(logits, y).mean()
+      data_loss = task.loss(logits, y).mean()
       objective = data_loss + regularizers.penalty(params, state.hparams["regularizer"])
       return objective, (data_loss, logits, model_state)
 
     (_, (data_loss, logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     metrics = {
         "loss": data_loss,
-        "accuracy": losses.correct(logits, y).mean(),
+        task.metric_name: task.metric(logits, y).mean(),
         "learning_rate": learning_rate_fn(state.opt_state),
         "grad_norm": optax.global_norm(grads),
     }
@@ -159,22 +161,22 @@ def build_program(spec: Spec) -> Program:
     return state, metrics
 
   def evaluate(state: TrainState, x: jax.Array, y: jax.Array) -> dict:
-    """Mean loss and accuracy over a whole split, in batches of EVAL_BATCH inside one compiled call."""
+    """Mean loss and metric over a whole split, in batches of EVAL_BATCH inside one compiled call."""
     n = x.shape[0]
     size = min(n, EVAL_BATCH)
     batches = -(-n // size)
     pad = batches * size - n
     xs = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(batches, size, *x.shape[1:])
-    ys = jnp.pad(y, (0, pad)).reshape(batches, size)
+    ys = jnp.pad(y, [(0, pad)] + [(0, 0)] * (y.ndim - 1)).reshape(batches, size, *y.shape[1:])
     real = (jnp.arange(batches * size) < n).reshape(batches, size)
 
     def one(batch):
       xb, yb, mb = batch
       logits, _ = apply(state, state.params, xb, train=False)
-      return jnp.sum(losses.cross_entropy(logits, yb) * mb), jnp.sum(losses.correct(logits, yb) * mb)
+      return jnp.sum(task.loss(logits, yb) * mb), jnp.sum(task.metric(logits, yb) * mb)
 
-    loss, correct = jax.tree.map(jnp.sum, jax.lax.map(one, (xs, ys, real)))
-    return {"loss": loss / n, "accuracy": correct / n}
+    loss, metric = jax.tree.map(jnp.sum, jax.lax.map(one, (xs, ys, real)))
+    return {"loss": loss / n, task.metric_name: metric / n}
 
   return Program(jax.jit(init), jax.jit(train_chunk, donate_argnums=0), jax.jit(evaluate))
 
@@ -252,6 +254,9 @@ def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | 
   config.check_ranges(cfg)
   enable_persistent_compilation_cache()
   dataset = load_data(cfg.data)
+  models.check_input(cfg.model._target_, cfg.data._target_, dataset.layout, dataset.x_train.shape[1:])
+  task = losses.TASKS[dataset.task]
+  metric = f"val/{task.metric_name}"
   n_train = len(dataset.y_train)
   if cfg.batch_size > n_train:
     raise config.ConfigError(
@@ -262,7 +267,7 @@ def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | 
   structure, values = split_values(program_cfg)
   values = jax.tree.map(np.float32, values)
   spec = Spec(json.dumps(structure, sort_keys=True), cfg.batch_size, steps, chunk_steps,
-              tuple(dataset.x_train.shape[1:]), dataset.num_classes)
+              tuple(dataset.x_train.shape[1:]), dataset.num_classes, dataset.task)
   program = build_program(spec)
 
   x_train, y_train, x_val, y_val, x_test, y_test = jax.device_put(dataset[:6])  # once; they stay there
@@ -293,10 +298,11 @@ def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | 
         break
       val = {f"val/{k}": float(v) for k, v in jax.device_get(program.evaluate(state, x_val, y_val)).items()}
       writer.write(step, val)
-      if best is None or val["val/accuracy"] > best["val/accuracy"]:
+      sign = 1.0 if task.higher_is_better else -1.0  # accuracy up, mse down
+      if best is None or sign * val[metric] > sign * best[metric]:
         best = {"step": step, **val}
-      log.info("step %d/%d  train/loss %.4f  val/loss %.4f  val/accuracy %.4f", step, steps,
-               float(metrics["loss"][run_now - 1]), val["val/loss"], val["val/accuracy"])
+      log.info("step %d/%d  train/loss %.4f  val/loss %.4f  %s %.4f", step, steps,
+               float(metrics["loss"][run_now - 1]), val["val/loss"], metric, val[metric])
     test = {}
     if status == "completed":
       test = {f"test/{k}": float(v) for k, v in jax.device_get(program.evaluate(state, x_test, y_test)).items()}
@@ -314,7 +320,7 @@ def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | 
       **test,
       "best_val/step": best and best["step"],
       "best_val/loss": best and best["val/loss"],
-      "best_val/accuracy": best and best["val/accuracy"],
+      f"best_{metric}": best and best[metric],
       "wall_time_s": time.perf_counter() - started,
       "startup_time_s": startup_seconds,
       "compile_time_s": compile_seconds,
