@@ -81,11 +81,13 @@ def _norm(tree: Any) -> jax.Array:
 
 
 def forward_with_taps(apply_fn: Callable, params: Any, x: jax.Array, layers: list[tuple[str, ...]],
-                      perturbations: dict[str, jax.Array]):
+                      perturbations: dict[str, jax.Array], order: list[str] | None = None):
   """Runs apply_fn(params, x) while recording each layer's output and adding `perturbations[layer]` to it.
 
-  Returns (model output, {layer name: [outputs, one per call]}). A zero perturbation does not change the
-  output, but the gradient with respect to it is the gradient with respect to the layer's output.
+  Returns (model output, {layer name: [outputs, one per call]}); appends the layer names to `order` in the
+  order of their first call (a pytree's dict keys come back sorted from jax transformations; this list is
+  filled at trace time). A zero perturbation does not change the output, but the gradient with respect to
+  it is the gradient with respect to the layer's output.
   """
   wanted = set(layers)
   taps: dict[str, list] = {}
@@ -99,6 +101,8 @@ def forward_with_taps(apply_fn: Callable, params: Any, x: jax.Array, layers: lis
     if name in perturbations:
       out = out + perturbations[name]
     taps.setdefault(name, []).append(out)
+    if order is not None and name not in order:
+      order.append(name)
     return out
 
   with nn.intercept_methods(interceptor):
@@ -123,7 +127,8 @@ def layer_statistics(apply_fn: Callable, params: Any, x: jax.Array, y: jax.Array
   layers = layer_paths(params)
   batch = x.shape[0]
   # Which layers are called once, and with what output shape: only those get a perturbation (backward).
-  _, shapes = jax.eval_shape(lambda p: forward_with_taps(apply_fn, p, x, layers, {}), params)
+  order: list[str] = []
+  _, shapes = jax.eval_shape(lambda p: forward_with_taps(apply_fn, p, x, layers, {}, order), params)
   once = {name: outs[0] for name, outs in shapes.items() if len(outs) == 1}
   perturbations = {name: jnp.zeros(s.shape, s.dtype) for name, s in once.items()}
 
@@ -138,8 +143,10 @@ def layer_statistics(apply_fn: Callable, params: Any, x: jax.Array, y: jax.Array
   param_grads = jax.tree.map(lambda g: g / batch, param_grads)
 
   stats = {}
-  for path in layers:
-    name = layer_name(path)
+  # Forward order (the order of the calls), which the params tree loses once jax has rebuilt its dicts.
+  by_name = {layer_name(path): path for path in layers}
+  for name in [*order, *(n for n in by_name if n not in order)]:
+    path = by_name[name]
     layer = {"param_norm": _norm(_subtree(params, path)), "grad_norm": _norm(_subtree(param_grads, path))}
     if name in taps:
       out = jnp.concatenate([o.reshape(-1, o.shape[-1]) for o in taps[name]])  # (examples x positions, units)

@@ -40,7 +40,7 @@ class Run(NamedTuple):
 
 
 class Group(NamedTuple):
-  config: tuple[tuple[str, str], ...]  # the overrides that are not the seed
+  config: tuple[tuple[str, str], ...]  # the swept overrides that are not the seed
   runs: list[Run]
 
   @property
@@ -74,11 +74,18 @@ def load_runs(sweep_dir: pathlib.Path) -> list[Run]:
   return runs
 
 
+def swept_keys(runs: list[Run]) -> list[str]:
+  """Override keys (not the seed) whose value differs between runs, or that only some runs set."""
+  keys = {k: None for r in runs for k in r.overrides if k != "seed"}
+  return [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
+
+
 def group_runs(runs: list[Run]) -> list[Group]:
-  """Runs grouped by configuration: equal overrides apart from the seed."""
+  """Runs grouped by configuration: equal swept overrides; what differs within a group is the seed."""
+  keys = swept_keys(runs)
   groups: dict[tuple, list[Run]] = {}
   for run in runs:
-    config = tuple((k, v) for k, v in run.overrides.items() if k != "seed")
+    config = tuple((k, run.overrides[k]) for k in keys if k in run.overrides)
     groups.setdefault(config, []).append(run)
   return [Group(config, members) for config, members in groups.items()]
 
@@ -117,7 +124,7 @@ def table(groups: list[Group], metric: str = "val/accuracy", target: float | Non
   """One row per configuration, best first: its overrides, run counts, and mean/std of each metric."""
   rows = []
   for group in groups:
-    row = {"config": group.label, **dict(group.config), "runs": len(group.runs),
+    row = {**dict(group.config), "runs": len(group.runs),
            "diverged": sum(r.summary.get("status") == "diverged" for r in group.runs),
            "failed": sum(r.summary.get("status") == "failed" for r in group.runs)}
     for name in TABLE_METRICS:
@@ -283,8 +290,12 @@ def write_report(sweep_dir: pathlib.Path, metric: str = "val/accuracy", target: 
   """Writes report.md, report.csv and the PNG plots into `sweep_dir`; returns {name: path} and the text."""
   sweep_dir = pathlib.Path(sweep_dir)
   groups = group_runs(load_runs(sweep_dir))
+  runs = [r for g in groups for r in g.runs]
+  common = sorted({f"{k}={v}" for r in runs for k, v in r.overrides.items() if k != "seed"}
+                  - {f"{k}={v}" for g in groups for k, v in g.config})
   rows = table(groups, metric, target)
-  markdown = to_markdown(rows)
+  markdown = (f"{len(runs)} runs in {len(groups)} configurations; common to all: "
+              f"{' '.join(common) or '(nothing)'}\n\n" + to_markdown(rows))
   out = {"markdown": markdown}
   out["report.md"] = sweep_dir / "report.md"
   writers.write_text_atomically(out["report.md"], f"# Report: {sweep_dir}\n\n" + markdown)
