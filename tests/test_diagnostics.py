@@ -105,8 +105,10 @@ def test_layers_of_any_linen_model_are_named_by_their_params_path_in_forward_ord
       return nn.Dense(2)(Block()(x))
 
   params = Net().init(jax.random.PRNGKey(0), X)["params"]
-  stats, _ = diagnostics.layer_statistics(lambda p, x: Net().apply({"params": p}, x), params, X, Y,
-                                          activation="relu")
+  apply = lambda state, params, x, train: (Net().apply({"params": params}, x), {})
+  tx = optax.sgd(0.1)
+  state = train.TrainState(jnp.zeros((), jnp.int32), params, {}, tx.init(params), {}, jax.random.PRNGKey(0))
+  stats, _ = diagnostics.build(apply, tx, "relu").probe(state, X, Y)
   assert list(stats) == ["Conv_0", "Block_0/Dense_0", "Block_0/LayerNorm_0", "Dense_0"]  # forward order
   conv = nn.Conv(3, (3,)).apply({"params": params["Conv_0"]}, X[..., None])
   np.testing.assert_allclose(stats["Conv_0"]["act_std"], np.std(conv), rtol=1e-5)
@@ -134,14 +136,15 @@ def test_step0_variance_is_flat_with_he_and_halves_per_layer_with_glorot(init, r
   from hydra.utils import instantiate
   from conftest import compose_config
 
-  width, depth = 512, 5
+  width, depth = 256, 5
   kernel_init = instantiate(compose_config([f"init={init}"]).init)
   model = MLP(widths=(width,) * depth, activation="relu", num_outputs=10, kernel_init=kernel_init)
-  x = jax.random.normal(jax.random.PRNGKey(0), (256, width))
-  y = jnp.zeros(256, jnp.int32)
+  x = jax.random.normal(jax.random.PRNGKey(0), (512, width))
+  y = jnp.zeros(512, jnp.int32)
   params = model.init(jax.random.PRNGKey(1), x, train=False)["params"]
-  stats, _ = diagnostics.layer_statistics(lambda p, x: model.apply({"params": p}, x, train=False), params, x, y,
-                                          activation="relu")
+  statistics = jax.jit(lambda p, x, y: diagnostics.layer_statistics(
+      lambda p, x: model.apply({"params": p}, x, train=False), p, x, y, activation="relu"))
+  stats, _ = statistics(params, x, y)
   var = [stats[f"Dense_{i}"]["act_var"] for i in range(depth)]
   factors = np.array(var[1:]) / np.array(var[:-1])
   np.testing.assert_allclose(factors, ratio, rtol=0.2)

@@ -196,8 +196,11 @@ def build(apply: Callable, tx: optax.GradientTransformation, activation: str | N
   def forward(state):
     return lambda params, x: apply(state, params, x, train=False)[0]
 
+  order: list[str] = []  # layer names in forward order, filled when `probe` is traced
+
   def probe(state, x, y):
     stats, grads = layer_statistics(forward(state), state.params, x, y, activation=activation)
+    order[:] = list(stats)
     updates, _ = tx.update(grads, state.opt_state, state.params)
     for path in layer_paths(state.params):
       layer = stats[layer_name(path)]
@@ -208,7 +211,13 @@ def build(apply: Callable, tx: optax.GradientTransformation, activation: str | N
     loss_fn = lambda params: losses.cross_entropy(forward(state)(params, x), y).mean()
     return top_hessian_eigenvalue(loss_fn, state.params, jax.random.fold_in(state.key, 3), iters)
 
-  return Diagnostics(jax.jit(probe), jax.jit(curvature, static_argnums=3))
+  jitted_probe = jax.jit(probe)
+
+  def ordered_probe(state, x, y):
+    stats, grads = jitted_probe(state, x, y)  # jit hands dicts back with sorted keys (Dense_10 < Dense_2)
+    return {name: stats[name] for name in order}, grads
+
+  return Diagnostics(ordered_probe, jax.jit(curvature, static_argnums=3))
 
 
 def _due(every: int, last: int | None, step: int) -> bool:
