@@ -71,6 +71,8 @@ class TrainConfig:
   optimizer: Any = MISSING
   schedule: Any = MISSING
   regularizer: Dict[str, Any] = field(default_factory=dict)
+  diagnostics: Any = MISSING
+  report: Any = MISSING
 
 
 # --- data ------------------------------------------------------------------------------------------------
@@ -278,6 +280,22 @@ class DropoutConfig:
   rate: float = value(**FRACTION)
 
 
+# --- diagnostics and reports: what a run measures besides its loss, and how a sweep is summarized -----------
+@dataclass
+class DiagnosticsConfig:
+  every: int = value(0)  # 0 turns the per-layer diagnostics off
+  probe_size: int = value(1)
+  histogram_every: int = value(0)
+  hessian_every: int = value(0)
+  hessian_iters: int = value(1)
+
+
+@dataclass
+class ReportConfig:
+  metric: str = MISSING
+  target: Optional[float] = None
+
+
 SCHEMAS = {
     "train_schema": TrainConfig,
     "data_mnist1d_schema": Mnist1dConfig,
@@ -303,6 +321,8 @@ SCHEMAS = {
     "schedule_linear_schema": LinearScheduleConfig,
     "regularizer_l2_schema": L2Config,
     "regularizer_dropout_schema": DropoutConfig,
+    "diagnostics_schema": DiagnosticsConfig,
+    "report_schema": ReportConfig,
 }
 
 

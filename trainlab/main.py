@@ -23,11 +23,15 @@ USAGE = """usage: trainlab COMMAND [ARGS]
 
 commands:
   train [overrides]   train one model; -m/--multirun sweeps a grid (trainlab train --help for the groups)
+  report [DIR] [report.target=X] [report.metric=NAME]
+                      tables and plots of a sweep (DIR, default the latest under outputs/) into DIR
+  tb [DIR] [--port P] start TensorBoard on outputs/ (or DIR) at 127.0.0.1 and print its address
 
 examples:
   trainlab train optimizer=adam init=he
   trainlab train -m optimizer=sgd,adam init=he,glorot seed=0,1,2
-  tensorboard --logdir outputs
+  trainlab report outputs/sweeps/2025-01-01/12-00-00 report.target=0.8
+  trainlab tb
 """
 
 config.register_schemas()
@@ -50,6 +54,7 @@ def train_app(cfg: DictConfig) -> float | None:
     summary = train.train_and_evaluate(cfg, workdir, started)
   except (config.ConfigError, data.DataError) as e:
     writers.write_summary(workdir, {"status": "failed", "error": str(e), **record})
+    _write_hparams(workdir, record, {"status": "failed"})
     if not multirun:
       print(f"error: {e}", file=sys.stderr)
       raise SystemExit(2)
@@ -57,13 +62,23 @@ def train_app(cfg: DictConfig) -> float | None:
     return None
   except Exception as e:  # one failed job must not take the sweep down
     writers.write_summary(workdir, {"status": "failed", "error": f"{type(e).__name__}: {e}", **record})
+    _write_hparams(workdir, record, {"status": "failed"})
     log.error("job failed: %s: %s", type(e).__name__, e, exc_info=True)
     if not multirun:
       raise SystemExit(1)
     return None
   writers.write_summary(workdir, {**summary, **record})
+  _write_hparams(workdir, record, summary)
   _print_table(summary)
   return summary.get("best_val/accuracy")
+
+
+def _write_hparams(workdir: pathlib.Path, record: dict, summary: dict) -> None:
+  """The run's row in TensorBoard's HParams dashboard; its overrides are its hyperparameters."""
+  try:
+    writers.write_hparams_session(workdir, writers.hparam_values(record["overrides"]), summary)
+  except Exception as e:  # the dashboard is a view; it must not fail a run that trained
+    log.warning("could not write the HParams session: %s: %s", type(e).__name__, e)
 
 
 def _print_table(summary: dict) -> None:
@@ -73,6 +88,29 @@ def _print_table(summary: dict) -> None:
   width = max(len(k) for k, _ in rows)
   lines = [f"  {k:<{width}}  {v:.4g}" if isinstance(v, float) else f"  {k:<{width}}  {v}" for k, v in rows]
   log.info("final metrics:\n%s", "\n".join(lines))
+
+
+def tensorboard(argv: list[str]) -> int:
+  """`trainlab tb [DIR] [--port P]`: TensorBoard on DIR (default outputs/), on 127.0.0.1 only."""
+  import argparse
+  import subprocess
+
+  parser = argparse.ArgumentParser(prog="trainlab tb", description=tensorboard.__doc__)
+  parser.add_argument("dir", nargs="?", default="outputs")
+  parser.add_argument("--port", type=int, default=6006)
+  args = parser.parse_args(argv)
+  if not pathlib.Path(args.dir).is_dir():
+    print(f"trainlab tb: no such directory: {args.dir}", file=sys.stderr)
+    return 2
+  command = [sys.executable, "-m", "tensorboard.main", "--logdir", args.dir, "--host", "127.0.0.1",
+             "--port", str(args.port)]
+  print(f"TensorBoard on {args.dir}: http://127.0.0.1:{args.port}/  (Ctrl-C stops it)", flush=True)
+  proc = subprocess.Popen(command)
+  try:
+    return proc.wait()
+  except KeyboardInterrupt:
+    proc.terminate()
+    return proc.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,6 +123,12 @@ def main(argv: list[str] | None = None) -> None:
     sys.argv = ["trainlab train", *rest]
     train_app()
     return
+  if command == "report":
+    from trainlab import report  # matplotlib is imported only for reports
+
+    raise SystemExit(report.main(rest))
+  if command == "tb":
+    raise SystemExit(tensorboard(rest))
   print(f"trainlab: unknown command {command!r}\n\n{USAGE}", file=sys.stderr, end="")
   raise SystemExit(2)
 

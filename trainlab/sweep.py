@@ -1,4 +1,8 @@
-"""The sweep table: when a multirun ends, one row per job in `results.csv` in the sweep directory."""
+"""The sweep table: when a multirun ends, one row per job in `results.csv` in the sweep directory.
+
+After the table, the callback writes the HParams dashboard's column list and the report (report.py); a failure
+in either is logged and leaves results.csv as written.
+"""
 
 from __future__ import annotations
 
@@ -66,6 +70,23 @@ class ResultsTable(Callback):
     for row in rows:
       counts[row["status"]] = counts.get(row["status"], 0) + 1
     log.info("%d jobs (%s); results in %s", len(rows), ", ".join(f"{n} {s}" for s, n in counts.items()), path)
+    _write_views(sweep_dir, config)
     if counts.get("failed"):
       log.error("%d of %d jobs failed: see the error column of %s", counts["failed"], len(rows), path)
       raise SystemExit(1)
+
+
+def _write_views(sweep_dir: pathlib.Path, config: DictConfig) -> None:
+  """The HParams experiment summary and the report; they are views of results.csv, so they may fail alone."""
+  try:
+    job_dirs = [p for p in sweep_dir.iterdir() if p.is_dir()]
+    summaries = [s for s in map(writers.read_summary, job_dirs) if s is not None]
+    writers.write_hparams_experiment(sweep_dir, [writers.hparam_values(s.get("overrides", [])) for s in summaries])
+  except Exception as e:
+    log.warning("could not write the HParams columns: %s: %s", type(e).__name__, e)
+  try:
+    from trainlab import report  # matplotlib is imported only here
+
+    report.write_report(sweep_dir, metric=config.report.metric, target=config.report.target)
+  except Exception as e:
+    log.warning("could not write the report: %s: %s", type(e).__name__, e, exc_info=True)

@@ -27,7 +27,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab import config, data, losses, models, optim, regularizers, writers
+from trainlab import config, data, diagnostics, losses, models, optim, regularizers, writers
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class Program(NamedTuple):
   init: Callable  # (seed, values) -> TrainState
   train_chunk: Callable  # (state, x, y, num_steps) -> (state, per-step metrics)
   evaluate: Callable  # (state, x, y) -> {"loss", <the task's metric: "accuracy" or "mse">}
+  diagnostics: Any = None  # diagnostics.Diagnostics: per-layer statistics and curvature, between chunks
 
 
 # --- the compiled program ----------------------------------------------------------------------------------
@@ -178,7 +179,8 @@ def build_program(spec: Spec) -> Program:
     loss, metric = jax.tree.map(jnp.sum, jax.lax.map(one, (xs, ys, real)))
     return {"loss": loss / n, task.metric_name: metric / n}
 
-  return Program(jax.jit(init), jax.jit(train_chunk, donate_argnums=0), jax.jit(evaluate))
+  return Program(jax.jit(init), jax.jit(train_chunk, donate_argnums=0), jax.jit(evaluate),
+                 diagnostics.build(apply, tx, structure["model"].get("activation")))
 
 
 # --- compile-time accounting -------------------------------------------------------------------------------
@@ -276,9 +278,12 @@ def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | 
   startup_seconds = time.perf_counter() - started
 
   writer = writers.RunWriter(workdir)
+  writer.text("config", OmegaConf.to_yaml(cfg, resolve=True))
+  monitor = diagnostics.Monitor(cfg.diagnostics, program.diagnostics, x_train, y_train, writer)
   window, best, status, diverged_at = _Window(), None, "completed", None
   train_seconds, step = 0.0, 0
   try:
+    monitor(step, state)
     while step < steps:
       run_now = min(chunk_steps, steps - step)
       tick, compiling = time.perf_counter(), _COMPILE["seconds"]
@@ -301,6 +306,7 @@ def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | 
       sign = 1.0 if task.higher_is_better else -1.0  # accuracy up, mse down
       if best is None or sign * val[metric] > sign * best[metric]:
         best = {"step": step, **val}
+      monitor(step, state)
       log.info("step %d/%d  train/loss %.4f  val/loss %.4f  %s %.4f", step, steps,
                float(metrics["loss"][run_now - 1]), val["val/loss"], metric, val[metric])
     test = {}
@@ -325,5 +331,6 @@ def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | 
       "startup_time_s": startup_seconds,
       "compile_time_s": compile_seconds,
       "steps_per_second": train_steps / max(train_seconds, 1e-9),
+      "diagnostics_time_s": monitor.seconds,
   }
   return summary

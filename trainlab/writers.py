@@ -11,6 +11,7 @@ import math
 import os
 import pathlib
 import tempfile
+import time
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -63,6 +64,13 @@ class RunWriter:
       self._tb.add_scalar(name, x, global_step=step)
     self._jsonl.write(json.dumps({"step": step, **{k: _finite_or_none(v) for k, v in metrics.items()}}) + "\n")
 
+  def text(self, name: str, text: str) -> None:
+    """Text in TensorBoard's Text tab (markdown; a code block keeps YAML's indentation)."""
+    self._tb.add_text(name, "```\n" + text + "\n```", global_step=0)
+
+  def histogram(self, step: int, name: str, values) -> None:
+    self._tb.add_histogram(name, values, global_step=step)
+
   def flush(self) -> None:
     self._tb.flush()
     self._jsonl.flush()
@@ -70,3 +78,89 @@ class RunWriter:
   def close(self) -> None:
     self._tb.close()
     self._jsonl.close()
+
+
+# --- the HParams dashboard ----------------------------------------------------------------------------------
+# TensorBoard's hparams plugin reads three summaries (tensorboard/plugins/hparams/summary_v2.py): per run a
+# session start (its hyperparameter values) and end (its status), and once per experiment the list of columns
+# (hyperparameters and metrics). Without the experiment summary TensorBoard guesses the columns from the runs
+# and lists every scalar as a metric; with it, the table and parallel-coordinates views show exactly these.
+HPARAMS_METRICS = ("test/accuracy", "test/loss", "best_val/accuracy", "best_val/loss", "val/accuracy", "val/loss",
+                   "train/loss")
+_SUMMARY_ONLY = ("best_val/accuracy", "best_val/loss")  # not written as scalars during the run
+
+
+def hparam_values(overrides: list[str]) -> dict[str, float | str | bool]:
+  """The hyperparameters of a run for the dashboard: its command-line overrides, numbers parsed as numbers."""
+  values = {}
+  for override in overrides:
+    key, _, text = override.partition("=")
+    key = key.lstrip("+~")
+    if text.lower() in ("true", "false"):
+      values[key] = text.lower() == "true"
+      continue
+    try:
+      values[key] = float(text)
+    except ValueError:
+      values[key] = text
+  return values
+
+
+def _hparams_summary(**fields):
+  from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
+  from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
+
+  (kind, message), = fields.items()
+  tag = {"experiment": "_hparams_/experiment", "session_start_info": "_hparams_/session_start_info",
+         "session_end_info": "_hparams_/session_end_info"}[kind]
+  content = HParamsPluginData(version=0, **fields).SerializeToString()
+  metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="hparams", content=content))
+  return Summary(value=[Summary.Value(tag=tag, metadata=metadata)])
+
+
+def write_hparams_session(workdir: pathlib.Path, hparams: dict, summary: dict) -> None:
+  """One run's row of the HParams dashboard: its hyperparameters, status and the summary-only metrics."""
+  from tensorboardX import SummaryWriter
+  from tensorboardX.proto.api_pb2 import Status
+  from tensorboardX.proto.plugin_hparams_pb2 import SessionEndInfo, SessionStartInfo
+
+  start = SessionStartInfo(start_time_secs=time.time())
+  for key, x in hparams.items():
+    if isinstance(x, bool):
+      start.hparams[key].bool_value = x
+    elif isinstance(x, (int, float)):
+      start.hparams[key].number_value = float(x)
+    else:
+      start.hparams[key].string_value = str(x)
+  status = "STATUS_SUCCESS" if summary.get("status") == "completed" else "STATUS_FAILURE"
+  with SummaryWriter(logdir=str(workdir)) as tb:
+    tb.file_writer.add_summary(_hparams_summary(session_start_info=start))
+    step = summary.get("steps_run") or 0
+    for name in _SUMMARY_ONLY:
+      if isinstance(summary.get(name), (int, float)):
+        tb.add_scalar(name, summary[name], global_step=step)
+    tb.file_writer.add_summary(_hparams_summary(session_end_info=SessionEndInfo(status=Status.Value(status))))
+
+
+def write_hparams_experiment(logdir: pathlib.Path, runs_hparams: list[dict]) -> None:
+  """The columns of the dashboard, once per sweep: every hyperparameter any job set, and the final metrics."""
+  from tensorboardX import SummaryWriter
+  from tensorboardX.proto.api_pb2 import DataType, Experiment, HParamInfo, MetricInfo, MetricName
+  from google.protobuf import struct_pb2
+
+  infos = {}
+  for hparams in runs_hparams:
+    for key, x in hparams.items():
+      kind = "BOOL" if isinstance(x, bool) else "FLOAT64" if isinstance(x, (int, float)) else "STRING"
+      infos.setdefault(key, (kind, set()))[1].add(x)
+  hparam_infos = []
+  for key, (kind, seen) in infos.items():
+    info = HParamInfo(name=key, type=DataType.Value(f"DATA_TYPE_{kind}"))
+    if kind == "STRING":  # discrete domains give the dashboard its filter checkboxes
+      info.domain_discrete.CopyFrom(struct_pb2.ListValue(values=[struct_pb2.Value(string_value=str(v))
+                                                                 for v in sorted(seen, key=str)]))
+    hparam_infos.append(info)
+  metric_infos = [MetricInfo(name=MetricName(tag=name)) for name in HPARAMS_METRICS]
+  experiment = Experiment(hparam_infos=hparam_infos, metric_infos=metric_infos)
+  with SummaryWriter(logdir=str(logdir)) as tb:
+    tb.file_writer.add_summary(_hparams_summary(experiment=experiment))

@@ -1,0 +1,275 @@
+"""Seeing inside training: per-layer statistics on a fixed probe batch, histograms, and curvature.
+
+Everything here runs between compiled chunks, never inside the per-step loop: `build` returns jitted
+functions of the train state, and `Monitor` calls them at the chunk boundaries that pass a multiple of their
+interval. Metric names are `split/layer/quantity`, so TensorBoard groups them by split and layer:
+
+- `diag/<layer>/act_mean`, `act_std`: mean and standard deviation of the layer's output over the probe batch
+  (for a Dense layer that is the pre-activation z = xW + b);
+- `diag/<layer>/dead_fraction` (ReLU-like activations): the fraction of the layer's units whose output is
+  <= 0 on every probe example, so that the activation after it never fires;
+- `diag/<layer>/saturated_fraction` (sigmoid, tanh): the fraction of outputs whose activation lies within 1%
+  of a bound (sigmoid(z) <= 0.01 or >= 0.99; |tanh(z)| >= 0.99);
+- `diag/<layer>/grad_norm`, `param_norm`: ‖∂L/∂θ_layer‖ of the mean probe loss, and ‖θ_layer‖;
+- `diag/<layer>/update_ratio`: ‖Δθ_layer‖ / ‖θ_layer‖, where Δθ is the update the optimizer would make
+  from the probe gradient in its current state (the state is not changed);
+- `step0/<layer>/act_var` and `step0/<layer>/grad_var`, at step 0 only: the variance of the layer's output
+  (forward) and of the per-example loss gradient with respect to that output, ∂ℓᵢ/∂zᵢ (backward), over probe
+  examples and units: Glorot and Bengio's argument is that both should stay the same from layer to layer;
+- `hist/<layer>/<param>` and `hist_grad/<layer>/<param>`: histograms of weights and probe gradients;
+- `curvature/top_eigenvalue`: the largest-magnitude eigenvalue of the Hessian of the mean probe loss, by the
+  power method on Hessian-vector products (`jax.jvp` of `jax.grad`).
+
+A *layer* is any flax module that owns parameters directly (Dense, Conv, a norm layer, ...), named by its
+path in the params tree (`Dense_0`, `Block_1/Conv_0`); outputs are intercepted with
+`flax.linen.intercept_methods`, so any linen model gets diagnostics without changes. Statistics of the
+output layer's logits (dead, saturated) are skipped; layers called more than once per forward pass (the
+cell of a recurrent net) are pooled for the forward statistics and have no backward variance.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+
+from trainlab import losses
+
+log = logging.getLogger(__name__)
+
+RELU_LIKE = ("relu", "leaky_relu", "elu", "gelu", "silu")
+SATURATION = {  # activation: (function, is this value saturated?)
+    "sigmoid": (jax.nn.sigmoid, lambda a: (a <= 0.01) | (a >= 0.99)),
+    "tanh": (jnp.tanh, lambda a: jnp.abs(a) >= 0.99),
+}
+
+
+def layer_paths(params: Any) -> list[tuple[str, ...]]:
+  """Paths of the modules that own parameters directly (the dicts in `params` that hold arrays)."""
+  paths = []
+
+  def walk(tree, path):
+    if any(not isinstance(v, dict) for v in tree.values()):
+      paths.append(path)
+    for k, v in tree.items():
+      if isinstance(v, dict):
+        walk(v, (*path, k))
+
+  walk(dict(params), ())
+  return paths
+
+
+def layer_name(path: tuple[str, ...]) -> str:
+  return "/".join(path) if path else "model"
+
+
+def _subtree(tree: Any, path: tuple[str, ...]) -> dict:
+  for k in path:
+    tree = tree[k]
+  return {k: v for k, v in tree.items() if not isinstance(v, dict)}  # the layer's own arrays, not children'
+
+
+def _norm(tree: Any) -> jax.Array:
+  return optax.global_norm(tree)
+
+
+def forward_with_taps(apply_fn: Callable, params: Any, x: jax.Array, layers: list[tuple[str, ...]],
+                      perturbations: dict[str, jax.Array], order: list[str] | None = None):
+  """Runs apply_fn(params, x) while recording each layer's output and adding `perturbations[layer]` to it.
+
+  Returns (model output, {layer name: [outputs, one per call]}); appends the layer names to `order` in the
+  order of their first call (a pytree's dict keys come back sorted from jax transformations; this list is
+  filled at trace time). A zero perturbation does not change the output, but the gradient with respect to
+  it is the gradient with respect to the layer's output.
+  """
+  wanted = set(layers)
+  taps: dict[str, list] = {}
+
+  def interceptor(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    path = tuple(context.module.path)
+    if context.method_name != "__call__" or path not in wanted or not isinstance(out, jax.Array):
+      return out
+    name = layer_name(path)
+    if name in perturbations:
+      out = out + perturbations[name]
+    taps.setdefault(name, []).append(out)
+    if order is not None and name not in order:
+      order.append(name)
+    return out
+
+  with nn.intercept_methods(interceptor):
+    output = apply_fn(params, x)
+  return output, taps
+
+
+def layer_statistics(apply_fn: Callable, params: Any, x: jax.Array, y: jax.Array, *,
+                     activation: str | None) -> tuple[dict[str, dict[str, jax.Array]], Any]:
+  """Per-layer statistics of one forward and backward pass on (x, y); traceable.
+
+  Args:
+    apply_fn: (params, x) -> logits, deterministic (no dropout).
+    params: the model's parameters.
+    x, y: the probe batch.
+    activation: the model's hidden activation, which decides between dead and saturated fractions (None:
+      neither).
+
+  Returns:
+    ({layer name: {quantity: scalar}}, gradient of the mean cross-entropy with respect to params).
+  """
+  layers = layer_paths(params)
+  batch = x.shape[0]
+  # Which layers are called once, and with what output shape: only those get a perturbation (backward).
+  order: list[str] = []
+  _, shapes = jax.eval_shape(lambda p: forward_with_taps(apply_fn, p, x, layers, {}, order), params)
+  once = {name: outs[0] for name, outs in shapes.items() if len(outs) == 1}
+  perturbations = {name: jnp.zeros(s.shape, s.dtype) for name, s in once.items()}
+
+  def summed_loss(params, perturbations):
+    logits, taps = forward_with_taps(apply_fn, params, x, layers, perturbations)
+    return losses.cross_entropy(logits, y).sum(), (logits, taps)
+
+  (_, (logits, taps)), (param_grads, output_grads) = jax.value_and_grad(
+      summed_loss, argnums=(0, 1), has_aux=True)(params, perturbations)
+  # The per-example gradients ∂ℓᵢ/∂zᵢ (backward variance) come from the summed loss; the training gradient
+  # is that of the mean.
+  param_grads = jax.tree.map(lambda g: g / batch, param_grads)
+
+  stats = {}
+  # Forward order (the order of the calls), which the params tree loses once jax has rebuilt its dicts.
+  by_name = {layer_name(path): path for path in layers}
+  for name in [*order, *(n for n in by_name if n not in order)]:
+    path = by_name[name]
+    layer = {"param_norm": _norm(_subtree(params, path)), "grad_norm": _norm(_subtree(param_grads, path))}
+    if name in taps:
+      out = jnp.concatenate([o.reshape(-1, o.shape[-1]) for o in taps[name]])  # (examples x positions, units)
+      layer["act_mean"] = out.mean()
+      layer["act_std"] = out.std()
+      layer["act_var"] = out.var()
+      hidden = not any(o is logits for o in taps[name])
+      if hidden and activation in RELU_LIKE:
+        layer["dead_fraction"] = jnp.all(out <= 0, axis=0).mean()
+      if hidden and activation in SATURATION:
+        fn, saturated = SATURATION[activation]
+        layer["saturated_fraction"] = saturated(fn(out)).mean()
+      if name in output_grads:
+        layer["grad_var"] = output_grads[name].var()
+    stats[name] = layer
+  return stats, param_grads
+
+
+def top_hessian_eigenvalue(loss_fn: Callable, params: Any, key: jax.Array, iters: int) -> jax.Array:
+  """The largest-magnitude eigenvalue of the Hessian of loss_fn at params, by the power method.
+
+  v ← Hv/‖Hv‖ from a random unit v, with Hv = jvp(grad(loss_fn), (θ,), (v,)); returns the Rayleigh quotient
+  vᵀHv of the last iterate (2 gradient evaluations per iteration, no Hessian is formed).
+  """
+  flat, unravel = ravel_pytree(params)
+  grad_flat = lambda theta: ravel_pytree(jax.grad(loss_fn)(unravel(theta)))[0]
+  hvp = lambda v: jax.jvp(grad_flat, (flat,), (v,))[1]
+  v = jax.random.normal(key, flat.shape, flat.dtype)
+  v = v / jnp.linalg.norm(v)
+
+  def body(_, v):
+    w = hvp(v)
+    return w / jnp.maximum(jnp.linalg.norm(w), 1e-30)
+
+  v = jax.lax.fori_loop(0, iters, body, v)
+  return jnp.vdot(v, hvp(v))
+
+
+class Diagnostics(NamedTuple):
+  probe: Callable  # (state, x, y) -> ({layer: {quantity: scalar}}, grads)
+  curvature: Callable  # (state, x, y) -> top eigenvalue; hessian_iters is static (argnum 3)
+
+
+def build(apply: Callable, tx: optax.GradientTransformation, activation: str | None) -> Diagnostics:
+  """The jitted diagnostics of a program, given its `apply(state, params, x, train=False)` and optimizer."""
+
+  def forward(state):
+    return lambda params, x: apply(state, params, x, train=False)[0]
+
+  order: list[str] = []  # layer names in forward order, filled when `probe` is traced
+
+  def probe(state, x, y):
+    stats, grads = layer_statistics(forward(state), state.params, x, y, activation=activation)
+    order[:] = list(stats)
+    updates, _ = tx.update(grads, state.opt_state, state.params)
+    for path in layer_paths(state.params):
+      layer = stats[layer_name(path)]
+      layer["update_ratio"] = _norm(_subtree(updates, path)) / jnp.maximum(layer["param_norm"], 1e-30)
+    return stats, grads
+
+  def curvature(state, x, y, iters):
+    loss_fn = lambda params: losses.cross_entropy(forward(state)(params, x), y).mean()
+    return top_hessian_eigenvalue(loss_fn, state.params, jax.random.fold_in(state.key, 3), iters)
+
+  jitted_probe = jax.jit(probe)
+
+  def ordered_probe(state, x, y):
+    stats, grads = jitted_probe(state, x, y)  # jit hands dicts back with sorted keys (Dense_10 < Dense_2)
+    return {name: stats[name] for name in order}, grads
+
+  return Diagnostics(ordered_probe, jax.jit(curvature, static_argnums=3))
+
+
+def _due(every: int, last: int | None, step: int) -> bool:
+  """True at step 0 and at the first boundary at or past each multiple of `every` since `last`."""
+  return every > 0 and (last is None or step // every > last // every)
+
+
+class Monitor:
+  """The host side: at chunk boundaries, calls the compiled diagnostics that are due and writes them.
+
+  Args:
+    cfg: the `diagnostics` config (every, probe_size, histogram_every, hessian_every, hessian_iters).
+    diagnostics: the program's compiled Diagnostics.
+    x, y: the training split on the device; its first `probe_size` examples are the probe batch.
+    writer: the run's RunWriter.
+  """
+
+  def __init__(self, cfg: Any, diagnostics: Diagnostics, x: jax.Array, y: jax.Array, writer: Any):
+    self.cfg, self.diagnostics, self.writer = cfg, diagnostics, writer
+    n = min(cfg.probe_size, x.shape[0])
+    self.x, self.y = x[:n], y[:n]
+    self.last = {"every": None, "histogram_every": None, "hessian_every": None}
+    self.seconds = 0.0  # host time spent here, compilation included
+
+  def __call__(self, step: int, state: Any) -> None:
+    due = {k: _due(self.cfg[k], last, step) for k, last in self.last.items()}
+    if not any(due.values()):
+      return
+    tick = time.perf_counter()
+    if due["every"] or due["histogram_every"]:
+      stats, grads = self.diagnostics.probe(state, self.x, self.y)
+      stats = jax.device_get(stats)
+      if due["every"]:
+        self.writer.write(step, {f"diag/{layer}/{q}": float(v) for layer, d in stats.items() for q, v in d.items()
+                                 if q not in ("act_var", "grad_var")})
+      if step == 0:
+        self.writer.write(step, {f"step0/{layer}/{q}": float(d[q]) for layer, d in stats.items()
+                                 for q in ("act_var", "grad_var") if q in d})
+      if due["histogram_every"]:
+        self._histograms(step, state.params, grads)
+    if due["hessian_every"]:
+      eigenvalue = self.diagnostics.curvature(state, self.x, self.y, self.cfg.hessian_iters)
+      self.writer.write(step, {"curvature/top_eigenvalue": float(eigenvalue)})
+    for k, is_due in due.items():
+      if is_due:
+        self.last[k] = step
+    self.seconds += time.perf_counter() - tick
+
+  def _histograms(self, step: int, params: Any, grads: Any) -> None:
+    params, grads = jax.device_get((params, grads))
+    for path in layer_paths(params):
+      layer = layer_name(path)
+      for name, values in _subtree(params, path).items():
+        self.writer.histogram(step, f"hist/{layer}/{name}", np.asarray(values))
+        self.writer.histogram(step, f"hist_grad/{layer}/{name}", np.asarray(_subtree(grads, path)[name]))

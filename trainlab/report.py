@@ -1,0 +1,335 @@
+"""The sweep report: a table over seeds and plots, from the run directories of a multirun.
+
+`trainlab report DIR` (and the callback at the end of every multirun) writes into the sweep directory:
+- `report.md`, `report.csv`: one row per configuration (the job's overrides without `seed`), with the number
+  of runs, how many diverged or failed, mean ± sample standard deviation over seeds of the final test metrics
+  and the best validation metrics, and, when `report.target` is set, the steps to reach it; best first;
+- `curves.png`: train and validation loss against steps, a line per configuration (the mean over seeds) in a
+  band of ± one standard deviation;
+- `sensitivity_<key>.png` for each swept numeric hyperparameter: the final test accuracy against its value, a
+  line per setting of the other swept keys, on a log axis when the values span a decade or more;
+- `init_layers.png`: per-layer activation and backward gradient standard deviation at step 0 (from the
+  diagnostics' `step0/<layer>/act_var` and `grad_var`), a line per configuration.
+It reads only the run directories' files (summary.json, metrics.jsonl), never the training code.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import pathlib
+import re
+import sys
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from trainlab import writers
+
+TABLE_METRICS = ("test/accuracy", "test/loss", "best_val/accuracy", "best_val/loss")
+SORT_METRIC = "test/accuracy"  # higher is better; configurations without it go last
+
+
+class Run(NamedTuple):
+  job: str
+  dir: pathlib.Path
+  overrides: dict[str, str]  # key -> value as written on the command line, seed included
+  summary: dict
+
+
+class Group(NamedTuple):
+  config: tuple[tuple[str, str], ...]  # the swept overrides that are not the seed
+  runs: list[Run]
+
+  @property
+  def label(self) -> str:
+    return ", ".join(f"{k}={v}" for k, v in self.config) or "all runs"
+
+
+# --- reading a sweep -----------------------------------------------------------------------------------------
+def find_sweep(path: pathlib.Path) -> pathlib.Path:
+  """`path` itself when it holds job directories, else the newest sweep below it (by its multirun.yaml)."""
+  path = pathlib.Path(path)
+  if any((p / writers.SUMMARY_FILE).is_file() for p in path.iterdir() if p.is_dir()):
+    return path
+  marks = list(path.rglob("multirun.yaml")) + list(path.rglob("results.csv"))
+  if not marks:
+    raise FileNotFoundError(f"no sweep under {path}: no job directories with {writers.SUMMARY_FILE}")
+  return max(marks, key=lambda p: p.stat().st_mtime).parent
+
+
+def load_runs(sweep_dir: pathlib.Path) -> list[Run]:
+  runs = []
+  for job_dir in sorted(p for p in pathlib.Path(sweep_dir).iterdir() if p.is_dir()):
+    summary = writers.read_summary(job_dir)
+    if summary is None:
+      continue
+    overrides = {}
+    for override in summary.get("overrides", []):
+      key, _, value = override.partition("=")
+      overrides[key.lstrip("+~")] = value
+    runs.append(Run(job_dir.name, job_dir, overrides, summary))
+  return runs
+
+
+def swept_keys(runs: list[Run]) -> list[str]:
+  """Override keys (not the seed) whose value differs between runs, or that only some runs set."""
+  keys = {k: None for r in runs for k in r.overrides if k != "seed"}
+  return [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+  """Runs grouped by configuration: equal swept overrides; what differs within a group is the seed."""
+  keys = swept_keys(runs)
+  groups: dict[tuple, list[Run]] = {}
+  for run in runs:
+    config = tuple((k, run.overrides[k]) for k in keys if k in run.overrides)
+    groups.setdefault(config, []).append(run)
+  return [Group(config, members) for config, members in groups.items()]
+
+
+def read_metrics(run_dir: pathlib.Path) -> list[dict]:
+  path = pathlib.Path(run_dir) / writers.METRICS_FILE
+  if not path.is_file():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def curve(points: list[dict], name: str) -> dict[int, float]:
+  """step -> value of one metric (the last one written at that step)."""
+  return {p["step"]: p[name] for p in points if p.get(name) is not None}
+
+
+def steps_to_target(points: list[dict], metric: str, target: float) -> int | None:
+  """The first step at which `metric` reaches `target` (<= for losses, >= otherwise); None if never."""
+  lower_is_better = "loss" in metric
+  for step, x in sorted(curve(points, metric).items()):
+    if (x <= target) if lower_is_better else (x >= target):
+      return step
+  return None
+
+
+def _mean_std(xs: list[float]) -> tuple[float | None, float | None]:
+  """Mean and sample standard deviation (ddof=1; None for fewer than two values)."""
+  xs = [x for x in xs if x is not None and math.isfinite(x)]
+  if not xs:
+    return None, None
+  return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else None
+
+
+# --- the table -----------------------------------------------------------------------------------------------
+def table(groups: list[Group], metric: str = "val/accuracy", target: float | None = None) -> list[dict]:
+  """One row per configuration, best first: its overrides, run counts, and mean/std of each metric."""
+  rows = []
+  for group in groups:
+    row = {**dict(group.config), "runs": len(group.runs),
+           "diverged": sum(r.summary.get("status") == "diverged" for r in group.runs),
+           "failed": sum(r.summary.get("status") == "failed" for r in group.runs)}
+    for name in TABLE_METRICS:
+      row[f"{name} mean"], row[f"{name} std"] = _mean_std([r.summary.get(name) for r in group.runs])
+    if target is not None:
+      steps = [steps_to_target(read_metrics(r.dir), metric, target) for r in group.runs]
+      key = f"steps to {metric}={target:g}"
+      row[f"{key} mean"], row[f"{key} std"] = _mean_std([s for s in steps if s is not None])
+      row[f"{key} reached"] = sum(s is not None for s in steps)
+    rows.append(row)
+  rows.sort(key=lambda r: (r[f"{SORT_METRIC} mean"] is None, -(r[f"{SORT_METRIC} mean"] or 0.0)))
+  return rows
+
+
+def _fmt(x: Any) -> str:
+  return "" if x is None else f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def to_csv(rows: list[dict]) -> str:
+  columns = []
+  for row in rows:
+    columns += [k for k in row if k not in columns]
+  text = io.StringIO()
+  out = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+  out.writeheader()
+  out.writerows([{k: ("" if v is None else v) for k, v in row.items()} for row in rows])
+  return text.getvalue()
+
+
+def to_markdown(rows: list[dict]) -> str:
+  """The table with `mean ± std` cells, for people."""
+  if not rows:
+    return "(no runs)\n"
+  header, cells = [], []
+  for row in rows:
+    line = {}
+    for key, x in row.items():
+      if key.endswith(" std"):
+        continue
+      if key.endswith(" mean"):
+        name, std = key[:-5], row[key[:-5] + " std"]
+        line[name] = _fmt(x) + (f" ± {_fmt(std)}" if std is not None else "")
+      elif key.endswith(" reached"):
+        line[key] = f"{x}/{row['runs']}"
+      else:
+        line[key] = _fmt(x)
+    header += [k for k in line if k not in header]
+    cells.append(line)
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(line.get(k, "") for k in header) + " |" for line in cells]
+  return "\n".join(lines) + "\n"
+
+
+# --- plots ---------------------------------------------------------------------------------------------------
+def _figure(ncols: int):
+  from matplotlib.figure import Figure  # the object API: no pyplot, no display, no global state
+
+  fig = Figure(figsize=(6 * ncols, 4.5), layout="constrained")
+  return fig, [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+
+
+def _band(points_per_run: list[dict[int, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Steps, mean and standard deviation over the runs that have a value at each step."""
+  steps = sorted({s for points in points_per_run for s in points})
+  values = [[p[s] for p in points_per_run if s in p] for s in steps]
+  mean = np.array([np.mean(v) for v in values])
+  std = np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values])
+  return np.array(steps), mean, std
+
+
+def plot_curves(groups: list[Group]):
+  """Train and validation loss against steps: a line per configuration, a band over its seeds."""
+  fig, axes = _figure(2)
+  for ax, name in zip(axes, ("train/loss", "val/loss")):
+    for group in groups:
+      curves = [c for c in (curve(read_metrics(r.dir), name) for r in group.runs) if c]
+      if not curves:
+        continue
+      steps, mean, std = _band(curves)
+      (line,) = ax.plot(steps, mean, label=group.label)
+      ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set(title=name, xlabel="step", ylabel=name.split("/")[1])
+    ax.legend(fontsize="small")
+  return fig
+
+
+def numeric_keys(groups: list[Group]) -> list[str]:
+  """Swept keys whose values are all numbers, with at least two distinct values."""
+  keys = []
+  for key in {k: None for g in groups for k, _ in g.config}:
+    values = [dict(g.config).get(key) for g in groups]
+    try:
+      numbers = {float(v) for v in values}
+    except (TypeError, ValueError):
+      continue
+    if len(numbers) > 1:
+      keys.append(key)
+  return keys
+
+
+def plot_sensitivity(groups: list[Group], key: str, metric: str = SORT_METRIC):
+  """The final metric against one swept hyperparameter, a line per setting of the other swept keys."""
+  fig, (ax,) = _figure(1)
+  lines: dict[str, list[tuple[float, float, float]]] = {}
+  for group in groups:
+    config = dict(group.config)
+    mean, std = _mean_std([r.summary.get(metric) for r in group.runs])
+    if mean is None:
+      continue
+    rest = ", ".join(f"{k}={v}" for k, v in group.config if k != key) or metric
+    lines.setdefault(rest, []).append((float(config[key]), mean, std or 0.0))
+  xs_all = []
+  for label, points in lines.items():
+    x, y, err = map(np.array, zip(*sorted(points)))
+    ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
+    xs_all += list(x)
+  if xs_all and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 10:
+    ax.set_xscale("log")
+  ax.set(title=f"{metric} against {key}", xlabel=key, ylabel=metric)
+  ax.legend(fontsize="small")
+  return fig
+
+
+def step0_layers(points: list[dict]) -> dict[str, dict[str, float]]:
+  """{layer: {"act_var", "grad_var"}} from the step-0 diagnostics, layers in forward order."""
+  layers: dict[str, dict[str, float]] = {}
+  for p in points:
+    for name, x in p.items():
+      if name.startswith("step0/") and x is not None:
+        layer, quantity = name[len("step0/"):].rsplit("/", 1)
+        layers.setdefault(layer, {})[quantity] = x
+  return layers
+
+
+def plot_init_layers(groups: list[Group]):
+  """Per-layer activation and gradient standard deviation at step 0, a line per configuration (seed mean)."""
+  fig, axes = _figure(2)
+  drawn = False
+  for ax, quantity, title in zip(axes, ("act_var", "grad_var"), ("activation std (forward)",
+                                                                  "gradient std (backward)")):
+    for group in groups:
+      per_run = [step0_layers(read_metrics(r.dir)) for r in group.runs]
+      per_run = [p for p in per_run if p]
+      if not per_run:
+        continue
+      layers = [layer for layer in per_run[0] if quantity in per_run[0][layer]]
+      std = [np.mean([math.sqrt(p[layer][quantity]) for p in per_run if quantity in p.get(layer, {})])
+             for layer in layers]
+      ax.plot(range(len(layers)), std, marker="o", label=group.label)
+      ax.set_xticks(range(len(layers)), layers, rotation=30, fontsize="small")
+      drawn = True
+    ax.set(title=f"{title} at step 0", xlabel="layer", ylabel="std", yscale="log")
+    ax.legend(fontsize="small")
+  return fig if drawn else None
+
+
+def _slug(key: str) -> str:
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
+
+
+# --- the whole report ----------------------------------------------------------------------------------------
+def write_report(sweep_dir: pathlib.Path, metric: str = "val/accuracy", target: float | None = None) -> dict:
+  """Writes report.md, report.csv and the PNG plots into `sweep_dir`; returns {name: path} and the text."""
+  sweep_dir = pathlib.Path(sweep_dir)
+  groups = group_runs(load_runs(sweep_dir))
+  runs = [r for g in groups for r in g.runs]
+  common = sorted({f"{k}={v}" for r in runs for k, v in r.overrides.items() if k != "seed"}
+                  - {f"{k}={v}" for g in groups for k, v in g.config})
+  rows = table(groups, metric, target)
+  markdown = (f"{len(runs)} runs in {len(groups)} configurations; common to all: "
+              f"{' '.join(common) or '(nothing)'}\n\n" + to_markdown(rows))
+  out = {"markdown": markdown}
+  out["report.md"] = sweep_dir / "report.md"
+  writers.write_text_atomically(out["report.md"], f"# Report: {sweep_dir}\n\n" + markdown)
+  out["report.csv"] = sweep_dir / "report.csv"
+  writers.write_text_atomically(out["report.csv"], to_csv(rows))
+  figures = {"curves.png": plot_curves(groups), "init_layers.png": plot_init_layers(groups)}
+  for key in numeric_keys(groups):
+    figures[f"sensitivity_{_slug(key)}.png"] = plot_sensitivity(groups, key)
+  for name, fig in figures.items():
+    if fig is not None:
+      fig.savefig(sweep_dir / name, dpi=100)
+      out[name] = sweep_dir / name
+  return out
+
+
+def main(argv: list[str]) -> int:
+  """`trainlab report [DIR] [report.target=X] [report.metric=NAME]`; prints the table and the files."""
+  settings = {"metric": "val/accuracy", "target": None}
+  paths = []
+  for arg in argv:
+    key, eq, value = arg.partition("=")
+    if eq and key in ("report.target", "report.metric"):
+      settings[key.split(".")[1]] = float(value) if key == "report.target" else value
+    elif arg.startswith("-"):
+      print(f"usage: trainlab report [DIR] [report.target=X] [report.metric=NAME]", file=sys.stderr)
+      return 0 if arg in ("-h", "--help") else 2
+    else:
+      paths.append(arg)
+  try:
+    sweep_dir = find_sweep(pathlib.Path(paths[0] if paths else "outputs"))
+  except (FileNotFoundError, NotADirectoryError) as e:
+    print(f"trainlab report: {e}", file=sys.stderr)
+    return 2
+  out = write_report(sweep_dir, **settings)
+  print(out.pop("markdown"), end="")
+  print("\nwrote " + ", ".join(str(p) for p in out.values()))
+  return 0
