@@ -47,15 +47,36 @@ def read_summary(workdir: pathlib.Path) -> dict | None:
   return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _truncate_jsonl(path: pathlib.Path, purge_step: int) -> None:
+  """Keeps the lines of `path` whose step is < purge_step (and drops a last line cut short by a kill)."""
+  if not path.is_file():
+    return
+  kept = []
+  for line in path.read_text().splitlines(keepends=True):
+    try:
+      point = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if point.get("step", 0) < purge_step and not any(k.startswith("test/") for k in point):
+      kept.append(line if line.endswith("\n") else line + "\n")
+  write_text_atomically(path, "".join(kept))
+
+
 class RunWriter:
   """Scalars to TensorBoard (tensorboardX: no TensorFlow needed) and to metrics.jsonl, one line per point."""
 
-  def __init__(self, workdir: pathlib.Path):
+  def __init__(self, workdir: pathlib.Path, purge_step: int | None = None):
+    """With `purge_step` (a resumed run), the points of steps >= purge_step already logged are dropped."""
     from tensorboardX import SummaryWriter  # imported here: only runs that write need it
 
     self.workdir = pathlib.Path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
-    self._tb = SummaryWriter(logdir=str(self.workdir), flush_secs=10)
+    if purge_step is not None:
+      _truncate_jsonl(self.workdir / METRICS_FILE, purge_step)
+    # TensorBoard hides the events of steps >= purge_step written before this file; the suffix orders this
+    # file after the earlier ones of the run even when both were opened within the same second.
+    suffix = "" if purge_step is None else f".resumed{purge_step:010d}.{os.getpid()}"
+    self._tb = SummaryWriter(logdir=str(self.workdir), flush_secs=10, purge_step=purge_step, filename_suffix=suffix)
     self._jsonl = open(self.workdir / METRICS_FILE, "a")
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
