@@ -74,6 +74,11 @@ def clear(workdir: pathlib.Path) -> None:
   shutil.rmtree(pathlib.Path(workdir) / CHECKPOINT_DIR, ignore_errors=True)
 
 
+def clear_step(workdir: pathlib.Path, step: int) -> None:
+  """Removes the checkpoint of one step (the run then resumes from an earlier one)."""
+  shutil.rmtree(pathlib.Path(workdir) / CHECKPOINT_DIR / str(step))
+
+
 def has_checkpoint(workdir: pathlib.Path) -> bool:
   directory = pathlib.Path(workdir) / CHECKPOINT_DIR
   return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())

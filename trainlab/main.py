@@ -64,19 +64,19 @@ def train_app(cfg: DictConfig) -> float | None:
   except checkpoint.ResumeError as e:  # the run directory stays as it was, ready for the right command
     return _refuse(str(e), multirun)
   except (config.ConfigError, data.DataError) as e:
-    writers.write_summary(workdir, {"status": "failed", "error": str(e), **record})
+    _write_summary(workdir, {"status": "failed", "error": str(e), **record})
     if not multirun:
       print(f"error: {e}", file=sys.stderr)
       raise SystemExit(2)
     log.error("job failed: %s", e)
     return None
   except Exception as e:  # one failed job must not take the sweep down
-    writers.write_summary(workdir, {"status": "failed", "error": f"{type(e).__name__}: {e}", **record})
+    _write_summary(workdir, {"status": "failed", "error": f"{type(e).__name__}: {e}", **record})
     log.error("job failed: %s: %s", type(e).__name__, e, exc_info=True)
     if not multirun:
       raise SystemExit(1)
     return None
-  writers.write_summary(workdir, {**summary, **record})
+  _write_summary(workdir, {**summary, **record})
   if summary["status"] == "interrupted":
     log.warning("interrupted at step %d; continue with the same command and resume=true%s", summary["steps_run"],
                 f" hydra.run.dir={workdir}" if not multirun else f" hydra.sweep.dir={hydra_cfg.sweep.dir}")
@@ -86,6 +86,15 @@ def train_app(cfg: DictConfig) -> float | None:
     raise SystemExit(128 + signal.Signals[summary["interrupted_by"]])
   _print_table(summary)
   return summary.get("best_val/accuracy")
+
+
+def _write_summary(workdir: pathlib.Path, summary: dict) -> None:
+  """summary.json, or one clear error and exit when it cannot be written (a full disk stops a sweep too)."""
+  try:
+    writers.write_summary(workdir, summary)
+  except writers.WriteError as e:
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(1) from None
 
 
 def _refuse(message: str, multirun: bool) -> None:
@@ -98,7 +107,7 @@ def _refuse(message: str, multirun: bool) -> None:
 
 
 def _print_table(summary: dict) -> None:
-  rows = [(k, summary[k]) for k in ("status", "test/accuracy", "test/loss", "best_val/accuracy", "best_val/step",
+  rows = [(k, summary.get(k)) for k in ("status", "test/accuracy", "test/loss", "best_val/accuracy", "best_val/step",
                                     "steps_run", "steps_per_second", "compile_time_s", "wall_time_s")]
   width = max(len(k) for k, _ in rows)
   lines = [f"  {k:<{width}}  {v:.4g}" if isinstance(v, float) else f"  {k:<{width}}  {v}" for k, v in rows]

@@ -16,11 +16,22 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 
 
+class WriteError(OSError):
+  """A file that could not be written (full disk, unwritable folder); its previous contents are intact."""
+
+
 def write_text_atomically(path: pathlib.Path, text: str) -> None:
-  """Writes beside the target, then renames: a reader sees the old file or the new one, never half of one."""
+  """Writes beside the target, then renames: a reader sees the old file or the new one, never half of one.
+
+  Raises:
+    WriteError: naming the file and the reason, when the folder or the disk refuses; the old file stays.
+  """
   path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  except OSError as e:
+    raise WriteError(f"cannot write {path}: {e.strerror or e}") from e
   try:
     os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for everyone who may read the folder
     with os.fdopen(fd, "w") as f:
@@ -28,8 +39,10 @@ def write_text_atomically(path: pathlib.Path, text: str) -> None:
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     pathlib.Path(tmp).unlink(missing_ok=True)
+    if isinstance(e, OSError):
+      raise WriteError(f"cannot write {path}: {e.strerror or e}; its previous contents are unchanged") from e
     raise
 
 
