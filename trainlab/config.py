@@ -58,6 +58,12 @@ HELD_OUT = dict(lo=0.0, hi=1.0, lo_open=True, hi_open=True)  # (0, 1): a validat
 
 # --- run level -------------------------------------------------------------------------------------------
 @dataclass
+class CheckpointConfig:
+  every: Optional[int] = value(1)  # null: only at the end (and on SIGTERM/SIGINT)
+  keep: Optional[int] = value(1)  # null: keep every checkpoint
+
+
+@dataclass
 class TrainConfig:
   seed: int = value(0)
   steps: int = value(1)
@@ -65,6 +71,8 @@ class TrainConfig:
   batch_size: int = value(1)
   eval_every: int = value(1)
   log_every: int = value(1)
+  resume: bool = MISSING
+  checkpoint: CheckpointConfig = MISSING
   data: Any = MISSING
   model: Any = MISSING
   init: Any = MISSING

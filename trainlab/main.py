@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import signal
 import sys
 import time
 
@@ -15,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from trainlab import config, data, writers
+from trainlab import checkpoint, config, data, writers
 
 log = logging.getLogger("trainlab")
 
@@ -49,11 +50,25 @@ def train_app(cfg: DictConfig) -> float | None:
   hydra_cfg = HydraConfig.get()
   workdir = pathlib.Path(hydra_cfg.runtime.output_dir)
   multirun = hydra_cfg.mode == RunMode.MULTIRUN
-  record = {"overrides": list(hydra_cfg.overrides.task), "run_dir": str(workdir)}
+  # `resume` says how to run the job, not what it is: it stays out of the overrides that results.csv lists.
+  overrides = [o for o in hydra_cfg.overrides.task if o.partition("=")[0].lstrip("+~") != "resume"]
+  record = {"overrides": overrides, "run_dir": str(workdir)}
+  previous = writers.read_summary(workdir)
+  if not cfg.resume and (previous or checkpoint.has_checkpoint(workdir) or (workdir / writers.METRICS_FILE).exists()):
+    status = f" ({previous['status']})" if previous else ""
+    return _refuse(f"{workdir} already holds a run{status}; add resume=true to continue it, or choose another "
+                   "directory (hydra.run.dir=...)", multirun)
+  if cfg.resume and previous and previous["status"] in ("completed", "diverged"):
+    log.info("%s: the run has already %s; nothing to do", workdir, previous["status"])
+    return previous.get("best_val/accuracy")
+  if cfg.resume and previous and previous["status"] == "failed":
+    checkpoint.clear(workdir)  # a failed run is run again from the start
   try:
     summary = train.train_and_evaluate(cfg, workdir, started)
+  except checkpoint.ResumeError as e:  # the run directory stays as it was, ready for the right command
+    return _refuse(str(e), multirun)
   except (config.ConfigError, data.DataError) as e:
-    writers.write_summary(workdir, {"status": "failed", "error": str(e), **record})
+    _write_summary(workdir, {"status": "failed", "error": str(e), **record})
     _write_hparams(workdir, record, {"status": "failed"})
     if not multirun:
       print(f"error: {e}", file=sys.stderr)
@@ -61,14 +76,21 @@ def train_app(cfg: DictConfig) -> float | None:
     log.error("job failed: %s", e)
     return None
   except Exception as e:  # one failed job must not take the sweep down
-    writers.write_summary(workdir, {"status": "failed", "error": f"{type(e).__name__}: {e}", **record})
+    _write_summary(workdir, {"status": "failed", "error": f"{type(e).__name__}: {e}", **record})
     _write_hparams(workdir, record, {"status": "failed"})
     log.error("job failed: %s: %s", type(e).__name__, e, exc_info=True)
     if not multirun:
       raise SystemExit(1)
     return None
-  writers.write_summary(workdir, {**summary, **record})
+  _write_summary(workdir, {**summary, **record})
   _write_hparams(workdir, record, summary)
+  if summary["status"] == "interrupted":
+    log.warning("interrupted at step %d; continue with the same command and resume=true%s", summary["steps_run"],
+                f" hydra.run.dir={workdir}" if not multirun else f" hydra.sweep.dir={hydra_cfg.sweep.dir}")
+    if multirun:  # the sweep stops here: list the jobs run so far
+      from trainlab import sweep
+      sweep.write_results(pathlib.Path(hydra_cfg.sweep.dir), sweep.collect(pathlib.Path(hydra_cfg.sweep.dir)))
+    raise SystemExit(128 + signal.Signals[summary["interrupted_by"]])
   _print_table(summary)
   return summary.get("best_val/accuracy")
 
@@ -79,6 +101,24 @@ def _write_hparams(workdir: pathlib.Path, record: dict, summary: dict) -> None:
     writers.write_hparams_session(workdir, writers.hparam_values(record["overrides"]), summary)
   except Exception as e:  # the dashboard is a view; it must not fail a run that trained
     log.warning("could not write the HParams session: %s: %s", type(e).__name__, e)
+
+
+def _write_summary(workdir: pathlib.Path, summary: dict) -> None:
+  """summary.json, or one clear error and exit when it cannot be written (a full disk stops a sweep too)."""
+  try:
+    writers.write_summary(workdir, summary)
+  except writers.WriteError as e:
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(1) from None
+
+
+def _refuse(message: str, multirun: bool) -> None:
+  """Declines to run a job without touching its directory: an error exit, or an error line in a sweep."""
+  if not multirun:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+  log.error("job not run: %s", message)
+  return None
 
 
 def _print_table(summary: dict) -> None:

@@ -10,6 +10,7 @@ import csv
 import io
 import logging
 import pathlib
+import sys
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
@@ -58,14 +59,34 @@ def write_results(sweep_dir: pathlib.Path, rows: list[dict]) -> pathlib.Path:
 
 
 class ResultsTable(Callback):
-  """Hydra callback: writes results.csv when a multirun ends, and fails the sweep if a job failed."""
+  """Hydra callback: writes results.csv when a multirun ends, and fails the sweep if a job failed.
+
+  It also refuses, before any job starts, to run a sweep without resume=true into a sweep directory that
+  already holds runs, so that a repeated command never overwrites finished results.
+  """
+
+  def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+    sweep_dir = pathlib.Path(config.hydra.sweep.dir)
+    if config.get("resume") or not sweep_dir.is_dir():
+      return
+    held = [p.name for p in sorted(sweep_dir.iterdir(), key=_job_order)
+            if p.is_dir() and ((p / writers.SUMMARY_FILE).exists() or (p / writers.METRICS_FILE).exists())]
+    if held:
+      print(f"error: the sweep directory {sweep_dir} already holds runs ({', '.join(held[:5])}"
+            f"{', ...' if len(held) > 5 else ''}); add resume=true to continue the sweep, or choose another "
+            "directory (hydra.sweep.dir=...)", file=sys.stderr)
+      raise SystemExit(2)
 
   def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
     sweep_dir = pathlib.Path(config.hydra.sweep.dir)
     if not sweep_dir.is_dir():
       return
     rows = collect(sweep_dir)
-    path = write_results(sweep_dir, rows)
+    try:
+      path = write_results(sweep_dir, rows)
+    except writers.WriteError as e:
+      print(f"error: {e}", file=sys.stderr)
+      raise SystemExit(1) from None
     counts = {}
     for row in rows:
       counts[row["status"]] = counts.get(row["status"], 0) + 1

@@ -16,6 +16,8 @@ import json
 import logging
 import math
 import pathlib
+import signal
+import threading
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -27,7 +29,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab import config, data, diagnostics, losses, models, optim, regularizers, writers
+from trainlab import checkpoint, config, data, diagnostics, losses, models, optim, regularizers, writers
 
 log = logging.getLogger(__name__)
 
@@ -250,8 +252,40 @@ class _Window:
     return means
 
 
+class StopRequest:
+  """SIGTERM or SIGINT during a run: finish the chunk, checkpoint and stop. A second signal aborts at once."""
+
+  def __init__(self):
+    self.signal_name, self._previous = None, {}
+
+  def __enter__(self) -> "StopRequest":
+    if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def _handle(self, signum, frame) -> None:
+    if self.signal_name is not None:
+      raise KeyboardInterrupt
+    self.signal_name = signal.Signals(signum).name
+    log.warning("%s: stopping at the end of this chunk, after a checkpoint", self.signal_name)
+
+  def __exit__(self, *exc) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
+
 def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | None = None) -> dict:
-  """Trains the model that `cfg` describes, writes the run's files into `workdir`, returns the summary."""
+  """Trains the model that `cfg` describes, writes the run's files into `workdir`, returns the summary.
+
+  With `cfg.resume`, the run continues from the latest checkpoint in `workdir` (from step 0 if there is none),
+  and the logs of the steps after that checkpoint are dropped, since they are about to be run again.
+  """
+  with StopRequest() as stop:
+    return _train_and_evaluate(cfg, pathlib.Path(workdir), started, stop)
+
+
+def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | None, stop: StopRequest) -> dict:
   started = time.perf_counter() if started is None else started
   config.check_ranges(cfg)
   enable_persistent_compilation_cache()
@@ -277,11 +311,27 @@ def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | 
   state = program.init(np.int32(cfg.seed), values)
   startup_seconds = time.perf_counter() - started
 
-  writer = writers.RunWriter(workdir)
-  writer.text("config", OmegaConf.to_yaml(cfg, resolve=True))
-  monitor = diagnostics.Monitor(cfg.diagnostics, program.diagnostics, x_train, y_train, writer)
   window, best, status, diverged_at = _Window(), None, "completed", None
   train_seconds, step = 0.0, 0
+  checkpointer = checkpoint.Checkpointer(workdir, cfg.checkpoint.keep)
+  run_cfg = checkpoint.run_config(OmegaConf.to_container(cfg, resolve=True))
+  if cfg.resume and checkpointer.latest_step() is not None:
+    state, host = checkpointer.restore(state)
+    checkpoint.check_same_config(host["config"], run_cfg, workdir)
+    step, best, train_seconds = int(state.step), host["best"], host["train_seconds"]
+    window.sums, window.count = host["window_sums"], host["window_count"]
+    log.info("resuming from the checkpoint at step %d", step)
+  first_step = step
+
+  def save_checkpoint() -> None:
+    writer.flush()  # the logs first: a checkpoint must never be ahead of them
+    checkpointer.save(step, state, {"best": best, "train_seconds": train_seconds, "window_sums": window.sums,
+                                    "window_count": window.count, "config": run_cfg})
+
+  writer = writers.RunWriter(workdir, purge_step=step + 1 if cfg.resume else None)
+  writer.text("config", OmegaConf.to_yaml(cfg, resolve=True))
+  monitor = diagnostics.Monitor(cfg.diagnostics, program.diagnostics, x_train, y_train, writer)
+  every = cfg.checkpoint.every
   try:
     monitor(step, state)
     while step < steps:
@@ -309,17 +359,25 @@ def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | 
       monitor(step, state)
       log.info("step %d/%d  train/loss %.4f  val/loss %.4f  %s %.4f", step, steps,
                float(metrics["loss"][run_now - 1]), val["val/loss"], metric, val[metric])
+      if step == steps or stop.signal_name or (every and step // every > (step - run_now) // every):
+        save_checkpoint()
+      if stop.signal_name and step < steps:
+        status = "interrupted"
+        break
     test = {}
     if status == "completed":
       test = {f"test/{k}": float(v) for k, v in jax.device_get(program.evaluate(state, x_test, y_test)).items()}
       writer.write(step, test)
   finally:
     writer.close()
+    checkpointer.close()
 
   train_steps = step - (1 if status == "diverged" else 0)
   compile_seconds = _COMPILE["seconds"] - compile_seconds_before
   summary = {
       "status": status,
+      "interrupted_by": stop.signal_name if status == "interrupted" else None,
+      "resumed_from_step": first_step if cfg.resume else None,
       "steps": steps,
       "steps_run": train_steps,
       "diverged_at_step": diverged_at,

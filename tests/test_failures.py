@@ -1,0 +1,168 @@
+"""Failures inside a sweep, sweeps resumed into their own directory, and writes that never leave half a file."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import os
+import pathlib
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import run_cli
+from trainlab import checkpoint, sweep, writers
+
+SMALL = ["steps=40", "eval_every=10", "log_every=5", "batch_size=16", "model.widths=[16]", "checkpoint.every=10",
+         "checkpoint.keep=null"]
+NO_SUCH_INIT = "trainlab.no_such_initializer"
+
+
+def jobs(sweep_dir: pathlib.Path) -> dict[str, dict]:
+  """Each job's summary, keyed by its overrides (minus those common to all jobs)."""
+  found = {}
+  for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+    summary = writers.read_summary(job)
+    assert summary is not None, f"{job} has no summary.json"
+    found[job.name] = summary
+  return found
+
+
+def read_results(sweep_dir: pathlib.Path) -> list[dict]:
+  with open(sweep_dir / sweep.RESULTS_FILE, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def assert_complete_files(job: pathlib.Path, summary: dict) -> None:
+  """A finished job's files parse completely: every metrics line, the summary, TensorBoard's events."""
+  assert not list(job.glob(".*.tmp")), "a temporary file was left behind"
+  if summary["status"] == "failed":
+    return
+  points = [json.loads(line) for line in (job / writers.METRICS_FILE).read_text().splitlines()]
+  steps = [p["step"] for p in points if "val/loss" in p]
+  if summary["status"] == "diverged":
+    assert steps == [] and all(p["step"] < summary["diverged_at_step"] for p in points)
+  if summary["status"] == "completed":
+    assert steps == list(range(10, 41, 10)) and "test/accuracy" in points[-1]
+    events = EventAccumulator(str(job))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/loss")] == steps
+    assert [e.value for e in events.Scalars("test/accuracy")] == [pytest.approx(summary["test/accuracy"])]
+
+
+def test_sweep_records_failed_and_diverged_jobs_and_resumes(write_npz, tmp_path):
+  """Jobs: one completes, one diverges (lr 1e30), two fail (missing data file). The sweep finishes them all,
+  exits non-zero, and lists them; resumed with resume=true once the file exists, it skips the completed and
+  the diverged job, resumes an interrupted one exactly, reruns the failed ones, and rebuilds results.csv."""
+  good, missing = write_npz(), tmp_path / "later.npz"
+  sweep_dir = tmp_path / "sweep"
+  args = ["train", "-m", f"hydra.sweep.dir={sweep_dir}", "data=npz", f"data.path={good},{missing}",
+          "optimizer.lr=0.01,1e30", *SMALL]
+  proc = run_cli(*args, cwd=tmp_path, check=False)
+  assert proc.returncode == 1, proc.stderr
+
+  summaries = jobs(sweep_dir)
+  cases = {name: dict(o.split("=", 1) for o in s["overrides"]) for name, s in summaries.items()}
+  by_case = {(case["data.path"], float(case["optimizer.lr"])): name for name, case in cases.items()}
+  ok, diverged = by_case[(str(good), 0.01)], by_case[(str(good), 1e30)]
+  failed = [by_case[(str(missing), lr)] for lr in (0.01, 1e30)]
+  assert summaries[ok]["status"] == "completed" and summaries[ok]["steps_run"] == 40
+  assert summaries[diverged]["status"] == "diverged" and summaries[diverged]["diverged_at_step"] >= 1
+  for name in failed:
+    assert summaries[name]["status"] == "failed"
+    assert summaries[name]["error"] == f"data file {missing} does not exist (data.path)"
+  rows = {row["job"]: row for row in read_results(sweep_dir)}
+  assert sorted(rows) == sorted(summaries)
+  assert {name: rows[name]["status"] for name in rows} == {name: s["status"] for name, s in summaries.items()}
+  assert rows[failed[0]]["error"] == summaries[failed[0]]["error"]
+  assert_complete_files(sweep_dir / ok, summaries[ok])
+
+  # Make the completed job look interrupted at step 20: its later checkpoints gone, its status `interrupted`.
+  reference = (sweep_dir / ok / writers.METRICS_FILE).read_text()
+  for step in (30, 40):
+    checkpoint.clear_step(sweep_dir / ok, step)
+  writers.write_summary(sweep_dir / ok, {**summaries[ok], "status": "interrupted", "interrupted_by": "SIGTERM"})
+  diverged_before = (sweep_dir / diverged / writers.SUMMARY_FILE).read_bytes()
+  write_npz(missing.name)
+
+  refused = run_cli(*args, cwd=tmp_path, check=False)  # without resume=true: refused, nothing touched
+  assert refused.returncode == 2 and "already holds runs" in refused.stderr and "resume=true" in refused.stderr
+
+  run_cli(*args, "resume=true", cwd=tmp_path)  # exit code 0: nothing failed
+  summaries = jobs(sweep_dir)
+  assert summaries[ok]["status"] == "completed" and summaries[ok]["resumed_from_step"] == 20
+  assert (sweep_dir / ok / writers.METRICS_FILE).read_text() == reference
+  assert (sweep_dir / diverged / writers.SUMMARY_FILE).read_bytes() == diverged_before  # skipped
+  for name in failed:
+    assert summaries[name]["status"] in ("completed", "diverged") and summaries[name]["resumed_from_step"] == 0
+  rows = read_results(sweep_dir)
+  assert len(rows) == 4 and "failed" not in {row["status"] for row in rows}
+  assert "resume" not in rows[0]  # how a job was run is not a column of what it is
+
+
+def test_joblib_sweep_files_are_complete(write_npz, tmp_path):
+  """Two jobs at a time under the joblib launcher: each job's files and results.csv are complete; a job that
+  raises is `failed` with its traceback in its log, a diverging one is `diverged`; the sweep exits non-zero."""
+  sweep_dir = tmp_path / "sweep"
+  proc = run_cli("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep_dir}",
+                 "data=npz", f"data.path={write_npz()}", "optimizer.lr=0.01,1e30", "seed=0,1",
+                 f"init._target_=jax.nn.initializers.variance_scaling,{NO_SUCH_INIT}", *SMALL, cwd=tmp_path,
+                 check=False)
+  assert proc.returncode == 1, proc.stderr
+  summaries = jobs(sweep_dir)
+  assert len(summaries) == 8
+  statuses = {}
+  for name, summary in summaries.items():
+    case = dict(o.split("=", 1) for o in summary["overrides"])
+    expected = ("failed" if case["init._target_"] == NO_SUCH_INIT else
+                "diverged" if float(case["optimizer.lr"]) == 1e30 else "completed")
+    assert summary["status"] == expected, (name, summary)
+    statuses[name] = expected
+    assert_complete_files(sweep_dir / name, summary)
+    if expected == "failed":
+      assert NO_SUCH_INIT in summary["error"]
+      assert "Traceback" in (sweep_dir / name / "train.log").read_text()
+  completed = [s for s in summaries.values() if s["status"] == "completed"]
+  assert completed[0]["test/accuracy"] != completed[1]["test/accuracy"]  # two seeds, two runs
+  rows = read_results(sweep_dir)
+  assert {row["job"]: row["status"] for row in rows} == statuses
+  assert all(row["seed"] in ("0", "1") and float(row["optimizer.lr"]) in (0.01, 1e30) for row in rows)
+
+
+# --- atomic writes ---------------------------------------------------------------------------------------------
+def test_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
+  writers.write_summary(tmp_path, {"status": "completed", "test/accuracy": 0.5})
+  before = (tmp_path / writers.SUMMARY_FILE).read_text()
+
+  def full_disk(fd):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(os, "fsync", full_disk)  # the disk fills up after part of the new file was written
+  with pytest.raises(writers.WriteError) as caught:
+    writers.write_summary(tmp_path, {"status": "failed", "error": "x" * 100_000})
+  assert str(caught.value) == (f"cannot write {tmp_path / writers.SUMMARY_FILE}: No space left on device; "
+                               "its previous contents are unchanged")
+  assert (tmp_path / writers.SUMMARY_FILE).read_text() == before
+  assert sorted(p.name for p in tmp_path.iterdir()) == [writers.SUMMARY_FILE]  # no temporary file left
+
+
+def test_failed_results_table_leaves_the_old_table(tmp_path, monkeypatch):
+  job = tmp_path / "0"
+  writers.write_summary(job, {"status": "completed", "overrides": ["seed=0"]})
+  sweep.write_results(tmp_path, sweep.collect(tmp_path))
+  before = (tmp_path / sweep.RESULTS_FILE).read_text()
+  writers.write_summary(job, {"status": "completed", "overrides": ["seed=1"]})
+  monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(errno.EIO, "Input/output error")))
+  with pytest.raises(writers.WriteError, match="results.csv: Input/output error"):
+    sweep.write_results(tmp_path, sweep.collect(tmp_path))
+  assert (tmp_path / sweep.RESULTS_FILE).read_text() == before
+  assert [row["seed"] for row in read_results(tmp_path)] == ["0"]
+
+
+def test_unwritable_run_directory_is_one_clear_error(tmp_path):
+  blocker = tmp_path / "not_a_folder"
+  blocker.write_text("a file where the run directory should be")
+  with pytest.raises(writers.WriteError, match=f"cannot write {blocker / 'run' / writers.SUMMARY_FILE}: "):
+    writers.write_summary(blocker / "run", {"status": "completed"})
+  assert blocker.read_text() == "a file where the run directory should be"

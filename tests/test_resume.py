@@ -1,0 +1,181 @@
+"""Checkpoints and resume: an interrupted run, resumed, ends bit for bit as the same run uninterrupted.
+
+Every comparison here is exact (bytes of the parameters, equality of the logged floats): the data order and
+the dropout masks depend only on the checkpointed key and step, and the host loop's partial window of training
+metrics and its best validation point travel in the checkpoint, so nothing may differ at all.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import ROOT, run_cli, train_in_process
+from trainlab import checkpoint, writers
+
+# 60 steps in chunks of 10; checkpoints every 20; log windows of 7 steps straddle every chunk boundary.
+SMALL = ["steps=60", "eval_every=10", "log_every=7", "batch_size=16", "model.widths=[16]", "checkpoint.every=20",
+         "checkpoint.keep=null"]
+OPTIMIZERS = {  # two optimizers whose state matters; the second also draws dropout masks from the key
+    "adam": ["optimizer=adam", "optimizer.lr=0.01"],
+    "momentum": ["optimizer=momentum", "schedule=linear", "regularizer=[dropout,l2]"],
+}
+
+
+def read_jsonl(run_dir: pathlib.Path) -> list[dict]:
+  return [json.loads(line) for line in (run_dir / writers.METRICS_FILE).read_text().splitlines()]
+
+
+def read_tensorboard(run_dir: pathlib.Path) -> dict[str, list[tuple[int, float]]]:
+  """Every scalar as TensorBoard's own reader sees it, after it applies the purge of a resumed run."""
+  events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+  events.Reload()
+  return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def final_leaves(run_dir: pathlib.Path) -> list[np.ndarray]:
+  saved = checkpoint.Checkpointer(run_dir)
+  state, _ = saved.restore(None)
+  saved.close()
+  return [np.asarray(x) for x in jax.tree.leaves(state)]
+
+
+def assert_same_run(resumed: pathlib.Path, reference: pathlib.Path) -> None:
+  assert read_jsonl(resumed) == read_jsonl(reference)  # no duplicated, missing or different point
+  assert read_tensorboard(resumed) == read_tensorboard(reference)
+  a, b = final_leaves(resumed), final_leaves(reference)
+  assert len(a) == len(b) > 0
+  for x, y in zip(a, b):
+    assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
+
+
+def stop_when_logged(monkeypatch, step: int, action) -> None:
+  """Calls `action()` right after the validation point of `step` is logged, inside the training loop."""
+  write = writers.RunWriter.write
+
+  def write_then_act(self, at_step, metrics):
+    write(self, at_step, metrics)
+    if at_step == step and "val/loss" in metrics:
+      action()
+
+  monkeypatch.setattr(writers.RunWriter, "write", write_then_act)
+
+
+@pytest.fixture
+def npz_overrides(write_npz):
+  return ["data=npz", f"data.path={write_npz()}"]
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_sigterm_then_resume_equals_uninterrupted(optimizer, npz_overrides, tmp_path, monkeypatch):
+  overrides = npz_overrides + SMALL + OPTIMIZERS[optimizer]
+  reference = train_in_process(overrides, tmp_path / "reference")
+
+  run = tmp_path / "run"
+  # SIGTERM at step 30, between two periodic checkpoints: the run checkpoints at 30 and stops.
+  stop_when_logged(monkeypatch, 30, lambda: signal.raise_signal(signal.SIGTERM))
+  interrupted = train_in_process(overrides, run)
+  monkeypatch.undo()
+  assert interrupted["status"] == "interrupted" and interrupted["interrupted_by"] == "SIGTERM"
+  assert interrupted["steps_run"] == 30 and "test/accuracy" not in interrupted
+  assert checkpoint.Checkpointer(run).all_steps() == [20, 30]
+  assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is the run's only
+
+  resumed = train_in_process(overrides + ["resume=true"], run)
+  assert resumed["resumed_from_step"] == 30 and resumed["status"] == "completed"
+  for key in ("test/accuracy", "test/loss", "best_val/accuracy", "best_val/loss", "best_val/step", "steps_run"):
+    assert resumed[key] == reference[key], key
+  assert_same_run(run, tmp_path / "reference")
+
+
+def test_crash_after_checkpoint_resumes_from_it_and_drops_later_logs(npz_overrides, tmp_path, monkeypatch):
+  """A run killed at step 50 has logged 41..50 past its checkpoint at 40; the resumed run logs them once."""
+  overrides = npz_overrides + SMALL + OPTIMIZERS["adam"]
+  train_in_process(overrides, tmp_path / "reference")
+
+  run = tmp_path / "run"
+
+  def crash():
+    raise RuntimeError("killed")
+
+  stop_when_logged(monkeypatch, 50, crash)
+  with pytest.raises(RuntimeError):
+    train_in_process(overrides, run)
+  monkeypatch.undo()
+  assert max(p["step"] for p in read_jsonl(run)) == 50
+  assert checkpoint.Checkpointer(run).latest_step() == 40
+
+  resumed = train_in_process(overrides + ["resume=true"], run)
+  assert resumed["resumed_from_step"] == 40
+  assert_same_run(run, tmp_path / "reference")
+
+
+def test_resume_with_a_different_config_is_refused(npz_overrides, tmp_path, monkeypatch):
+  overrides = npz_overrides + SMALL + OPTIMIZERS["adam"]
+  run = tmp_path / "run"
+  stop_when_logged(monkeypatch, 20, lambda: signal.raise_signal(signal.SIGINT))
+  train_in_process(overrides, run)
+  monkeypatch.undo()
+  before = (run / writers.METRICS_FILE).read_text()
+  with pytest.raises(checkpoint.ResumeError, match=r"optimizer\.lr=0\.02 \(the checkpoint has 0\.01\)"):
+    train_in_process(overrides + ["optimizer.lr=0.02", "resume=true"], run)
+  assert (run / writers.METRICS_FILE).read_text() == before
+
+
+def test_resume_without_checkpoint_starts_over(npz_overrides, tmp_path):
+  """resume=true in a fresh directory (or one whose run died before its first checkpoint) runs from step 0."""
+  overrides = npz_overrides + SMALL + OPTIMIZERS["adam"]
+  reference = train_in_process(overrides, tmp_path / "reference")
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / writers.METRICS_FILE).write_text('{"step": 7, "train/loss": 9.0}\n{"step": 1')  # a kill mid-line
+  resumed = train_in_process(overrides + ["resume=true"], run)
+  assert resumed["resumed_from_step"] == 0 and resumed["test/loss"] == reference["test/loss"]
+  assert read_jsonl(run) == read_jsonl(tmp_path / "reference")
+
+
+# --- the real command ----------------------------------------------------------------------------------------
+def test_sigterm_to_trainlab_train_then_resume(write_npz, tmp_path):
+  """A real `python -m trainlab train` sent SIGTERM mid-run: `interrupted`, non-zero exit; resume=true finishes
+  it with the same final metrics as an uninterrupted run; a fresh run in its directory is refused."""
+  args = ["train", "data=npz", f"data.path={write_npz()}", "steps=3000", "eval_every=100", "log_every=50",
+          "batch_size=16", "model.widths=[16]", "checkpoint.every=1000"]
+  run = tmp_path / "run"
+  proc = subprocess.Popen([sys.executable, "-m", "trainlab", *args, f"hydra.run.dir={run}"], cwd=tmp_path,
+                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  for line in proc.stdout:  # the first evaluation's line: training is under way
+    if "step 100/3000" in line:
+      proc.send_signal(signal.SIGTERM)
+      break
+  output = proc.stdout.read()
+  assert proc.wait(timeout=120) == 128 + signal.SIGTERM, output
+  summary = writers.read_summary(run)
+  assert summary["status"] == "interrupted" and summary["interrupted_by"] == "SIGTERM"
+  assert 100 <= summary["steps_run"] < 3000
+  assert checkpoint.Checkpointer(run).latest_step() == summary["steps_run"]
+
+  run_cli(*args, f"hydra.run.dir={run}", "resume=true", cwd=tmp_path)
+  run_cli(*args, f"hydra.run.dir={tmp_path / 'reference'}", cwd=tmp_path)
+  resumed, reference = writers.read_summary(run), writers.read_summary(tmp_path / "reference")
+  assert resumed["status"] == "completed" and resumed["resumed_from_step"] == summary["steps_run"]
+  for key in ("test/accuracy", "test/loss", "best_val/accuracy", "best_val/step", "steps_run"):
+    assert resumed[key] == reference[key], key
+  assert resumed["overrides"] == reference["overrides"]  # resume=true is not part of what the run is
+  assert read_jsonl(run) == read_jsonl(tmp_path / "reference")
+  assert read_tensorboard(run) == read_tensorboard(tmp_path / "reference")
+
+  refused = run_cli(*args, f"hydra.run.dir={run}", cwd=tmp_path, check=False)
+  assert refused.returncode == 2
+  assert refused.stderr.strip().splitlines() == [
+      f"error: {run} already holds a run (completed); add resume=true to continue it, or choose another "
+      "directory (hydra.run.dir=...)"]
+  assert writers.read_summary(run) == resumed

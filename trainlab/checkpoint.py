@@ -1,0 +1,107 @@
+"""Checkpoints of a run, so that an interrupted run continues exactly where it stopped.
+
+A checkpoint holds the whole `TrainState` pytree (step, params, model_state, opt_state with the optimizer's and
+the schedule's values, hparams, and the run's PRNG key) through orbax, and beside it a small JSON record of the
+host loop: the partial window of training metrics not yet logged, the best validation point so far, the
+training time, and the config the run was started with. The data order depends only on the key and the step,
+so this is everything a resumed run needs to continue bit for bit. Orbax writes each checkpoint into a
+temporary folder and renames it into place, so a run killed while saving keeps its previous checkpoint.
+
+Checkpoints live in `<run dir>/checkpoints/<step>/`.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import shutil
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+from trainlab import config
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+# Keys that may differ between a run and its resumption: they say how to run it, not what to run.
+RUN_CONTROL_KEYS = ("resume", "checkpoint")
+
+
+class ResumeError(config.ConfigError):
+  """A run directory that cannot be resumed by this config; the directory is left as it is."""
+
+
+class Checkpointer:
+  """Saves and restores (TrainState, host record) pairs in `<workdir>/checkpoints`, keeping the newest `keep`."""
+
+  def __init__(self, workdir: pathlib.Path, keep: int | None = None):
+    self.directory = pathlib.Path(workdir).resolve() / CHECKPOINT_DIR
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, host: dict) -> None:
+    """Writes the checkpoint of `step` (blocking: the state's buffers are donated to the next chunk)."""
+    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                     host=ocp.args.JsonSave(host)), force=True)
+    self._manager.wait_until_finished()
+
+  def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict]:
+    """The state and the host record of `step` (default: the latest).
+
+    Args:
+      target: a state with the structure and dtypes to restore into (a fresh TrainState), or None for the
+        saved pytree as orbax rebuilds it (dicts and lists).
+      step: which checkpoint.
+    """
+    step = self.latest_step() if step is None else step
+    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                                   host=ocp.args.JsonRestore()))
+    return restored["state"], restored["host"]
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def clear(workdir: pathlib.Path) -> None:
+  """Removes a run's checkpoints, so that the run starts again from step 0."""
+  shutil.rmtree(pathlib.Path(workdir) / CHECKPOINT_DIR, ignore_errors=True)
+
+
+def clear_step(workdir: pathlib.Path, step: int) -> None:
+  """Removes the checkpoint of one step (the run then resumes from an earlier one)."""
+  shutil.rmtree(pathlib.Path(workdir) / CHECKPOINT_DIR / str(step))
+
+
+def has_checkpoint(workdir: pathlib.Path) -> bool:
+  directory = pathlib.Path(workdir) / CHECKPOINT_DIR
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
+def run_config(cfg_container: dict) -> dict:
+  """The part of a run's config that a resumption must repeat exactly."""
+  return {k: v for k, v in cfg_container.items() if k not in RUN_CONTROL_KEYS}
+
+
+def check_same_config(saved: dict, current: dict, workdir: pathlib.Path) -> None:
+  """Raises ConfigError naming the first keys whose values differ between a checkpoint's run and this one."""
+  differences = []
+
+  def walk(a: Any, b: Any, prefix: str) -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+      for key in sorted(set(a) | set(b)):
+        walk(a.get(key), b.get(key), f"{prefix}{key}.")
+    elif a != b:
+      differences.append(f"{prefix[:-1]}={b} (the checkpoint has {a})")
+
+  walk(saved, current, "")
+  if differences:
+    raise ResumeError(
+        f"cannot resume the run in {workdir}: its config differs: {'; '.join(differences[:3])}. "
+        "Resume with the run's own overrides, or start a new run in another directory")
