@@ -170,7 +170,8 @@ class AddingConfig:
 
 
 # --- model -----------------------------------------------------------------------------------------------
-ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "silu")
+ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "prelu", "rrelu", "elu", "gelu", "silu")
+NORMS = ("none", "batch", "layer")
 
 
 @dataclass
@@ -178,6 +179,11 @@ class MLPConfig:
   _target_: str = MISSING
   widths: List[int] = MISSING
   activation: str = choice(*ACTIVATIONS)
+  norm: str = choice(*NORMS)
+  alpha: float = value(0.0)  # leaky_relu's negative slope
+  rrelu_lower: float = value(0.0, 1.0)
+  rrelu_upper: float = value(0.0, 1.0)
+  batch_momentum: float = value(**FRACTION)
 
 
 @dataclass
@@ -229,19 +235,51 @@ class LinearChainConfig:
   width: int = value(1)
 
 
-# --- init ------------------------------------------------------------------------------------------------
+# --- init: the weight initializer's own keys, and `bias`, `output_bias` for the biases -------------------
 @dataclass
-class VarianceScalingConfig:
+class InitConfig:
   _target_: str = MISSING
+  bias: float = MISSING  # every bias of a dense or convolutional layer starts at this constant
+  output_bias: Optional[str] = choice("marginal", default=None)  # marginal: log class frequencies
+
+
+@dataclass
+class VarianceScalingConfig(InitConfig):
   scale: float = value(**POSITIVE)
   mode: str = choice("fan_in", "fan_out", "fan_avg")
   distribution: str = choice("truncated_normal", "normal", "uniform")
 
 
 @dataclass
-class ConstantInitConfig:
-  _target_: str = MISSING
+class ConstantInitConfig(InitConfig):
   value: float = MISSING
+
+
+@dataclass
+class NormalInitConfig(InitConfig):
+  stddev: float = value(**POSITIVE)
+
+
+@dataclass
+class UniformInitConfig(InitConfig):
+  scale: float = value(**POSITIVE)
+
+
+@dataclass
+class OrthogonalInitConfig(InitConfig):
+  gain: float = value(**POSITIVE)  # W^T W = gain^2 I
+
+
+@dataclass
+class SparseInitConfig(InitConfig):
+  k: int = value(1)
+  scale: float = value(**POSITIVE)
+
+
+@dataclass
+class IdentityInitConfig(InitConfig):
+  gain: float = value(**POSITIVE)
+  non_square: str = choice("error", "eye", "orthogonal")
 
 
 # --- optimizer: keys follow optax's argument names, except the base learning rate `lr` ---------------------
@@ -249,6 +287,12 @@ class ConstantInitConfig:
 class OptimizerConfig:
   _target_: str = MISSING
   lr: float = value(**POSITIVE)
+  clip_value: Optional[float] = value(**POSITIVE)  # clip each gradient component to [-c, c]; null: off
+  clip_norm: Optional[float] = value(**POSITIVE)  # g <- g min(1, c / ||g||), the global norm; null: off
+  noise_eta: Optional[float] = value(0.0)  # gradient noise N(0, eta / (1 + t)^gamma); null: off
+  noise_gamma: float = value(0.0)
+  then: Optional[Any] = None  # a second optimizer's config, used from switch_step on
+  switch_step: Optional[int] = value(0)
 
 
 @dataclass
@@ -258,10 +302,30 @@ class SGDConfig(OptimizerConfig):
 
 
 @dataclass
+class AdagradConfig(OptimizerConfig):
+  initial_accumulator_value: float = value(0.0)
+  eps: float = value(**POSITIVE)
+
+
+@dataclass
+class RMSPropConfig(OptimizerConfig):
+  decay: float = value(**FRACTION)
+  eps: float = value(**POSITIVE)
+  momentum: Optional[float] = value(**FRACTION)
+  centered: bool = MISSING
+  nesterov: bool = MISSING
+
+
+@dataclass
 class AdamConfig(OptimizerConfig):
   b1: float = value(**FRACTION)
   b2: float = value(**FRACTION)
   eps: float = value(**POSITIVE)
+
+
+@dataclass
+class AdamWConfig(AdamConfig):
+  weight_decay: float = value(0.0)
 
 
 # --- schedule: a multiplier of optimizer.lr over the steps ---------------------------------------------------
@@ -277,6 +341,31 @@ class LinearScheduleConfig(ScheduleConfig):
   decay_steps: Optional[int] = value(1)
 
 
+@dataclass
+class StepScheduleConfig(ScheduleConfig):
+  gamma: float = value(**POSITIVE)
+  step_size: int = value(1)
+
+
+@dataclass
+class ExponentialScheduleConfig(ScheduleConfig):
+  decay_rate: float = value(**POSITIVE)
+  decay_steps: Optional[int] = value(1)
+  staircase: bool = MISSING
+
+
+@dataclass
+class InverseTimeScheduleConfig(ScheduleConfig):
+  decay_rate: float = value(0.0)
+  decay_steps: int = value(1)
+
+
+@dataclass
+class CosineScheduleConfig(ScheduleConfig):
+  end_factor: float = value(0.0, 1.0)
+  decay_steps: Optional[int] = value(1)
+
+
 # --- regularizers: each lives under regularizer.<name> ----------------------------------------------------
 @dataclass
 class L2Config:
@@ -284,8 +373,47 @@ class L2Config:
 
 
 @dataclass
+class L1Config:
+  weight: float = value(0.0)
+
+
+@dataclass
+class WeightDecayConfig:
+  weight: float = value(0.0)
+
+
+@dataclass
+class MaxNormConfig:
+  r: float = value(**POSITIVE)
+
+
+@dataclass
 class DropoutConfig:
   rate: float = value(**FRACTION)
+
+
+@dataclass
+class EarlyStoppingConfig:
+  patience: int = value(1)
+  metric: str = choice("accuracy", "loss")
+
+
+@dataclass
+class LabelSmoothingConfig:
+  eps: float = value(**FRACTION)
+
+
+@dataclass
+class ConfidencePenaltyConfig:
+  beta: float = value(0.0)
+
+
+@dataclass
+class AugmentConfig:
+  noise: float = value(0.0)  # std of additive Gaussian noise
+  shift: int = value(0)  # vectors and sequences: circular shift by up to this many positions
+  crop: int = value(0)  # images: pad by this many pixels, then crop back at a random offset
+  flip: bool = MISSING  # images: random horizontal flips
 
 
 # --- diagnostics and reports: what a run measures besides its loss, and how a sweep is summarized -----------
@@ -323,12 +451,31 @@ SCHEMAS = {
     "model_linear_chain_schema": LinearChainConfig,
     "init_variance_scaling_schema": VarianceScalingConfig,
     "init_constant_schema": ConstantInitConfig,
+    "init_normal_schema": NormalInitConfig,
+    "init_uniform_schema": UniformInitConfig,
+    "init_orthogonal_schema": OrthogonalInitConfig,
+    "init_sparse_schema": SparseInitConfig,
+    "init_identity_schema": IdentityInitConfig,
     "optimizer_sgd_schema": SGDConfig,
+    "optimizer_adagrad_schema": AdagradConfig,
+    "optimizer_rmsprop_schema": RMSPropConfig,
     "optimizer_adam_schema": AdamConfig,
+    "optimizer_adamw_schema": AdamWConfig,
     "schedule_constant_schema": ScheduleConfig,
     "schedule_linear_schema": LinearScheduleConfig,
+    "schedule_step_schema": StepScheduleConfig,
+    "schedule_exponential_schema": ExponentialScheduleConfig,
+    "schedule_inverse_time_schema": InverseTimeScheduleConfig,
+    "schedule_cosine_schema": CosineScheduleConfig,
     "regularizer_l2_schema": L2Config,
+    "regularizer_l1_schema": L1Config,
+    "regularizer_weight_decay_schema": WeightDecayConfig,
+    "regularizer_max_norm_schema": MaxNormConfig,
     "regularizer_dropout_schema": DropoutConfig,
+    "regularizer_early_stopping_schema": EarlyStoppingConfig,
+    "regularizer_label_smoothing_schema": LabelSmoothingConfig,
+    "regularizer_confidence_penalty_schema": ConfidencePenaltyConfig,
+    "regularizer_augment_schema": AugmentConfig,
     "diagnostics_schema": DiagnosticsConfig,
     "report_schema": ReportConfig,
 }

@@ -14,6 +14,29 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, eps: jax.Array) -> jax.Array:
+  """Cross-entropy against the target (1 - eps) y + eps / K (Szegedy et al. 2016), per example."""
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), eps)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def entropy(logits: jax.Array) -> jax.Array:
+  """H(p) = -sum_k p_k log p_k of p = softmax(logits), per example."""
+  log_p = jax.nn.log_softmax(logits)
+  return -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
+
+
+def objective(logits: jax.Array, labels: jax.Array, regularizer: dict) -> jax.Array:
+  """The per-example training loss: cross-entropy, label-smoothed when selected, minus beta H(p) when selected."""
+  if "label_smoothing" in regularizer:
+    loss = smoothed_cross_entropy(logits, labels, regularizer["label_smoothing"]["eps"])
+  else:
+    loss = cross_entropy(logits, labels)
+  if "confidence_penalty" in regularizer:
+    loss = loss - regularizer["confidence_penalty"]["beta"] * entropy(logits)
+  return loss
+
+
 def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """1.0 where the arg-max class is the label, per example."""
   return (jnp.argmax(logits, -1) == labels).astype(jnp.float32)

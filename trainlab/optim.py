@@ -1,19 +1,36 @@
-"""The one place where optax chains are composed from the `optimizer` and `schedule` groups.
+"""The one place where optax chains are composed from the `optimizer`, `schedule` and `regularizer` groups.
 
-The chain is `optimizer` (an optax alias such as optax.adam, called with learning_rate=optimizer.lr) followed
-by the schedule's multiplier. Both stages are wrapped in `optax.inject_hyperparams`, so every float of the two
-groups lives in the optimizer state as an array: a sweep over them reuses one compiled program, and a
-vectorized sweep can vmap over them.
+One optimizer *phase* is the chain
+
+  clip (optimizer.clip_value, optimizer.clip_norm) -> gradient noise (optimizer.noise_eta, noise_gamma)
+  -> the optimizer's direction times optimizer.lr (an optax alias, or one of ours below)
+  -> decoupled weight decay (regularizer=weight_decay): minus lr * weight * w, weights only.
+
+`optimizer.then` (a second optimizer's config) with `optimizer.switch_step` makes two phases, switched at that
+step ("Adam first, then SGD"). The schedule's multiplier follows, so the update that step k applies is
+schedule(k) times the phase's update. Every stage is wrapped in `optax.inject_hyperparams`, so every float of
+the groups lives in the optimizer state as an array: a sweep over them reuses one compiled program.
+
+Conventions (docs/catalogue.md has the table): momentum is optax's and PyTorch's form v <- a v + g,
+theta <- theta - lr_k v, so the current lr scales the whole velocity; AdaGrad starts its accumulator at
+`initial_accumulator_value` (0, as PyTorch and Goodfellow et al.) with eps outside the square root; RMSProp puts
+eps outside the square root (PyTorch); Adam puts eps outside sqrt(s_hat) (paper, optax, PyTorch).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 from hydra.utils import get_method
+
+from trainlab import regularizers
+
+# Keys of the optimizer group read here rather than passed to the optimizer's own factory.
+PHASE_KEYS = ("_target_", "lr", "clip_value", "clip_norm", "noise_eta", "noise_gamma", "then", "switch_step")
 
 
 def _structural_args(kwargs: dict) -> tuple[str, ...]:
@@ -31,18 +48,145 @@ def _scale_by(schedule_factory: Callable[..., optax.Schedule]) -> Callable[..., 
   return factory
 
 
-def build_optimizer(optimizer: dict, schedule: dict, total_steps: int):
+def _inject(factory: Callable, **kwargs) -> optax.GradientTransformation:
+  return optax.inject_hyperparams(factory, static_args=_structural_args(kwargs))(**kwargs)
+
+
+# --- optimizers that optax lacks in the catalogue's form ------------------------------------------------------
+class ScaleByAdagradState(NamedTuple):
+  sum_of_squares: Any  # s, the running sum of g * g; a pytree like the params
+
+
+def scale_by_adagrad(initial_accumulator_value: float = 0.0, eps: float = 1e-7) -> optax.GradientTransformation:
+  """s <- s + g * g ; g <- g / (sqrt(s) + eps), with s_0 = initial_accumulator_value.
+
+  optax.scale_by_rss puts eps inside the square root and starts at 0.1; this is Goodfellow et al.'s Algorithm 8.4
+  and PyTorch's Adagrad (eps outside, s_0 = 0 by default).
+  """
+
+  def init_fn(params):
+    return ScaleByAdagradState(jax.tree.map(lambda p: jnp.full_like(p, initial_accumulator_value), params))
+
+  def update_fn(updates, state, params=None):
+    del params  # Unused: the step depends on the gradient only.
+    s = jax.tree.map(lambda s, g: s + g * g, state.sum_of_squares, updates)
+    updates = jax.tree.map(lambda g, s: g / (jnp.sqrt(s) + eps), updates, s)
+    return updates, ScaleByAdagradState(s)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def adagrad(learning_rate, initial_accumulator_value: float = 0.0, eps: float = 1e-7):
+  """AdaGrad: theta <- theta - lr * g / (sqrt(s) + eps), s the sum of squared gradients so far (this one included)."""
+  return optax.chain(scale_by_adagrad(initial_accumulator_value, eps), optax.scale_by_learning_rate(learning_rate))
+
+
+def rmsprop(learning_rate, decay: float = 0.9, eps: float = 1e-8, momentum: float | None = None,
+            centered: bool = False, nesterov: bool = False):
+  """RMSProp with eps outside the square root (PyTorch's placement): optax.rmsprop(eps_in_sqrt=False).
+
+  s <- decay s + (1 - decay) g*g ; d = g / (sqrt(s) + eps) (centered: sqrt(s - mean(g)^2)); with momentum,
+  v <- momentum v + d and the step is -lr v.
+  """
+  return optax.rmsprop(learning_rate, decay=decay, eps=eps, eps_in_sqrt=False, centered=centered,
+                       momentum=momentum, nesterov=nesterov)
+
+
+def adamw(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 1e-4):
+  """optax.adamw (theta <- theta - lr (m_hat / (sqrt(s_hat) + eps) + weight_decay theta)), decaying weights only."""
+  return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=regularizers.weight_mask)
+
+
+def add_decoupled_weight_decay(weight: float, learning_rate: float) -> optax.GradientTransformation:
+  """Adds -learning_rate * weight * w to the update of every weight (kernel), not to biases or norm scales.
+
+  It follows the phase's lr-scaled direction, so the step is theta <- theta - lr (d + weight theta), and the
+  schedule multiplies both terms (Loshchilov & Hutter's decoupled decay, in optax's and PyTorch's AdamW form).
+  """
+
+  def update_fn(updates, state, params):
+    decayed = jax.tree_util.tree_map_with_path(
+        lambda path, u, w: u - learning_rate * weight * w if regularizers.is_weight(path, w) else u, updates, params)
+    return decayed, state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def gradient_noise(eta: float, gamma: float, seed: Any = 0) -> optax.GradientTransformation:
+  """g <- g + N(0, eta / (1 + t)^gamma) with t the number of earlier steps (optax.add_noise; Neelakantan et al.)."""
+  return optax.add_noise(eta, gamma, key=jax.random.fold_in(jax.random.key(seed), 3))
+
+
+# --- switching between two optimizers --------------------------------------------------------------------------
+class SwitchState(NamedTuple):
+  count: jax.Array  # int32 scalar: updates taken
+  first: Any
+  second: Any
+
+
+def switch(first: optax.GradientTransformation, second: optax.GradientTransformation,
+           step: int) -> optax.GradientTransformation:
+  """Updates with `first` for the first `step` updates and with `second` after; each keeps its own state."""
+
+  def init_fn(params):
+    return SwitchState(jnp.zeros((), jnp.int32), first.init(params), second.init(params))
+
+  def update_fn(updates, state, params=None):
+    def run_first(_):
+      u, s = first.update(updates, state.first, params)
+      return u, s, state.second
+
+    def run_second(_):
+      u, s = second.update(updates, state.second, params)
+      return u, state.first, s
+
+    u, s1, s2 = jax.lax.cond(state.count < step, run_first, run_second, None)
+    return u, SwitchState(state.count + 1, s1, s2)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+# --- composition -------------------------------------------------------------------------------------------
+def _phase(optimizer: dict, weight_decay: Any, seed: Any):
+  """(transform, lr_fn) of one optimizer config; lr_fn maps the transform's state to its base lr."""
+  stages = []
+  if optimizer.get("clip_value") is not None:
+    stages.append(_inject(optax.clip, max_delta=optimizer["clip_value"]))
+  if optimizer.get("clip_norm") is not None:
+    stages.append(_inject(optax.clip_by_global_norm, max_norm=optimizer["clip_norm"]))
+  if optimizer.get("noise_eta") is not None:
+    # The seed is static to inject_hyperparams (only init reads it: the key then lives in the state).
+    stages.append(optax.inject_hyperparams(gradient_noise, static_args=("seed",))(
+        eta=optimizer["noise_eta"], gamma=optimizer["noise_gamma"], seed=0 if seed is None else seed))
+  kwargs = {k: v for k, v in optimizer.items() if k not in PHASE_KEYS}
+  direction_at = len(stages)
+  stages.append(_inject(get_method(optimizer["_target_"]), learning_rate=optimizer["lr"], **kwargs))
+  if weight_decay is not None:
+    stages.append(_inject(add_decoupled_weight_decay, weight=weight_decay, learning_rate=optimizer["lr"]))
+  lr_fn = lambda state: state[direction_at].hyperparams["learning_rate"]
+
+  if optimizer.get("then") is None:
+    return optax.chain(*stages), lr_fn
+  second, second_lr_fn = _phase(optimizer["then"], weight_decay, seed)
+  step = optimizer["switch_step"]
+  tx = switch(optax.chain(*stages), second, step)
+  return tx, lambda state: jnp.where(state.count < step, lr_fn(state.first), second_lr_fn(state.second))
+
+
+def build_optimizer(optimizer: dict, schedule: dict, total_steps: int, regularizer: dict | None = None,
+                    seed: Any = None):
   """Returns (tx, learning_rate_fn): the optax transform and a function of its state giving the current lr.
 
   Args:
-    optimizer: the `optimizer` group as a dict: `_target_` (an optax alias), `lr`, and the alias's own args.
+    optimizer: the `optimizer` group as a dict: `_target_` (an optimizer factory), `lr`, the factory's own args,
+      and the options every optimizer has (clip_value, clip_norm, noise_eta, noise_gamma, then, switch_step).
     schedule: the `schedule` group as a dict: `_target_` (a function of trainlab.schedules) and its args.
     total_steps: the run's number of optimizer steps, the horizon of decaying schedules.
+    regularizer: the `regularizer` group; its `weight_decay.weight`, when selected, is decayed here.
+    seed: the run's seed, for the gradient noise (may be traced).
   """
-  opt_kwargs = {k: v for k, v in optimizer.items() if k not in ("_target_", "lr")}
-  alias = get_method(optimizer["_target_"])
-  direction = optax.inject_hyperparams(alias, static_args=_structural_args(opt_kwargs))(
-      learning_rate=optimizer["lr"], **opt_kwargs)
+  weight_decay = (regularizer or {}).get("weight_decay")
+  direction, lr_fn = _phase(optimizer, None if weight_decay is None else weight_decay["weight"], seed)
 
   sched_kwargs = {k: v for k, v in schedule.items() if k != "_target_"}
   sched_kwargs["total_steps"] = total_steps
@@ -51,9 +195,9 @@ def build_optimizer(optimizer: dict, schedule: dict, total_steps: int):
   multiplier = optax.inject_hyperparams(_scale_by(schedule_factory), static_args=static)(**sched_kwargs)
 
   def learning_rate_fn(opt_state: Any) -> jax.Array:
-    """The learning rate that the next update applies: optimizer.lr times the schedule at this step."""
+    """The learning rate that the next update applies: the phase's lr times the schedule at this step."""
     direction_state, multiplier_state = opt_state
     values = {k: sched_kwargs[k] for k in static} | dict(multiplier_state.hyperparams)
-    return direction_state.hyperparams["learning_rate"] * schedule_factory(**values)(multiplier_state.count)
+    return lr_fn(direction_state) * schedule_factory(**values)(multiplier_state.count)
 
   return optax.chain(direction, multiplier), learning_rate_fn

@@ -29,7 +29,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab import checkpoint, config, data, diagnostics, losses, models, optim, regularizers, writers
+from trainlab import (checkpoint, config, data, diagnostics, initializers, losses, models, optim, regularizers,
+                      writers)
 
 log = logging.getLogger(__name__)
 
@@ -92,24 +93,29 @@ def build_program(spec: Spec) -> Program:
   """Builds the jitted functions of a run from its structure; cached, so a sweep's jobs reuse them."""
   structure = json.loads(spec.structure)
   task = losses.TASKS[spec.task]
+  classify = spec.task == "classification"
 
   def make_model(hparams: dict, **kwargs):
     dropout = hparams["regularizer"].get("dropout")
     return instantiate(merge_values(structure["model"], hparams["model"]), num_outputs=spec.num_classes,
                        dropout_rate=None if dropout is None else dropout["rate"], _convert_="all", **kwargs)
 
-  tx, learning_rate_fn = optim.build_optimizer(structure["optimizer"], structure["schedule"], spec.total_steps)
+  tx, learning_rate_fn = optim.build_optimizer(structure["optimizer"], structure["schedule"], spec.total_steps,
+                                               structure["regularizer"])
+  augment = structure["regularizer"].get("augment")
 
   def init(seed: jax.Array, values: dict) -> TrainState:
     key = jax.random.PRNGKey(seed)
     hparams = {"model": values["model"], "regularizer": values["regularizer"]}
-    kernel_init = instantiate(merge_values(structure["init"], values["init"]))
+    kernel_init, bias, output_bias = initializers.build(merge_values(structure["init"], values["init"]))
     model = make_model(hparams, kernel_init=kernel_init)
     variables = dict(model.init(jax.random.fold_in(key, 2), jnp.zeros((1, *spec.input_shape)), train=False))
     params = variables.pop("params")
+    params = initializers.init_biases(params, bias, values["init"]["log_class_frequency"] if output_bias else None)
     # The optimizer is built here from the traced values, so that its state carries them.
     run_tx, _ = optim.build_optimizer(merge_values(structure["optimizer"], values["optimizer"]),
-                                      merge_values(structure["schedule"], values["schedule"]), spec.total_steps)
+                                      merge_values(structure["schedule"], values["schedule"]), spec.total_steps,
+                                      merge_values(structure["regularizer"], values["regularizer"]), seed=seed)
     return TrainState(jnp.zeros((), jnp.int32), params, variables, run_tx.init(params), hparams, key)
 
   def apply(state: TrainState, params, x, *, train: bool, rng=None):
@@ -121,11 +127,16 @@ def build_program(spec: Spec) -> Program:
 
   def train_step(state: TrainState, x: jax.Array, y: jax.Array):
     rng = jax.random.fold_in(jax.random.fold_in(state.key, 1), state.step)
+    if augment is not None:
+      x = regularizers.augment(x, merge_values(augment, state.hparams["regularizer"]["augment"]),
+                               jax.random.fold_in(rng, 1))
 
     def loss_fn(params):
       logits, model_state = apply(state, params, x, train=True, rng=rng)
       data_loss = task.loss(logits, y).mean()
-      objective = data_loss + regularizers.penalty(params, state.hparams["regularizer"])
+      # label smoothing and the confidence penalty reshape the classification loss; regression trains on mse
+      fitted = losses.objective(logits, y, state.hparams["regularizer"]).mean() if classify else data_loss
+      objective = fitted + regularizers.penalty(params, state.hparams["regularizer"])
       return objective, (data_loss, logits, model_state)
 
     (_, (data_loss, logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -136,7 +147,7 @@ def build_program(spec: Spec) -> Program:
         "grad_norm": optax.global_norm(grads),
     }
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params = regularizers.project(optax.apply_updates(state.params, updates), state.hparams["regularizer"])
     return state._replace(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state), metrics
 
   def train_chunk(state: TrainState, x: jax.Array, y: jax.Array, num_steps: jax.Array):
@@ -302,6 +313,9 @@ def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float |
   program_cfg = {g: OmegaConf.to_container(cfg[g], resolve=True) for g in PROGRAM_GROUPS}
   structure, values = split_values(program_cfg)
   values = jax.tree.map(np.float32, values)
+  if cfg.init.get("output_bias") == "marginal":
+    values.setdefault("init", {})["log_class_frequency"] = initializers.log_class_frequency(
+        dataset.y_train, dataset.num_classes)
   spec = Spec(json.dumps(structure, sort_keys=True), cfg.batch_size, steps, chunk_steps,
               tuple(dataset.x_train.shape[1:]), dataset.num_classes, dataset.task)
   program = build_program(spec)
@@ -312,6 +326,8 @@ def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float |
   startup_seconds = time.perf_counter() - started
 
   window, best, status, diverged_at = _Window(), None, "completed", None
+  stopping = cfg.regularizer.get("early_stopping")
+  stopper = stopping and regularizers.EarlyStopping(stopping.patience, stopping.metric)
   train_seconds, step = 0.0, 0
   checkpointer = checkpoint.Checkpointer(workdir, cfg.checkpoint.keep)
   run_cfg = checkpoint.run_config(OmegaConf.to_container(cfg, resolve=True))
@@ -359,12 +375,19 @@ def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float |
       monitor(step, state)
       log.info("step %d/%d  train/loss %.4f  val/loss %.4f  %s %.4f", step, steps,
                float(metrics["loss"][run_now - 1]), val["val/loss"], metric, val[metric])
-      if step == steps or stop.signal_name or (every and step // every > (step - run_now) // every):
+      stop_early = bool(stopper) and stopper.update(step, val, state)
+      if step == steps or stop.signal_name or stop_early or (every and step // every > (step - run_now) // every):
         save_checkpoint()
+      if stop_early:
+        log.info("early stopping at step %d: no better val/%s in %d evaluations since step %d", step,
+                 stopper.metric, stopper.patience, stopper.best_step)
+        break
       if stop.signal_name and step < steps:
         status = "interrupted"
         break
     test = {}
+    if stopper:
+      state = stopper.restore(state)  # the reported test metrics are the best parameters'
     if status == "completed":
       test = {f"test/{k}": float(v) for k, v in jax.device_get(program.evaluate(state, x_test, y_test)).items()}
       writer.write(step, test)
@@ -385,6 +408,7 @@ def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float |
       "best_val/step": best and best["step"],
       "best_val/loss": best and best["val/loss"],
       f"best_{metric}": best and best[metric],
+      **({"early_stopping/restored_step": stopper.best_step} if stopper else {}),
       "wall_time_s": time.perf_counter() - started,
       "startup_time_s": startup_seconds,
       "compile_time_s": compile_seconds,
