@@ -186,6 +186,11 @@ def _figure(ncols: int):
   return fig, [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
 
 
+def _legend(ax) -> None:
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize="small")
+
+
 def _band(points_per_run: list[dict[int, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Steps, mean and standard deviation over the runs that have a value at each step."""
   steps = sorted({s for points in points_per_run for s in points})
@@ -207,7 +212,7 @@ def plot_curves(groups: list[Group]):
       (line,) = ax.plot(steps, mean, label=group.label)
       ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set(title=name, xlabel="step", ylabel=name.split("/")[1])
-    ax.legend(fontsize="small")
+    _legend(ax)
   return fig
 
 
@@ -244,7 +249,7 @@ def plot_sensitivity(groups: list[Group], key: str, metric: str = SORT_METRIC):
   if xs_all and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 10:
     ax.set_xscale("log")
   ax.set(title=f"{metric} against {key}", xlabel=key, ylabel=metric)
-  ax.legend(fontsize="small")
+  _legend(ax)
   return fig
 
 
@@ -277,7 +282,7 @@ def plot_init_layers(groups: list[Group]):
       ax.set_xticks(range(len(layers)), layers, rotation=30, fontsize="small")
       drawn = True
     ax.set(title=f"{title} at step 0", xlabel="layer", ylabel="std", yscale="log")
-    ax.legend(fontsize="small")
+    _legend(ax)
   return fig if drawn else None
 
 

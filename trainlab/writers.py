@@ -167,13 +167,16 @@ def write_hparams_session(workdir: pathlib.Path, hparams: dict, summary: dict) -
     else:
       start.hparams[key].string_value = str(x)
   status = "STATUS_SUCCESS" if summary.get("status") == "completed" else "STATUS_FAILURE"
-  with SummaryWriter(logdir=str(workdir)) as tb:
-    tb.file_writer.add_summary(_hparams_summary(session_start_info=start))
-    step = summary.get("steps_run") or 0
+  # At the run's last step: TensorBoard reads a step that goes back as a restart and drops the later points.
+  step = summary.get("steps_run") or 0
+  # The suffix: tensorboardX names files by the second, and a second writer in that second would overwrite.
+  with SummaryWriter(logdir=str(workdir), filename_suffix=".hparams") as tb:
+    tb.file_writer.add_summary(_hparams_summary(session_start_info=start), global_step=step)
     for name in _SUMMARY_ONLY:
       if isinstance(summary.get(name), (int, float)):
         tb.add_scalar(name, summary[name], global_step=step)
-    tb.file_writer.add_summary(_hparams_summary(session_end_info=SessionEndInfo(status=Status.Value(status))))
+    tb.file_writer.add_summary(_hparams_summary(session_end_info=SessionEndInfo(status=Status.Value(status))),
+                               global_step=step)
 
 
 def write_hparams_experiment(logdir: pathlib.Path, runs_hparams: list[dict]) -> None:
@@ -196,5 +199,5 @@ def write_hparams_experiment(logdir: pathlib.Path, runs_hparams: list[dict]) -> 
     hparam_infos.append(info)
   metric_infos = [MetricInfo(name=MetricName(tag=name)) for name in HPARAMS_METRICS]
   experiment = Experiment(hparam_infos=hparam_infos, metric_infos=metric_infos)
-  with SummaryWriter(logdir=str(logdir)) as tb:
+  with SummaryWriter(logdir=str(logdir), filename_suffix=".hparams") as tb:
     tb.file_writer.add_summary(_hparams_summary(experiment=experiment))

@@ -1,0 +1,226 @@
+"""The sweep report, the HParams dashboard and `trainlab tb`: numbers from the runs' own files, valid PNGs
+with the expected series, and hparams that TensorBoard's own reader and server understand."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+import socket
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from conftest import run_cli
+from omegaconf import OmegaConf
+
+from trainlab import report, sweep, writers
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# --- the table, from fake run directories in the real format ---------------------------------------------------
+def fake_sweep(root: pathlib.Path) -> pathlib.Path:
+  """2 learning rates x 3 seeds; one run diverged. summary.json and metrics.jsonl as train/main write them."""
+  rng = np.random.default_rng(0)
+  job = 0
+  for lr in ("0.1", "0.01"):
+    for seed in range(3):
+      run = root / str(job)
+      overrides = [f"optimizer.lr={lr}", f"seed={seed}", "steps=40"]
+      diverged = lr == "0.1" and seed == 2
+      acc = [float(x) for x in np.sort(rng.uniform(0.1, 0.9, 4))]
+      writers.write_summary(run, {
+          "status": "diverged" if diverged else "completed",
+          **({} if diverged else {"test/accuracy": float(rng.uniform(0.5, 0.9)),
+                                  "test/loss": float(rng.uniform(0.3, 1.0))}),
+          "best_val/accuracy": max(acc), "best_val/loss": float(rng.uniform(0.3, 1.0)),
+          "overrides": overrides, "run_dir": str(run)})
+      with open(run / writers.METRICS_FILE, "w") as f:
+        for i, a in enumerate(acc):
+          f.write(json.dumps({"step": 10 * (i + 1), "train/loss": 2.0 - a}) + "\n")
+          f.write(json.dumps({"step": 10 * (i + 1), "val/accuracy": a, "val/loss": 2.0 - a}) + "\n")
+      job += 1
+  return root
+
+
+def test_table_equals_statistics_computed_from_the_summaries(tmp_path):
+  sweep_dir = fake_sweep(tmp_path)
+  out = report.write_report(sweep_dir, metric="val/accuracy", target=0.5)
+  summaries = [json.loads((d / "summary.json").read_text()) for d in sorted(sweep_dir.iterdir()) if d.is_dir()]
+  rows = list(csv.DictReader(open(out["report.csv"])))
+  assert [r["optimizer.lr"] for r in rows] == sorted(
+      ("0.1", "0.01"), key=lambda lr: -np.mean([s["test/accuracy"] for s in summaries
+                                                if f"optimizer.lr={lr}" in s["overrides"] and "test/accuracy" in s]))
+  for row in rows:
+    mine = [s for s in summaries if f"optimizer.lr={row['optimizer.lr']}" in s["overrides"]]
+    assert int(row["runs"]) == 3
+    assert int(row["diverged"]) == sum(s["status"] == "diverged" for s in mine)
+    for name in report.TABLE_METRICS:
+      xs = [s[name] for s in mine if name in s]
+      assert float(row[f"{name} mean"]) == pytest.approx(np.mean(xs), rel=1e-12)
+      assert float(row[f"{name} std"]) == pytest.approx(np.std(xs, ddof=1), rel=1e-12)
+    # Steps to val/accuracy >= 0.5, read directly from each run's curve.
+    reached = []
+    for s in mine:
+      points = [json.loads(line) for line in open(pathlib.Path(s["run_dir"]) / "metrics.jsonl")]
+      hits = [p["step"] for p in points if p.get("val/accuracy", 0) >= 0.5]
+      if hits:
+        reached.append(min(hits))
+    key = "steps to val/accuracy=0.5"
+    assert int(row[f"{key} reached"]) == len(reached)
+    assert float(row[f"{key} mean"]) == pytest.approx(np.mean(reached))
+  assert rows[0]["diverged"] == "0" or rows[1]["diverged"] == "0"
+  text = out["report.md"].read_text()
+  best = rows[0]
+  assert f"{float(best['test/accuracy mean']):.4g} ± {float(best['test/accuracy std']):.4g}" in text
+  assert "| optimizer.lr |" in text and "common to all: steps=40" in text
+
+
+def test_sensitivity_plot_uses_a_log_axis_across_decades(tmp_path):
+  groups = report.group_runs(report.load_runs(fake_sweep(tmp_path)))
+  assert report.numeric_keys(groups) == ["optimizer.lr"]
+  fig = report.plot_sensitivity(groups, "optimizer.lr")
+  ax = fig.axes[0]
+  assert ax.get_xscale() == "log"
+  (series,) = ax.containers  # one errorbar series: no other swept key
+  assert series.get_label() == "test/accuracy"
+  line = series.lines[0]
+  means = {lr: np.mean([r.summary["test/accuracy"] for g in groups for r in g.runs
+                        if r.overrides["optimizer.lr"] == lr and "test/accuracy" in r.summary]) for lr in ("0.01", "0.1")}
+  np.testing.assert_allclose(line.get_xdata(), [0.01, 0.1])
+  np.testing.assert_allclose(line.get_ydata(), [means["0.01"], means["0.1"]])
+
+
+def test_a_failing_report_keeps_results_csv(tmp_path, monkeypatch):
+  fake_sweep(tmp_path)
+
+  def broken(*args, **kwargs):
+    raise RuntimeError("plotting broke")
+
+  monkeypatch.setattr(report, "write_report", broken)
+  cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}},
+                          "report": {"metric": "val/accuracy", "target": None}})
+  sweep.ResultsTable().on_multirun_end(cfg)
+  rows = list(csv.DictReader(open(tmp_path / sweep.RESULTS_FILE)))
+  assert len(rows) == 6 and not (tmp_path / "report.md").exists()
+
+
+# --- one small real sweep: the automatic report, its plots, and the HParams dashboard ---------------------------
+SWEEP = ["init=he,glorot", "optimizer.lr=0.003,0.03", "seed=0,1", "steps=40", "eval_every=20", "log_every=10",
+         "model.widths=[16,16]", "diagnostics.every=20", "diagnostics.histogram_every=0"]
+
+
+@pytest.fixture(scope="module")
+def real_sweep(tmp_path_factory):
+  root = tmp_path_factory.mktemp("sweep")
+  run_cli("train", "-m", *SWEEP, f"hydra.sweep.dir={root}/sweep", cwd=root)
+  return root / "sweep"
+
+
+def test_the_multirun_writes_the_report_with_valid_plots(real_sweep):
+  from matplotlib.image import imread
+
+  for name in ("results.csv", "report.md", "report.csv", "curves.png", "init_layers.png",
+               "sensitivity_optimizer.lr.png"):
+    assert (real_sweep / name).is_file(), name
+  for png in real_sweep.glob("*.png"):
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    assert imread(png).shape[2] == 4  # decodes to RGBA pixels
+  rows = list(csv.DictReader(open(real_sweep / "report.csv")))
+  assert len(rows) == 4 and all(r["runs"] == "2" for r in rows)
+
+
+def test_plots_of_the_real_sweep_have_one_series_per_configuration(real_sweep):
+  groups = report.group_runs(report.load_runs(real_sweep))
+  labels = sorted(g.label for g in groups)
+  assert labels == sorted(f"init={i}, optimizer.lr={lr}" for i in ("he", "glorot") for lr in ("0.003", "0.03"))
+
+  curves = report.plot_curves(groups)
+  for ax in curves.axes:
+    assert sorted(line.get_label() for line in ax.get_lines()) == labels
+    assert len(ax.collections) == len(labels)  # a band per configuration
+  train_loss = curves.axes[0].get_lines()[0]
+  group = next(g for g in groups if g.label == train_loss.get_label())
+  per_seed = [report.curve(report.read_metrics(r.dir), "train/loss") for r in group.runs]
+  np.testing.assert_allclose(train_loss.get_xdata(), [10, 20, 30, 40])
+  np.testing.assert_allclose(train_loss.get_ydata(), [np.mean([c[s] for c in per_seed]) for s in (10, 20, 30, 40)])
+
+  layers = report.plot_init_layers(groups)
+  for ax, quantity in zip(layers.axes, ("act_var", "grad_var")):
+    assert sorted(line.get_label() for line in ax.get_lines()) == labels
+    line = ax.get_lines()[0]
+    group = next(g for g in groups if g.label == line.get_label())
+    first = [json.loads(l) for l in open(group.runs[0].dir / "metrics.jsonl")]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["Dense_0", "Dense_1", "Dense_2"]
+    want = [np.mean([np.sqrt(next(p[f"step0/Dense_{i}/{quantity}"] for p in report.read_metrics(r.dir)
+                                  if f"step0/Dense_{i}/{quantity}" in p)) for r in group.runs]) for i in range(3)]
+    np.testing.assert_allclose(line.get_ydata(), want, rtol=1e-6)
+    assert first[0]["step"] == 0
+
+
+def test_hparams_are_readable_by_tensorboards_own_reader(real_sweep):
+  from tensorboard.backend.event_processing import event_multiplexer
+  from tensorboard.plugins.hparams import api_pb2, metadata
+
+  mux = event_multiplexer.EventMultiplexer()
+  mux.AddRunsFromDirectory(str(real_sweep))
+  mux.Reload()
+  content = mux.PluginRunToTagToContent(metadata.PLUGIN_NAME)
+  experiment = metadata.parse_experiment_plugin_data(content["."][metadata.EXPERIMENT_TAG])
+  assert {h.name for h in experiment.hparam_infos} >= {"init", "optimizer.lr", "seed", "steps"}
+  init_info = next(h for h in experiment.hparam_infos if h.name == "init")
+  assert sorted(v.string_value for v in init_info.domain_discrete.values) == ["glorot", "he"]
+  assert "test/accuracy" in {m.name.tag for m in experiment.metric_infos}
+  for job in range(8):
+    summary = json.loads((real_sweep / str(job) / "summary.json").read_text())
+    tags = content[str(job)]
+    start = metadata.parse_session_start_info_plugin_data(tags[metadata.SESSION_START_INFO_TAG])
+    want = dict(o.split("=", 1) for o in summary["overrides"])
+    assert start.hparams["init"].string_value == want["init"]
+    assert start.hparams["optimizer.lr"].number_value == pytest.approx(float(want["optimizer.lr"]))
+    assert start.hparams["seed"].number_value == float(want["seed"])
+    end = metadata.parse_session_end_info_plugin_data(tags[metadata.SESSION_END_INFO_TAG])
+    assert end.status == api_pb2.STATUS_SUCCESS
+    # The dashboard's metric values are the runs' last scalars under those tags.
+    accumulator = mux.GetAccumulator(str(job))
+    assert accumulator.Scalars("best_val/accuracy")[-1].value == pytest.approx(summary["best_val/accuracy"])
+    assert accumulator.Scalars("test/accuracy")[-1].value == pytest.approx(summary["test/accuracy"])
+    texts = accumulator.Tensors("config/text_summary")
+    assert b"optimizer:" in texts[0].tensor_proto.string_val[0]
+
+
+def test_trainlab_tb_serves_the_hparams_dashboard(real_sweep):
+  import subprocess
+  import sys
+
+  from conftest import ROOT
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  proc = subprocess.Popen([sys.executable, "-m", "trainlab", "tb", str(real_sweep), "--port", str(port)],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  try:
+    assert f"http://127.0.0.1:{port}/" in proc.stdout.readline()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/data/plugin/hparams/session_groups",
+        data=json.dumps({"experimentName": "", "allowedStatuses": ["STATUS_SUCCESS", "STATUS_UNKNOWN"],
+                         "colParams": [], "startIndex": 0, "sliceSize": 100}).encode(),
+        headers={"Content-Type": "application/json", "X-TensorBoard-Feature-Flags": "{}"})
+    deadline = time.time() + 90
+    while True:
+      try:
+        groups = json.loads(urllib.request.urlopen(request, timeout=10).read())["sessionGroups"]
+        if len(groups) == 8:
+          break
+      except OSError:
+        pass
+      assert time.time() < deadline, "TensorBoard did not serve the 8 sessions"
+      time.sleep(1)
+    lrs = sorted(g["hparams"]["optimizer.lr"] for g in groups)
+    assert lrs == [0.003] * 4 + [0.03] * 4
+  finally:
+    proc.terminate()
+    proc.wait(timeout=30)
