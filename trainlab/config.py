@@ -120,7 +120,7 @@ class VarianceScalingConfig:
 @dataclass
 class ConstantInitConfig:
   _target_: str = MISSING
-  value: float = MISSING
+  value: float = value()  # any real number (NaN is not); `value()` is the module function here
 
 
 # --- optimizer: keys follow optax's argument names, except the base learning rate `lr` ---------------------
