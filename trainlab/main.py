@@ -40,8 +40,6 @@ CONF_DIR = str(pathlib.Path(__file__).resolve().parent.parent / "conf")
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def train_app(cfg: DictConfig) -> float | None:
   """One job: train, and always leave a summary.json saying how it ended."""
-  from trainlab import train  # JAX is imported only when a job runs, not for --help
-
   started = time.perf_counter()
   hydra_cfg = HydraConfig.get()
   workdir = pathlib.Path(hydra_cfg.runtime.output_dir)
@@ -59,6 +57,8 @@ def train_app(cfg: DictConfig) -> float | None:
     return previous.get("best_val/accuracy")
   if cfg.resume and previous and previous["status"] == "failed":
     checkpoint.clear(workdir)  # a failed run is run again from the start
+  from trainlab import train  # JAX is imported only when a job runs, not for --help or a skipped job
+
   try:
     summary = train.train_and_evaluate(cfg, workdir, started)
   except checkpoint.ResumeError as e:  # the run directory stays as it was, ready for the right command

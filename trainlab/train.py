@@ -302,6 +302,8 @@ def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float |
     step, best, train_seconds = int(state.step), host["best"], host["train_seconds"]
     window.sums, window.count = host["window_sums"], host["window_count"]
     log.info("resuming from the checkpoint at step %d", step)
+  elif cfg.resume:
+    log.info("no checkpoint in %s: the run starts from step 0", workdir)
   first_step = step
 
   def save_checkpoint() -> None:
