@@ -51,7 +51,7 @@ def checkpoint_steps(run_dir: pathlib.Path) -> list[int]:
 
 def final_leaves(run_dir: pathlib.Path) -> list[np.ndarray]:
   saved = checkpoint.Checkpointer(run_dir)
-  state, _ = saved.restore(None)
+  state = saved.restore(None, saved.latest_step())
   saved.close()
   return [np.asarray(x) for x in jax.tree.leaves(state)]
 
@@ -135,6 +135,8 @@ def test_resume_with_a_different_config_is_refused(npz_overrides, tmp_path, monk
   before = (run / writers.METRICS_FILE).read_text()
   with pytest.raises(checkpoint.ResumeError, match=r"optimizer\.lr=0\.02 \(the checkpoint has 0\.01\)"):
     train_in_process(overrides + ["optimizer.lr=0.02", "resume=true"], run)
+  with pytest.raises(checkpoint.ResumeError, match=r"model\.widths=\[8\] \(the checkpoint has \[16\]\)"):
+    train_in_process(overrides + ["model.widths=[8]", "resume=true"], run)  # other shapes: refused, not crashed
   assert (run / writers.METRICS_FILE).read_text() == before
 
 

@@ -53,19 +53,20 @@ class Checkpointer:
     self._manager.save(step, args=args.Composite(state=args.StandardSave(state), host=args.JsonSave(host)), force=True)
     self._manager.wait_until_finished()
 
-  def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict]:
-    """The state and the host record of `step` (default: the latest).
+  def restore_host(self, step: int) -> dict:
+    """The host record of `step` alone: cheap, and readable whatever shapes the saved state has."""
+    return self._manager.restore(step, args=self._ocp.args.Composite(host=self._ocp.args.JsonRestore()))["host"]
+
+  def restore(self, target: Any, step: int) -> Any:
+    """The state saved at `step`.
 
     Args:
       target: a state with the structure and dtypes to restore into (a fresh TrainState), or None for the
         saved pytree as orbax rebuilds it (dicts and lists).
       step: which checkpoint.
     """
-    step = self.latest_step() if step is None else step
     args = self._ocp.args
-    restored = self._manager.restore(step, args=args.Composite(state=args.StandardRestore(target),
-                                                               host=args.JsonRestore()))
-    return restored["state"], restored["host"]
+    return self._manager.restore(step, args=args.Composite(state=args.StandardRestore(target)))["state"]
 
   def close(self) -> None:
     self._manager.close()
