@@ -356,7 +356,7 @@ def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float |
   summary = {
       "status": status,
       "interrupted_by": stop.signal_name if status == "interrupted" else None,
-      "resumed_from_step": first_step if cfg.resume else None,
+      "resumed_from_step": first_step if first_step else None,  # None: the run started from step 0
       "steps": steps,
       "steps_run": train_steps,
       "diverged_at_step": diverged_at,
