@@ -107,8 +107,9 @@ def _refuse(message: str, multirun: bool) -> None:
 
 
 def _print_table(summary: dict) -> None:
-  rows = [(k, summary.get(k)) for k in ("status", "test/accuracy", "test/loss", "best_val/accuracy", "best_val/step",
-                                    "steps_run", "steps_per_second", "compile_time_s", "wall_time_s")]
+  rows = [(k, summary.get(k)) for k in ("status", "test/accuracy", "test/loss", "best_val/accuracy",
+                                        "best_val/step", "steps_run", "steps_per_second", "compile_time_s",
+                                        "wall_time_s")]
   width = max(len(k) for k, _ in rows)
   lines = [f"  {k:<{width}}  {v:.4g}" if isinstance(v, float) else f"  {k:<{width}}  {v}" for k, v in rows]
   log.info("final metrics:\n%s", "\n".join(lines))
