@@ -172,6 +172,8 @@ def test_sigterm_to_trainlab_train_then_resume(write_npz, tmp_path):
   assert summary["status"] == "interrupted" and summary["interrupted_by"] == "SIGTERM"
   assert 100 <= summary["steps_run"] < 3000
   assert checkpoint_steps(run)[-1] == summary["steps_run"]
+  assert read_jsonl(run)[-1]["step"] == summary["steps_run"]  # the logs were flushed up to the checkpoint
+  assert read_tensorboard(run)["val/loss"][-1][0] == summary["steps_run"]
 
   run_cli(*args, f"hydra.run.dir={run}", "resume=true", cwd=tmp_path)
   run_cli(*args, f"hydra.run.dir={tmp_path / 'reference'}", cwd=tmp_path)
