@@ -95,7 +95,7 @@ def test_sweep_records_failed_and_diverged_jobs_and_resumes(write_npz, tmp_path)
   assert (sweep_dir / ok / writers.METRICS_FILE).read_text() == reference
   assert (sweep_dir / diverged / writers.SUMMARY_FILE).read_bytes() == diverged_before  # skipped
   for name in failed:
-    assert summaries[name]["status"] in ("completed", "diverged") and summaries[name]["resumed_from_step"] == 0
+    assert summaries[name]["status"] in ("completed", "diverged") and summaries[name]["resumed_from_step"] is None
   rows = read_results(sweep_dir)
   assert len(rows) == 4 and "failed" not in {row["status"] for row in rows}
   assert "resume" not in rows[0]  # how a job was run is not a column of what it is

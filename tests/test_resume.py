@@ -8,6 +8,7 @@ metrics and its best validation point travel in the checkpoint, so nothing may d
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import signal
 import subprocess
@@ -41,9 +42,16 @@ def read_tensorboard(run_dir: pathlib.Path) -> dict[str, list[tuple[int, float]]
   return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
+def checkpoint_steps(run_dir: pathlib.Path) -> list[int]:
+  saved = checkpoint.Checkpointer(run_dir)
+  steps = saved.all_steps()
+  saved.close()
+  return steps
+
+
 def final_leaves(run_dir: pathlib.Path) -> list[np.ndarray]:
   saved = checkpoint.Checkpointer(run_dir)
-  state, _ = saved.restore(None)
+  state = saved.restore(None, saved.latest_step())
   saved.close()
   return [np.asarray(x) for x in jax.tree.leaves(state)]
 
@@ -86,7 +94,7 @@ def test_sigterm_then_resume_equals_uninterrupted(optimizer, npz_overrides, tmp_
   monkeypatch.undo()
   assert interrupted["status"] == "interrupted" and interrupted["interrupted_by"] == "SIGTERM"
   assert interrupted["steps_run"] == 30 and "test/accuracy" not in interrupted
-  assert checkpoint.Checkpointer(run).all_steps() == [20, 30]
+  assert checkpoint_steps(run) == [20, 30]
   assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is the run's only
 
   resumed = train_in_process(overrides + ["resume=true"], run)
@@ -111,7 +119,7 @@ def test_crash_after_checkpoint_resumes_from_it_and_drops_later_logs(npz_overrid
     train_in_process(overrides, run)
   monkeypatch.undo()
   assert max(p["step"] for p in read_jsonl(run)) == 50
-  assert checkpoint.Checkpointer(run).latest_step() == 40
+  assert checkpoint_steps(run)[-1] == 40
 
   resumed = train_in_process(overrides + ["resume=true"], run)
   assert resumed["resumed_from_step"] == 40
@@ -127,6 +135,8 @@ def test_resume_with_a_different_config_is_refused(npz_overrides, tmp_path, monk
   before = (run / writers.METRICS_FILE).read_text()
   with pytest.raises(checkpoint.ResumeError, match=r"optimizer\.lr=0\.02 \(the checkpoint has 0\.01\)"):
     train_in_process(overrides + ["optimizer.lr=0.02", "resume=true"], run)
+  with pytest.raises(checkpoint.ResumeError, match=r"model\.widths=\[8\] \(the checkpoint has \[16\]\)"):
+    train_in_process(overrides + ["model.widths=[8]", "resume=true"], run)  # other shapes: refused, not crashed
   assert (run / writers.METRICS_FILE).read_text() == before
 
 
@@ -138,7 +148,7 @@ def test_resume_without_checkpoint_starts_over(npz_overrides, tmp_path):
   run.mkdir()
   (run / writers.METRICS_FILE).write_text('{"step": 7, "train/loss": 9.0}\n{"step": 1')  # a kill mid-line
   resumed = train_in_process(overrides + ["resume=true"], run)
-  assert resumed["resumed_from_step"] == 0 and resumed["test/loss"] == reference["test/loss"]
+  assert resumed["resumed_from_step"] is None and resumed["test/loss"] == reference["test/loss"]
   assert read_jsonl(run) == read_jsonl(tmp_path / "reference")
 
 
@@ -150,7 +160,7 @@ def test_sigterm_to_trainlab_train_then_resume(write_npz, tmp_path):
           "batch_size=16", "model.widths=[16]", "checkpoint.every=1000"]
   run = tmp_path / "run"
   proc = subprocess.Popen([sys.executable, "-m", "trainlab", *args, f"hydra.run.dir={run}"], cwd=tmp_path,
-                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   for line in proc.stdout:  # the first evaluation's line: training is under way
     if "step 100/3000" in line:
@@ -161,7 +171,9 @@ def test_sigterm_to_trainlab_train_then_resume(write_npz, tmp_path):
   summary = writers.read_summary(run)
   assert summary["status"] == "interrupted" and summary["interrupted_by"] == "SIGTERM"
   assert 100 <= summary["steps_run"] < 3000
-  assert checkpoint.Checkpointer(run).latest_step() == summary["steps_run"]
+  assert checkpoint_steps(run)[-1] == summary["steps_run"]
+  assert read_jsonl(run)[-1]["step"] == summary["steps_run"]  # the logs were flushed up to the checkpoint
+  assert read_tensorboard(run)["val/loss"][-1][0] == summary["steps_run"]
 
   run_cli(*args, f"hydra.run.dir={run}", "resume=true", cwd=tmp_path)
   run_cli(*args, f"hydra.run.dir={tmp_path / 'reference'}", cwd=tmp_path)

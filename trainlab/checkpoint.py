@@ -17,8 +17,6 @@ import pathlib
 import shutil
 from typing import Any
 
-import orbax.checkpoint as ocp
-
 from trainlab import config
 
 log = logging.getLogger(__name__)
@@ -36,6 +34,9 @@ class Checkpointer:
   """Saves and restores (TrainState, host record) pairs in `<workdir>/checkpoints`, keeping the newest `keep`."""
 
   def __init__(self, workdir: pathlib.Path, keep: int | None = None):
+    import orbax.checkpoint as ocp  # imported here: it imports JAX, which `trainlab --help` must not wait for
+
+    self._ocp = ocp
     self.directory = pathlib.Path(workdir).resolve() / CHECKPOINT_DIR
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
@@ -48,22 +49,24 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, host: dict) -> None:
     """Writes the checkpoint of `step` (blocking: the state's buffers are donated to the next chunk)."""
-    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                     host=ocp.args.JsonSave(host)), force=True)
+    args = self._ocp.args
+    self._manager.save(step, args=args.Composite(state=args.StandardSave(state), host=args.JsonSave(host)), force=True)
     self._manager.wait_until_finished()
 
-  def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict]:
-    """The state and the host record of `step` (default: the latest).
+  def restore_host(self, step: int) -> dict:
+    """The host record of `step` alone: cheap, and readable whatever shapes the saved state has."""
+    return self._manager.restore(step, args=self._ocp.args.Composite(host=self._ocp.args.JsonRestore()))["host"]
+
+  def restore(self, target: Any, step: int) -> Any:
+    """The state saved at `step`.
 
     Args:
       target: a state with the structure and dtypes to restore into (a fresh TrainState), or None for the
         saved pytree as orbax rebuilds it (dicts and lists).
       step: which checkpoint.
     """
-    step = self.latest_step() if step is None else step
-    restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                                   host=ocp.args.JsonRestore()))
-    return restored["state"], restored["host"]
+    args = self._ocp.args
+    return self._manager.restore(step, args=args.Composite(state=args.StandardRestore(target)))["state"]
 
   def close(self) -> None:
     self._manager.close()

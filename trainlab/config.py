@@ -252,7 +252,7 @@ class VarianceScalingConfig(InitConfig):
 
 @dataclass
 class ConstantInitConfig(InitConfig):
-  value: float = MISSING
+  value: float = value()  # any real number (NaN is not); `value()` is the module function here
 
 
 @dataclass

@@ -21,6 +21,8 @@ class DataError(ValueError):
 
 LAYOUTS = ("vector", "sequence", "image")  # unordered features (N, D); (N, T) or (N, T, F); (N, H, W, C)
 TASKS = ("classification", "regression")
+NPZ_ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+MAX_CLASSES = 1 << 20  # a label beyond this is a corrupt file, not a classification problem (it sizes the model)
 
 
 class Dataset(NamedTuple):
@@ -73,9 +75,13 @@ def npz(path: str, val_fraction: float, split_seed: int, layout: str | None = No
     raise DataError(f"data file {file} is not a readable .npz archive: {e}") from None
   try:
     with np.load(file, allow_pickle=False) as archive:
-      arrays = {name: archive[name] for name in archive.files}
-  except Exception as e:  # zipfile, format and pickle errors all mean the same thing to the user
-    raise DataError(f"data file {file} is not a readable .npz archive: {e}") from None
+      # Only our arrays are read; a member that is not an .npy array comes back as bytes and is refused below.
+      arrays = {name: archive[name] for name in archive.files if name in NPZ_ARRAYS}
+  except Exception as e:  # zipfile, format, pickle and memory errors all mean the same thing to the user
+    raise DataError(f"data file {file} is not a readable .npz archive: {type(e).__name__}: {e}") from None
+  for name, array in arrays.items():
+    if not isinstance(array, np.ndarray):
+      raise DataError(f"data file {file}: {name} is not a .npy array")
   required = ["x_train", "y_train", "x_test", "y_test"]
   missing = [name for name in required if name not in arrays]
   if ("x_val" in arrays) != ("y_val" in arrays):
@@ -89,24 +95,35 @@ def npz(path: str, val_fraction: float, split_seed: int, layout: str | None = No
       raise DataError(
           f"data file {file}: x_{split} {x.shape} and y_{split} {y.shape} must hold one row per label "
           "(x at least 2-D, y 1-D, the same length)")
-    if not np.issubdtype(x.dtype, np.number):
-      raise DataError(f"data file {file}: x_{split} has dtype {x.dtype}; it must be numeric")
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)
+            or np.issubdtype(x.dtype, np.bool_)):
+      raise DataError(f"data file {file}: x_{split} has dtype {x.dtype}; it must be real numbers")
     if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.bool_)):
       raise DataError(f"data file {file}: y_{split} has dtype {y.dtype}; labels must be integer classes")
-    if len(y) and y.min() < 0:
-      raise DataError(f"data file {file}: y_{split} has the negative label {y.min()}; classes are 0, 1, 2, ...")
+    if len(y) == 0:
+      raise DataError(f"data file {file}: x_{split} is empty")
+    if y.min() < 0 or y.max() >= MAX_CLASSES:
+      bad = y.min() if y.min() < 0 else y.max()
+      raise DataError(f"data file {file}: y_{split} has the label {bad}; classes are 0, 1, ..., at most "
+                      f"{MAX_CLASSES - 1}")
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+      raise DataError(f"data file {file}: x_{split} holds NaN or infinite values")
   shapes = {arrays[f"x_{split}"].shape[1:] for split in splits}
   if len(shapes) > 1:
     raise DataError(f"data file {file}: the splits' examples have different shapes {sorted(shapes)}")
-  if len(arrays["y_train"]) == 0:
-    raise DataError(f"data file {file}: x_train is empty")
 
   x_train, y_train = arrays["x_train"], arrays["y_train"]
   if "x_val" in arrays:
     x_val, y_val = arrays["x_val"], arrays["y_val"]
   else:
     x_train, y_train, x_val, y_val = hold_out(x_train, y_train, val_fraction, split_seed)
+    if not len(y_val) or not len(y_train):
+      empty = "validation" if not len(y_val) else "training"
+      raise DataError(f"data file {file}: holding out data.val_fraction={val_fraction} of its "
+                      f"{len(y_train) + len(y_val)} training examples leaves the {empty} split empty")
   x_train, x_val, x_test = standardize(x_train, x_val, arrays["x_test"])
+  if not all(np.isfinite(x).all() for x in (x_train, x_val, x_test)):
+    raise DataError(f"data file {file}: its inputs are too large for float32 arithmetic (standardizing overflows)")
   num_classes = int(max(y.max(initial=0) for y in (y_train, y_val, arrays["y_test"]))) + 1
   as_labels = lambda y: y.astype(np.int32)
   layout = layout or {2: "vector", 3: "sequence"}.get(x_train.ndim, "image")

@@ -44,8 +44,6 @@ CONF_DIR = str(pathlib.Path(__file__).resolve().parent.parent / "conf")
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def train_app(cfg: DictConfig) -> float | None:
   """One job: train, and always leave a summary.json saying how it ended."""
-  from trainlab import train  # JAX is imported only when a job runs, not for --help
-
   started = time.perf_counter()
   hydra_cfg = HydraConfig.get()
   workdir = pathlib.Path(hydra_cfg.runtime.output_dir)
@@ -63,6 +61,8 @@ def train_app(cfg: DictConfig) -> float | None:
     return previous.get("best_val/accuracy")
   if cfg.resume and previous and previous["status"] == "failed":
     checkpoint.clear(workdir)  # a failed run is run again from the start
+  from trainlab import train  # JAX is imported only when a job runs, not for --help or a skipped job
+
   try:
     summary = train.train_and_evaluate(cfg, workdir, started)
   except checkpoint.ResumeError as e:  # the run directory stays as it was, ready for the right command
@@ -122,9 +122,9 @@ def _refuse(message: str, multirun: bool) -> None:
 
 
 def _print_table(summary: dict) -> None:
-  rows = [(k, summary[k]) for k in ("status", "test/accuracy", "test/mse", "test/loss", "best_val/accuracy",
+  rows = [(k, summary.get(k)) for k in ("status", "test/accuracy", "test/mse", "test/loss", "best_val/accuracy",
                                     "best_val/mse", "best_val/step", "steps_run", "steps_per_second",
-                                    "compile_time_s", "wall_time_s") if k in summary]
+                                    "compile_time_s", "wall_time_s") if k in summary or k == "status"]
   width = max(len(k) for k, _ in rows)
   lines = [f"  {k:<{width}}  {v:.4g}" if isinstance(v, float) else f"  {k:<{width}}  {v}" for k, v in rows]
   log.info("final metrics:\n%s", "\n".join(lines))

@@ -332,11 +332,14 @@ def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float |
   checkpointer = checkpoint.Checkpointer(workdir, cfg.checkpoint.keep)
   run_cfg = checkpoint.run_config(OmegaConf.to_container(cfg, resolve=True))
   if cfg.resume and checkpointer.latest_step() is not None:
-    state, host = checkpointer.restore(state)
-    checkpoint.check_same_config(host["config"], run_cfg, workdir)
+    host = checkpointer.restore_host(checkpointer.latest_step())
+    checkpoint.check_same_config(host["config"], run_cfg, workdir)  # before the state: a clear message
+    state = checkpointer.restore(state, checkpointer.latest_step())
     step, best, train_seconds = int(state.step), host["best"], host["train_seconds"]
     window.sums, window.count = host["window_sums"], host["window_count"]
     log.info("resuming from the checkpoint at step %d", step)
+  elif cfg.resume:
+    log.info("no checkpoint in %s: the run starts from step 0", workdir)
   first_step = step
 
   def save_checkpoint() -> None:
@@ -400,7 +403,7 @@ def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float |
   summary = {
       "status": status,
       "interrupted_by": stop.signal_name if status == "interrupted" else None,
-      "resumed_from_step": first_step if cfg.resume else None,
+      "resumed_from_step": first_step if first_step else None,  # None: the run started from step 0
       "steps": steps,
       "steps_run": train_steps,
       "diverged_at_step": diverged_at,
