@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -203,7 +204,12 @@ def compile_count() -> int:
 @functools.lru_cache(maxsize=4)
 def _load_data(data_cfg_json: str) -> data.Dataset:
   """Loads a data set once per process: jobs of a sweep run in one process share it."""
-  return instantiate(json.loads(data_cfg_json))
+  try:
+    return instantiate(json.loads(data_cfg_json))
+  except InstantiationException as e:  # Hydra wraps the loader's error; the user needs only the loader's line
+    if isinstance(e.__cause__, data.DataError):
+      raise e.__cause__ from None
+    raise
 
 
 def load_data(data_cfg: DictConfig) -> data.Dataset:
