@@ -179,3 +179,14 @@ def test_a_30_layer_mlp_builds_and_trains(tmp_path):
   assert summary["status"] == "completed"
   assert losses[-1] < 0.5 * losses[0]
   assert summary["test/accuracy"] > 0.5  # chance is 0.1
+
+
+@pytest.mark.slow  # about 20 s on two shared CPU cores, most of it the CNN's steps
+def test_cnn_beats_the_mlp_on_digits_with_the_same_budget(tmp_path):
+  """300 steps of 64 images each, the same optimizer: the convolutional net generalizes better than the MLP.
+  Measured over seeds 0-3: CNN test accuracy 0.978-0.983 and loss 0.060-0.071, MLP 0.969-0.975 and 0.099-0.111."""
+  budget = ["data=digits", "steps=300", "eval_every=300", "batch_size=64", "optimizer.lr=0.002", "seed=0"]
+  cnn = train_in_process(budget + ["model=cnn", "model.widths=[64]"], tmp_path / "cnn")
+  mlp = train_in_process(budget + ["model=mlp"], tmp_path / "mlp")
+  assert cnn["test/accuracy"] > mlp["test/accuracy"]
+  assert cnn["test/loss"] < 0.8 * mlp["test/loss"]
