@@ -176,6 +176,6 @@ def check_fits_in_memory(nbytes: int, what: str) -> None:
   """
   limit = available_memory() // 2
   if nbytes > limit:
-    gib = lambda n: f"{n / 2**30:.2f} GiB"
+    gib = lambda n: f"{n:,} bytes ({n / 2**30:.2f} GiB)"
     raise DataError(f"{what} needs {gib(nbytes)} in memory, more than the limit of {gib(limit)} (half the "
                     "memory available now); use a smaller data set or a machine with more memory")

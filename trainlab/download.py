@@ -8,6 +8,7 @@ file, where to get it and where to put it.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import pathlib
 import tempfile
@@ -82,7 +83,7 @@ def fetch(name: str, root: str | None, download: bool, url: str | None = None) -
   for file in missing:
     try:
       _download(base + file, paths[file], source.md5[file])
-    except (urllib.error.URLError, OSError) as e:  # no network, refused, 404, timeout, disk full
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:  # no network, 404, cut off, disk full
       reason = getattr(e, "reason", None) or e
       raise DataError(_missing_message(name, folder, missing, base, f"downloading {base + file} failed: {reason}"))
   return paths
@@ -100,9 +101,13 @@ def _download(url: str, path: pathlib.Path, md5: str) -> None:
   try:
     digest = hashlib.md5(usedforsecurity=False)
     with tmp, urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+      size, promised = 0, response.headers.get("Content-Length")
       for block in iter(lambda: response.read(1 << 20), b""):
         digest.update(block)
         tmp.write(block)
+        size += len(block)
+      if promised is not None and size != int(promised):  # the server hung up early
+        raise http.client.IncompleteRead(b"", int(promised) - size)
     if digest.hexdigest() != md5:
       raise DataError(f"the download of {url} is corrupt: its MD5 is {digest.hexdigest()}, the published one "
                       f"is {md5}; nothing was kept, try again later or put the file into {path.parent}/ yourself")
