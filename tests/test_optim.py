@@ -232,3 +232,46 @@ def test_clip_value_and_norm_known_numbers():
   np.testing.assert_allclose(theta0["w"] - by_value[0]["w"], [1.0, -1.0, 0.5], rtol=1e-6)
   by_norm, _ = run({**sgd, "clip_norm": 1.0}, theta0=theta0, grad_fn=g, steps=1)
   np.testing.assert_allclose(theta0["w"] - by_norm[0]["w"], np.array([3.0, -4.0, 0.5]) / np.sqrt(25.25), rtol=1e-6)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["optimizer=momentum", "optimizer.momentum=1.0"], r"^optimizer\.momentum=1\.0 is not allowed: it must be in \[0, 1\)$"),
+    (["optimizer=nesterov", "optimizer.momentum=-0.5"], r"^optimizer\.momentum=-0\.5 is not allowed"),
+    (["optimizer=rmsprop", "optimizer.momentum=1.5"], r"^optimizer\.momentum=1\.5 is not allowed"),
+    (["optimizer=rmsprop", "optimizer.decay=1.0"], r"^optimizer\.decay=1\.0 is not allowed"),
+    (["optimizer.clip_value=-1"], r"^optimizer\.clip_value=-1\.0 is not allowed: it must be > 0$"),
+    (["optimizer.clip_norm=0"], r"^optimizer\.clip_norm=0\.0 is not allowed: it must be > 0$"),
+    (["optimizer.noise_eta=-0.1"], r"^optimizer\.noise_eta=-0\.1 is not allowed: it must be >= 0$"),
+    (["optimizer=adam_then_sgd", "optimizer.then.lr=0"], r"^optimizer\.then\.lr=0\.0 is not allowed"),
+    (["schedule=step", "schedule.step_size=0"], r"^schedule\.step_size=0 is not allowed"),
+    (["schedule=cosine", "schedule.end_factor=2"], r"^schedule\.end_factor=2\.0 is not allowed"),
+    (["regularizer=[dropout]", "regularizer.dropout.rate=1"], r"^regularizer\.dropout\.rate=1\.0 is not allowed"),
+    (["regularizer=[label_smoothing]", "regularizer.label_smoothing.eps=1"], r"label_smoothing\.eps=1\.0 is not"),
+    (["regularizer=[max_norm]", "regularizer.max_norm.r=0"], r"^regularizer\.max_norm\.r=0\.0 is not allowed"),
+    (["regularizer=[early_stopping]", "regularizer.early_stopping.metric=f1"], r"metric=f1 is not allowed"),
+    (["init=sparse", "init.k=0"], r"^init\.k=0 is not allowed: it must be >= 1$"),
+    (["init=orthogonal", "init.gain=-1"], r"^init\.gain=-1\.0 is not allowed"),
+    (["init.output_bias=uniform"], r"^init\.output_bias=uniform is not allowed: it must be one of marginal$"),
+    (["model.activation=swish"], r"^model\.activation=swish is not allowed"),
+    (["model.norm=group"], r"^model\.norm=group is not allowed: it must be one of none, batch, layer$"),
+    (["model.batch_momentum=1.0"], r"^model\.batch_momentum=1\.0 is not allowed"),
+])
+def test_bad_values_get_one_line_naming_the_key(overrides, message):
+  from conftest import compose_config
+  from trainlab import config
+
+  from omegaconf import open_dict
+
+  cfg = compose_config(overrides)
+  with open_dict(cfg):
+    del cfg["hydra"]
+  with pytest.raises(config.ConfigError, match=message):
+    config.check_ranges(cfg)
+
+
+def test_switch_needs_a_step():
+  from trainlab import config
+
+  then = base("optax.sgd", 0.2, momentum=None, nesterov=False)
+  with pytest.raises(config.ConfigError, match="optimizer.switch_step"):
+    run({**CASES["adam"][0], "then": then})

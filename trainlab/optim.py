@@ -28,6 +28,7 @@ import optax
 from hydra.utils import get_method
 
 from trainlab import regularizers
+from trainlab.config import ConfigError
 
 # Keys of the optimizer group read here rather than passed to the optimizer's own factory.
 PHASE_KEYS = ("_target_", "lr", "clip_value", "clip_norm", "noise_eta", "noise_gamma", "then", "switch_step")
@@ -167,8 +168,11 @@ def _phase(optimizer: dict, weight_decay: Any, seed: Any):
 
   if optimizer.get("then") is None:
     return optax.chain(*stages), lr_fn
+  step = optimizer.get("switch_step")
+  if step is None:
+    raise ConfigError("optimizer.switch_step=None is not allowed with optimizer.then: it must be the step (>= 0) "
+                      "at which the second optimizer takes over")
   second, second_lr_fn = _phase(optimizer["then"], weight_decay, seed)
-  step = optimizer["switch_step"]
   tx = switch(optax.chain(*stages), second, step)
   return tx, lambda state: jnp.where(state.count < step, lr_fn(state.first), second_lr_fn(state.second))
 
