@@ -218,7 +218,7 @@ class LSTMConfig:
   _target_: str = MISSING
   hidden: int = value(1)
   layers: int = value(1)
-  forget_bias: float = MISSING
+  forget_bias: float = value()  # any real number
 
 
 @dataclass
@@ -239,7 +239,7 @@ class LinearChainConfig:
 @dataclass
 class InitConfig:
   _target_: str = MISSING
-  bias: float = MISSING  # every bias of a dense or convolutional layer starts at this constant
+  bias: float = value()  # any real number; every bias of a dense or convolutional layer starts at this constant
   output_bias: Optional[str] = choice("marginal", default=None)  # marginal: log class frequencies
 
 
@@ -429,7 +429,7 @@ class DiagnosticsConfig:
 @dataclass
 class ReportConfig:
   metric: str = MISSING
-  target: Optional[float] = None
+  target: Optional[float] = value(default=None)
 
 
 SCHEMAS = {
