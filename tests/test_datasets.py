@@ -349,3 +349,22 @@ def test_regression_trains_with_mse_and_tracks_the_lowest_validation_mse(tmp_pat
   assert summary["best_val/mse"] == pytest.approx(best_mse) and summary["best_val/step"] == best_step
   assert summary["test/mse"] == pytest.approx(summary["test/loss"])
   assert summary["test/mse"] < 1 / 6  # beats always predicting the mean
+
+
+@pytest.mark.parametrize("option,files", [("mnist", MNIST_FILES), ("fashion_mnist", MNIST_FILES),
+                                          ("cifar10", ["cifar-10-binary.tar.gz"])])
+def test_image_options_compose_and_stop_with_one_line_when_files_are_missing(option, files, tmp_path):
+  """The real config: the data option's YAML, its schema, the loader, and the error as train_and_evaluate raises it."""
+  with pytest.raises(data.DataError) as e:
+    train_in_process([f"data={option}", f"data.root={tmp_path}", "data.download=false", "steps=2"], tmp_path / "run")
+  assert str(e.value).startswith(f"data set {option}: download=false; put the file(s) {files[0]}")
+  assert "\n" not in str(e.value)
+
+
+def test_npz_layout_is_inferred_from_rank_or_given(write_npz):
+  rng = np.random.default_rng(0)
+  seq = write_npz("seq.npz", x_train=rng.normal(size=(200, 5, 3)), x_test=rng.normal(size=(50, 5, 3)))
+  assert data.npz(str(seq), 0.1, 0).layout == "sequence"
+  assert data.npz(str(write_npz()), 0.1, 0).layout == "vector"
+  assert data.npz(str(write_npz()), 0.1, 0, layout="sequence").layout == "sequence"
+  assert data.mnist1d(0.1, 0).layout == "sequence"  # MNIST-1D is a 1-D signal: cnn and rnn may read it

@@ -3,6 +3,7 @@ the bias rules, and the symmetry failure of equal initial weights."""
 
 from __future__ import annotations
 
+import functools
 import json
 
 import jax
@@ -16,17 +17,23 @@ from trainlab import config, initializers, train
 SHAPES = [(256, 128), (64, 512), (300, 300), (3, 3, 16, 64)]  # the last a convolution: fan_in 3*3*16
 
 
-def sample(init: str, shape, seed=0, overrides=()):
-  """Weights of `shape` from the `init` option as configured in conf/init/, with its floats traced."""
+@functools.lru_cache(maxsize=None)
+def sample_shapes(init: str, shapes: tuple, seed=0, overrides=()):
+  """Weights of each shape from the `init` option as configured in conf/init/, its floats traced; one compile."""
   cfg = OmegaConf.to_container(compose_config([f"init={init}", *overrides]).init, resolve=True)
   structure, values = train.split_values(cfg)
 
   @jax.jit
   def draw(values):
     kernel_init, _, _ = initializers.build(train.merge_values(structure, values))
-    return kernel_init(jax.random.PRNGKey(seed), shape)
+    return [kernel_init(jax.random.fold_in(jax.random.PRNGKey(seed), i), s) for i, s in enumerate(shapes)]
 
-  return np.asarray(draw(jax.tree.map(np.float32, values)), np.float64)
+  return [np.asarray(w, np.float64) for w in draw(jax.tree.map(np.float32, values))]
+
+
+def sample(init: str, shape, seed=0, overrides=(), shapes=None):
+  shapes = tuple(shapes or (shape,))
+  return sample_shapes(init, shapes, seed, tuple(overrides))[shapes.index(tuple(shape))]
 
 
 def fans(shape):
@@ -60,7 +67,7 @@ VARIANCES = {
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("name", sorted(VARIANCES))
 def test_variance_and_bound(name, shape):
-  w = sample(name, shape)
+  w = sample(name, shape, shapes=SHAPES)
   m, n = fans(shape)
   variance, bound = VARIANCES[name]
   # Relative std of a sample variance is sqrt((kurtosis - 1) / N) <= sqrt(2 / N); 5 of them.

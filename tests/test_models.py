@@ -53,8 +53,8 @@ def count(params) -> int:
 @pytest.mark.parametrize("option,shape,outputs,expected", PINNED)
 def test_default_models_build_run_backward_and_have_pinned_sizes(option, shape, outputs, expected):
   model = build(option, num_outputs=outputs)
-  x = jax.random.normal(jax.random.PRNGKey(0), (3, *shape))
-  variables = model.init(jax.random.PRNGKey(1), x, train=False)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, *shape))
+  variables = jax.jit(lambda x: model.init(jax.random.PRNGKey(1), x, train=False))(x)
   assert count(variables["params"]) == expected
   state = {k: v for k, v in variables.items() if k != "params"}
 
@@ -62,8 +62,8 @@ def test_default_models_build_run_backward_and_have_pinned_sizes(option, shape, 
     out, _ = model.apply({"params": params, **state}, x, train=True, mutable=list(state))
     return jnp.sum(out ** 2), out
 
-  grads, out = jax.grad(loss, has_aux=True)(variables["params"])
-  assert out.shape == (3, outputs)
+  grads, out = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+  assert out.shape == (2, outputs)
   assert np.all(np.isfinite(out))
   # Every parameter gets a gradient (a disconnected layer would have exact zeros everywhere).
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
@@ -190,3 +190,33 @@ def test_cnn_beats_the_mlp_on_digits_with_the_same_budget(tmp_path):
   mlp = train_in_process(budget + ["model=mlp"], tmp_path / "mlp")
   assert cnn["test/accuracy"] > mlp["test/accuracy"]
   assert cnn["test/loss"] < 0.8 * mlp["test/loss"]
+
+
+def test_forget_bias_reaches_the_program_as_a_traced_value():
+  """model.forget_bias is a float of the model group: the compiled init must see its value, not the 0.0
+  placeholder the structure holds (and two values must share one program)."""
+  from omegaconf import open_dict
+  from trainlab import train
+
+  states = []
+  for forget_bias in (1.0, 2.5):
+    cfg = compose_config(["model=lstm", "model.hidden=3", f"model.forget_bias={forget_bias}"])
+    with open_dict(cfg):
+      del cfg["hydra"]
+    program_cfg = {g: OmegaConf.to_container(cfg[g], resolve=True) for g in train.PROGRAM_GROUPS}
+    structure, values = train.split_values(program_cfg)
+    spec = train.Spec(json.dumps(structure, sort_keys=True), 8, 10, 10, (6, 2), 1, "regression")
+    program = train.build_program(spec)
+    state = program.init(np.int32(0), jax.tree.map(np.float32, values))
+    states.append((program, state))
+    np.testing.assert_array_equal(state.params["layer_0"]["input"]["bias"], np.repeat([0, forget_bias, 0, 0], 3))
+  assert states[0][0] is states[1][0]
+  # Evaluation of a regression over several padded batches (1,500 = 1,000 + 500 real of 1,000) is the plain MSE.
+  program, state = states[1]
+  x = np.asarray(jax.random.normal(jax.random.PRNGKey(3), (1500, 6, 2)))
+  y = np.asarray(jax.random.normal(jax.random.PRNGKey(4), (1500, 1)))
+  model = build("lstm", ["model.hidden=3", "model.forget_bias=2.5"], num_outputs=1)
+  outputs = np.asarray(model.apply({"params": state.params}, x, train=False))
+  result = program.evaluate(state, x, y)
+  np.testing.assert_allclose(result["mse"], np.mean((outputs - y) ** 2), rtol=1e-5)
+  np.testing.assert_allclose(result["loss"], result["mse"], rtol=1e-6)

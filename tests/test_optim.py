@@ -275,3 +275,26 @@ def test_switch_needs_a_step():
   then = base("optax.sgd", 0.2, momentum=None, nesterov=False)
   with pytest.raises(config.ConfigError, match="optimizer.switch_step"):
     run({**CASES["adam"][0], "then": then})
+
+
+def test_every_new_float_is_a_traced_value(tmp_path, write_npz):
+  """Changing every float of the catalogue's options reuses the compiled program, and changes the result."""
+  from conftest import train_in_process
+
+  structure = ["data=npz", f"data.path={write_npz()}", "batch_size=20", "model.widths=[8]", "steps=6",
+               "eval_every=3", "optimizer=rmsprop", "optimizer.momentum=0.5", "optimizer.clip_value=1.0",
+               "optimizer.clip_norm=1.0", "optimizer.noise_eta=0.01", "schedule=exponential", "init=orthogonal",
+               "model.activation=rrelu", "model.norm=batch",
+               "regularizer=[l1,weight_decay,max_norm,label_smoothing,confidence_penalty,augment]"]
+  first = train_in_process(structure, tmp_path / "a")
+  compiled = train.compile_count()
+  changed = ["optimizer.momentum=0.8", "optimizer.clip_value=0.5", "optimizer.clip_norm=2.0", "optimizer.eps=1e-6",
+             "optimizer.noise_eta=0.3", "optimizer.noise_gamma=0.3", "optimizer.decay=0.8",
+             "schedule.decay_rate=0.5", "init.gain=0.5", "init.bias=0.1", "model.rrelu_lower=0.2",
+             "model.rrelu_upper=0.4", "model.batch_momentum=0.5", "regularizer.l1.weight=0.01",
+             "regularizer.weight_decay.weight=0.01", "regularizer.max_norm.r=1.0",
+             "regularizer.label_smoothing.eps=0.3", "regularizer.confidence_penalty.beta=0.5",
+             "regularizer.augment.noise=0.5"]
+  second = train_in_process(structure + changed, tmp_path / "b")
+  assert train.compile_count() == compiled
+  assert first["test/loss"] != second["test/loss"]
