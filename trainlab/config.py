@@ -266,7 +266,7 @@ class DropoutConfig:
 @dataclass
 class EarlyStoppingConfig:
   patience: int = value(1)
-  metric: str = choice("accuracy", "loss")
+  metric: str = choice("accuracy", "loss", "mse")
 
 
 @dataclass
