@@ -55,7 +55,7 @@ def run(optimizer: dict, schedule: dict | None = None, regularizer: dict | None 
 
 
 def base(target: str, lr: float, **kwargs) -> dict:
-  return {"_target_": target, "lr": lr, "clip_value": None, "clip_norm": None, "noise_eta": None,
+  return {"_target_": target, "lr": lr, "staleness": 0, "clip_value": None, "clip_norm": None, "noise_eta": None,
           "noise_gamma": 0.55, "then": None, "switch_step": None, **kwargs}
 
 
@@ -298,3 +298,15 @@ def test_every_new_float_is_a_traced_value(tmp_path, write_npz):
   second = train_in_process(structure + changed, tmp_path / "b")
   assert train.compile_count() == compiled
   assert first["test/loss"] != second["test/loss"]
+
+
+def test_stale_gradients_are_the_ones_from_k_steps_ago():
+  optimizer = {**CASES["momentum"][0], "staleness": 2}
+  trajectory, _ = run(optimizer)
+  history = [jax.tree.map(np.float64, THETA0)]
+  v = jax.tree.map(np.zeros_like, history[0])
+  for k in range(STEPS):
+    g = grad(history[k - 2]) if k >= 2 else jax.tree.map(np.zeros_like, history[0])
+    v = jax.tree.map(lambda v, g: 0.9 * v + g, v, g)
+    history.append(jax.tree.map(lambda t, v: t - 0.1 * v, history[-1], v))
+  check(trajectory, history[1:])

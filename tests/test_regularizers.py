@@ -188,3 +188,10 @@ def test_early_stopping_reports_the_best_parameters(tmp_path, write_npz):
   reference = train_in_process(common + [f"steps={best}"], tmp_path / "b")
   np.testing.assert_allclose(stopped["test/accuracy"], reference["test/accuracy"])
   np.testing.assert_allclose(stopped["test/loss"], reference["test/loss"], rtol=1e-5)
+
+
+def test_early_stopping_on_a_metric_the_data_set_lacks_is_a_config_error():
+  from trainlab.config import ConfigError
+
+  with pytest.raises(ConfigError, match="regularizer.early_stopping.metric=mse is not allowed for this data set"):
+    regularizers.EarlyStopping(2, "mse").update(10, {"val/loss": 1.0, "val/accuracy": 0.5}, _State(0))

@@ -287,6 +287,7 @@ class IdentityInitConfig(InitConfig):
 class OptimizerConfig:
   _target_: str = MISSING
   lr: float = value(**POSITIVE)
+  staleness: int = value(0)  # apply the gradient computed this many steps ago (asynchronous SGD); 0: off
   clip_value: Optional[float] = value(**POSITIVE)  # clip each gradient component to [-c, c]; null: off
   clip_norm: Optional[float] = value(**POSITIVE)  # g <- g min(1, c / ||g||), the global norm; null: off
   noise_eta: Optional[float] = value(0.0)  # gradient noise N(0, eta / (1 + t)^gamma); null: off
@@ -395,7 +396,7 @@ class DropoutConfig:
 @dataclass
 class EarlyStoppingConfig:
   patience: int = value(1)
-  metric: str = choice("accuracy", "loss")
+  metric: str = choice("accuracy", "loss", "mse")
 
 
 @dataclass

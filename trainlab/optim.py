@@ -2,7 +2,7 @@
 
 One optimizer *phase* is the chain
 
-  clip (optimizer.clip_value, optimizer.clip_norm) -> gradient noise (optimizer.noise_eta, noise_gamma)
+  stale gradients (optimizer.staleness) -> clip (optimizer.clip_value, optimizer.clip_norm) -> gradient noise (optimizer.noise_eta, noise_gamma)
   -> the optimizer's direction times optimizer.lr (an optax alias, or one of ours below)
   -> decoupled weight decay (regularizer=weight_decay): minus lr * weight * w, weights only.
 
@@ -31,7 +31,8 @@ from trainlab import regularizers
 from trainlab.config import ConfigError
 
 # Keys of the optimizer group read here rather than passed to the optimizer's own factory.
-PHASE_KEYS = ("_target_", "lr", "clip_value", "clip_norm", "noise_eta", "noise_gamma", "then", "switch_step")
+PHASE_KEYS = ("_target_", "lr", "staleness", "clip_value", "clip_norm", "noise_eta", "noise_gamma", "then",
+              "switch_step")
 
 
 def _structural_args(kwargs: dict) -> tuple[str, ...]:
@@ -118,6 +119,29 @@ def gradient_noise(eta: float, gamma: float, seed: Any = 0) -> optax.GradientTra
   return optax.add_noise(eta, gamma, key=jax.random.fold_in(jax.random.key(seed), 3))
 
 
+# --- stale gradients ----------------------------------------------------------------------------------------
+class DelayState(NamedTuple):
+  count: jax.Array  # int32 scalar: updates taken
+  buffer: Any  # the last `steps` gradients, a pytree like the params with a leading axis of length `steps`
+
+
+def delay(steps: int) -> optax.GradientTransformation:
+  """Passes on the gradient computed `steps` updates ago (zeros before there was one): asynchronous SGD's stale
+  gradients, on one machine."""
+
+  def init_fn(params):
+    return DelayState(jnp.zeros((), jnp.int32), jax.tree.map(lambda p: jnp.zeros((steps, *p.shape), p.dtype), params))
+
+  def update_fn(updates, state, params=None):
+    del params  # Unused: the delay depends on the gradients only.
+    slot = state.count % steps
+    stale = jax.tree.map(lambda b: b[slot], state.buffer)
+    buffer = jax.tree.map(lambda b, g: b.at[slot].set(g), state.buffer, updates)
+    return stale, DelayState(state.count + 1, buffer)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 # --- switching between two optimizers --------------------------------------------------------------------------
 class SwitchState(NamedTuple):
   count: jax.Array  # int32 scalar: updates taken
@@ -151,6 +175,8 @@ def switch(first: optax.GradientTransformation, second: optax.GradientTransforma
 def _phase(optimizer: dict, weight_decay: Any, seed: Any):
   """(transform, lr_fn) of one optimizer config; lr_fn maps the transform's state to its base lr."""
   stages = []
+  if optimizer.get("staleness"):
+    stages.append(delay(optimizer["staleness"]))
   if optimizer.get("clip_value") is not None:
     stages.append(_inject(optax.clip, max_delta=optimizer["clip_value"]))
   if optimizer.get("clip_norm") is not None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from trainlab.config import ConfigError
+
 
 def is_weight(path: tuple, leaf: jax.Array) -> bool:
   """Weights are the kernels of dense and convolutional layers; biases and norm scales are not penalized."""
@@ -107,12 +109,16 @@ class EarlyStopping:
 
   def __init__(self, patience: int, metric: str = "accuracy"):
     self.patience, self.metric = patience, metric
-    self.sign = 1.0 if metric == "accuracy" else -1.0  # accuracy is maximized, loss minimized
+    self.sign = 1.0 if metric == "accuracy" else -1.0  # accuracy is maximized, loss and mse minimized
     self.best, self.best_step, self.best_state, self.bad = None, None, None, 0
 
   def update(self, step: int, val: dict, state) -> bool:
     """Records one evaluation; returns True when training should stop."""
-    score = self.sign * val[f"val/{self.metric}"]
+    key = f"val/{self.metric}"
+    if key not in val:
+      raise ConfigError(f"regularizer.early_stopping.metric={self.metric} is not allowed for this data set: it must "
+                        f"be one of {', '.join(k.split('/', 1)[1] for k in val)}")
+    score = self.sign * val[key]
     if self.best is None or score > self.best:
       self.best, self.best_step, self.bad = score, step, 0
       # A copy: the training chunk donates (reuses) the buffers of the state it is given.
