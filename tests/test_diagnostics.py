@@ -151,7 +151,7 @@ def test_step0_variance_is_flat_with_he_and_halves_per_layer_with_glorot(init, r
 
 
 def test_a_run_writes_diagnostics_at_their_intervals(tmp_path):
-  summary = train_in_process([*QUICK, "model.widths=[16,16]", "diagnostics.every=200",
+  summary = train_in_process([*QUICK, "diagnostics=default", "model.widths=[16,16]", "diagnostics.every=200",
                               "diagnostics.histogram_every=300", "diagnostics.hessian_every=300",
                               "diagnostics.hessian_iters=5"], tmp_path)
   points = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

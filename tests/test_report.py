@@ -109,7 +109,7 @@ def test_a_failing_report_keeps_results_csv(tmp_path, monkeypatch):
 
 # --- one small real sweep: the automatic report, its plots, and the HParams dashboard ---------------------------
 SWEEP = ["init=he,glorot", "optimizer.lr=0.003,0.03", "seed=0,1", "steps=40", "eval_every=20", "log_every=10",
-         "model.widths=[16,16]", "diagnostics.every=20", "diagnostics.histogram_every=0"]
+         "model.widths=[16,16]", "diagnostics=default", "diagnostics.every=20", "diagnostics.histogram_every=0"]
 
 
 @pytest.fixture(scope="module")
