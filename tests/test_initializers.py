@@ -123,11 +123,28 @@ def test_identity_on_a_non_square_matrix_is_a_config_error():
 
 
 def test_bias_rules_touch_dense_biases_only():
-  params = {"Dense_0": {"kernel": np.ones((2, 3)), "bias": np.zeros(3)},
+  """init.bias reaches every dense layer through the model's bias_init; norm offsets keep theirs."""
+  import jax
+  from trainlab import models
+
+  model = models.MLP(widths=(3, 3), activation="relu", num_outputs=4, norm="layer",
+                     bias_init=jax.nn.initializers.constant(0.3))
+  params = model.init(jax.random.PRNGKey(0), np.ones((1, 2)), train=False)["params"]
+  dense = [v["bias"] for k, v in params.items() if k.startswith("Dense")]
+  norms = [v["bias"] for k, v in params.items() if "Norm" in k]
+  assert len(dense) == 3 and norms
+  for b in dense:
+    np.testing.assert_allclose(b, 0.3)
+  for b in norms:
+    np.testing.assert_allclose(b, 0.0)
+
+
+def test_output_bias_goes_to_the_last_created_layer():
+  params = {"Dense_0": {"kernel": np.ones((2, 3)), "bias": np.full(3, 0.3)},
             "LayerNorm_0": {"scale": np.ones(3), "bias": np.zeros(3)},
-            "Dense_10": {"kernel": np.ones((3, 3)), "bias": np.zeros(3)},
+            "Dense_10": {"kernel": np.ones((3, 3)), "bias": np.full(3, 0.3)},
             "Dense_2": {"kernel": np.ones((3, 4)), "bias": np.zeros(4)}}
-  out = initializers.init_biases(params, 0.3, np.log([0.1, 0.2, 0.3, 0.4]))
+  out = initializers.set_output_bias(params, np.log([0.1, 0.2, 0.3, 0.4]))
   np.testing.assert_allclose(out["Dense_0"]["bias"], 0.3)
   np.testing.assert_allclose(out["Dense_10"]["bias"], 0.3)
   np.testing.assert_allclose(out["LayerNorm_0"]["bias"], 0.0)

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import compose_config, train_in_process
-from trainlab import config, models
+from trainlab import initializers, config, models
 
 # (model option, example shape, outputs, parameter count of the default YAML on that input). Counts by hand:
 # cnn on 8x8x1: conv 3*3*1*32+32 = 320, pool -> 4x4, conv 3*3*32*64+64 = 18,496, pool -> 2x2 -> 256,
@@ -43,7 +43,8 @@ def build(option: str, overrides=(), init: str = "he", num_outputs: int = 10, **
   """The model that `model=<option> init=<init>` instantiates in the program (floats as Python values)."""
   cfg = compose_config([f"model={option}", f"init={init}", *overrides])
   model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-  return instantiate(model_cfg, num_outputs=num_outputs, kernel_init=instantiate(cfg.init), _convert_="all", **kwargs)
+  kernel_init, _, _ = initializers.build(OmegaConf.to_container(cfg.init, resolve=True))  # as the program does
+  return instantiate(model_cfg, num_outputs=num_outputs, kernel_init=kernel_init, _convert_="all", **kwargs)
 
 
 def count(params) -> int:

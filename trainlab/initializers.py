@@ -94,18 +94,12 @@ def _dense_layers(tree: Any, found: list) -> None:
       _dense_layers(child, found)
 
 
-def init_biases(params, bias: jax.Array, output_bias: jax.Array | None = None):
-  """Sets the bias of every dense or convolutional layer to `bias`, and the last-created one's to `output_bias`.
-
-  Norm layers' offsets (also named `bias`) keep their own init: only biases beside a kernel are touched.
-  """
+def set_output_bias(params, output_bias: jax.Array):
+  """Sets the bias of the last-created dense or convolutional layer (the output layer) to `output_bias`."""
   params = _to_dicts(params)  # a fresh copy that keeps the creation order (jax.tree.map would sort the keys)
   layers: list = []
   _dense_layers(params, layers)
-  for layer in layers:
-    layer["bias"] = jnp.full_like(layer["bias"], bias)
-  if output_bias is not None:
-    layers[-1]["bias"] = jnp.asarray(output_bias, layers[-1]["bias"].dtype).reshape(layers[-1]["bias"].shape)
+  layers[-1]["bias"] = jnp.asarray(output_bias, layers[-1]["bias"].dtype).reshape(layers[-1]["bias"].shape)
   return params
 
 

@@ -108,10 +108,13 @@ def build_program(spec: Spec) -> Program:
     key = jax.random.PRNGKey(seed)
     hparams = {"model": values["model"], "regularizer": values["regularizer"]}
     kernel_init, bias, output_bias = initializers.build(merge_values(structure["init"], values["init"]))
-    model = make_model(hparams, kernel_init=kernel_init)
+    # Biases start at init.bias through the models' own bias_init, so a model's special biases (the LSTM's
+    # forget gate) keep theirs; only the output bias is set afterwards, when it comes from the class frequencies.
+    model = make_model(hparams, kernel_init=kernel_init, bias_init=jax.nn.initializers.constant(bias))
     variables = dict(model.init(jax.random.fold_in(key, 2), jnp.zeros((1, *spec.input_shape)), train=False))
     params = variables.pop("params")
-    params = initializers.init_biases(params, bias, values["init"]["log_class_frequency"] if output_bias else None)
+    if output_bias:
+      params = initializers.set_output_bias(params, values["init"]["log_class_frequency"])
     # The optimizer is built here from the traced values, so that its state carries them.
     run_tx, _ = optim.build_optimizer(merge_values(structure["optimizer"], values["optimizer"]),
                                       merge_values(structure["schedule"], values["schedule"]), spec.total_steps,
