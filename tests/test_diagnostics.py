@@ -13,7 +13,7 @@ import optax
 import pytest
 from conftest import QUICK, train_in_process
 
-from trainlab import diagnostics, train
+from trainlab import diagnostics, initializers, train
 from trainlab.models import MLP
 
 # A 2-3-2 ReLU net with chosen weights: hidden unit 2 has negative weights and bias, so with these
@@ -133,11 +133,11 @@ def test_power_method_finds_the_largest_eigenvalue_of_a_quadratic():
 @pytest.mark.parametrize("init, ratio", [("he", 1.0), ("glorot", 0.5)])
 def test_step0_variance_is_flat_with_he_and_halves_per_layer_with_glorot(init, ratio):
   """He et al.: Var[z_l] = Var[z_{l-1}] through ReLUs with N(0, 2/m); Glorot's 2/(m+n) = 1/m halves it."""
-  from hydra.utils import instantiate
+  from omegaconf import OmegaConf
   from conftest import compose_config
 
   width, depth = 256, 5
-  kernel_init = instantiate(compose_config([f"init={init}"]).init)
+  kernel_init, _, _ = initializers.build(OmegaConf.to_container(compose_config([f"init={init}"]).init))
   model = MLP(widths=(width,) * depth, activation="relu", num_outputs=10, kernel_init=kernel_init)
   x = jax.random.normal(jax.random.PRNGKey(0), (512, width))
   y = jnp.zeros(512, jnp.int32)

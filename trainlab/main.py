@@ -83,7 +83,8 @@ def train_app(cfg: DictConfig) -> float | None:
       raise SystemExit(1)
     return None
   _write_summary(workdir, {**summary, **record})
-  _write_hparams(workdir, record, summary)
+  if summary["status"] != "interrupted":  # the dashboard shows results; an interrupted run has none yet
+    _write_hparams(workdir, record, summary)
   if summary["status"] == "interrupted":
     log.warning("interrupted at step %d; continue with the same command and resume=true%s", summary["steps_run"],
                 f" hydra.run.dir={workdir}" if not multirun else f" hydra.sweep.dir={hydra_cfg.sweep.dir}")
