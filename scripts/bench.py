@@ -5,6 +5,8 @@ Workloads:
          against trainlab's own loop with default logging; both against the measured matmul peak.
   sweep  MNIST-1D, 4 learning rates x 4 seeds: one process compiling once (trainlab's default), the same
          with every job recompiling, and one fresh process per job.
+  diagnostics  the default run (`trainlab train`) with diagnostics at their default intervals against
+         diagnostics=off, each compiling from scratch, alternating, median of the repeats.
 
 Usage:  python scripts/bench.py            (the full sizes; several minutes on 2 cores)
         python scripts/bench.py --tiny     (a smoke run of every path, seconds)
@@ -174,10 +176,27 @@ def bench_sweep(tiny: bool, tmp: pathlib.Path) -> dict:
   }
 
 
+def bench_diagnostics(tiny: bool, tmp: pathlib.Path) -> dict:
+  base = ["steps=100", "eval_every=25"] if tiny else []
+  repeats = 1 if tiny else 3
+  train.load_data(compose_run(base).data)  # generate and cache MNIST-1D before any clock starts
+  jax.config.update("jax_enable_compilation_cache", False)  # every run compiles: a first run's cost
+  times = {"off": [], "default": []}
+  for i in range(repeats):
+    for setting in times:
+      train.build_program.cache_clear()
+      jax.clear_caches()
+      summary = train.train_and_evaluate(compose_run([*base, f"diagnostics={setting}"]), tmp / f"diag-{setting}-{i}")
+      times[setting].append(summary["wall_time_s"])
+  jax.config.update("jax_enable_compilation_cache", True)
+  off, on = float(np.median(times["off"])), float(np.median(times["default"]))
+  return {"run_off_s": off, "run_default_s": on, "diagnostics_cost_pct": 100 * (on - off) / off}
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--tiny", action="store_true", help="a smoke run of every path at tiny sizes")
-  parser.add_argument("--only", choices=["mlp", "sweep"], help="one workload")
+  parser.add_argument("--only", choices=["mlp", "sweep", "diagnostics"], help="one workload")
   parser.add_argument("--out", default=str(ROOT / "outputs" / "bench"), help="folder for the JSON result")
   args = parser.parse_args()
 
@@ -190,10 +209,12 @@ def main() -> None:
       results["mlp"] = bench_mlp(args.tiny, pathlib.Path(tmp))
     if args.only in (None, "sweep"):
       results["sweep"] = bench_sweep(args.tiny, pathlib.Path(tmp))
+    if args.only in (None, "diagnostics"):
+      results["diagnostics"] = bench_diagnostics(args.tiny, pathlib.Path(tmp))
 
-  for workload in ("mlp", "sweep"):
+  for workload in ("mlp", "sweep", "diagnostics"):
     for key, value in results.get(workload, {}).items():
-      print(f"{workload:6} {key:28} {value:10.4g}")
+      print(f"{workload:11} {key:28} {value:10.4g}")
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   path = out / f"bench-{results['date'].replace(':', '-')}{'-tiny' if args.tiny else ''}.json"

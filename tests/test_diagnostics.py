@@ -180,3 +180,18 @@ def test_diagnostics_off_writes_none(tmp_path):
   train_in_process([*QUICK, "diagnostics=off"], tmp_path)
   text = (tmp_path / "metrics.jsonl").read_text()
   assert "diag/" not in text and "step0/" not in text and "curvature/" not in text
+
+
+@pytest.mark.parametrize("model", ["rnn", "lstm", "gru"])
+def test_recurrent_regression_runs_get_diagnostics_of_the_squared_error(model, tmp_path):
+  """The cells that nn.scan runs get their norms (their outputs stay inside the scan: capturing them leaked a
+  tracer); the probe loss is the task's own, the squared error (cross-entropy rejects float targets)."""
+  train_in_process([f"model={model}", "data=adding", "data.length=8", "data.n_train=256", "model.hidden=8",
+                    "steps=4", "eval_every=2", "diagnostics=default", "diagnostics.probe_size=64"], tmp_path)
+  points = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  first = next(p for p in points if "diag/output/grad_norm" in p)
+  assert first["step"] == 0
+  assert first["diag/layer_0/cell/recurrent/grad_norm"] > 0
+  assert "diag/layer_0/input/act_std" in first and "diag/layer_0/cell/recurrent/act_std" not in first
+  step0 = next(p for p in points if "step0/output/grad_var" in p)
+  assert step0["step0/output/grad_var"] > 0

@@ -22,9 +22,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import ROOT, run_cli, train_in_process
 from trainlab import checkpoint, writers
 
-# 60 steps in chunks of 10; checkpoints every 20; log windows of 7 steps straddle every chunk boundary.
+# 60 steps in chunks of 10; checkpoints every 20; log windows of 7 steps straddle every chunk boundary;
+# diagnostics every 20 and histograms every 40 go on after a resume as they would have.
 SMALL = ["steps=60", "eval_every=10", "log_every=7", "batch_size=16", "model.widths=[16]", "checkpoint.every=20",
-         "checkpoint.keep=null"]
+         "checkpoint.keep=null", "diagnostics.every=20", "diagnostics.histogram_every=40"]
 OPTIMIZERS = {  # two optimizers whose state matters; the second also draws dropout masks from the key
     "adam": ["optimizer=adam", "optimizer.lr=0.01"],
     "momentum": ["optimizer=momentum", "schedule=linear", "regularizer=[dropout,l2]"],

@@ -24,7 +24,9 @@ A *layer* is any flax module that owns parameters directly (Dense, Conv, a norm 
 path in the params tree (`Dense_0`, `Block_1/Conv_0`); outputs are intercepted with
 `flax.linen.intercept_methods`, so any linen model gets diagnostics without changes. Statistics of the
 output layer's logits (dead, saturated) are skipped; layers called more than once per forward pass (the
-cell of a recurrent net) are pooled for the forward statistics and have no backward variance.
+cell of a recurrent net) are pooled for the forward statistics and have no backward variance. Layers inside a
+lifted transform (the cell of a recurrent layer, which `nn.scan` runs) get their norms only: their outputs
+exist only inside the scan; the recurrent layer's input projection, outside it, gets the full statistics.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import time
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
+from flax.core import tracers as flax_tracers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -95,12 +98,15 @@ def forward_with_taps(apply_fn: Callable, params: Any, x: jax.Array, layers: lis
   """
   wanted = set(layers)
   taps: dict[str, list] = {}
+  outer = flax_tracers.current_trace()
 
   def interceptor(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     path = tuple(context.module.path)
     if context.method_name != "__call__" or path not in wanted or not isinstance(out, jax.Array):
       return out
+    if context.module.scope.trace_level != outer:
+      return out  # inside a lifted transform (the cell that nn.scan runs): its outputs cannot leave it
     name = layer_name(path)
     if name in perturbations:
       out = out + perturbations[name]
@@ -114,8 +120,8 @@ def forward_with_taps(apply_fn: Callable, params: Any, x: jax.Array, layers: lis
   return output, taps
 
 
-def layer_statistics(apply_fn: Callable, params: Any, x: jax.Array, y: jax.Array, *,
-                     activation: str | None) -> tuple[dict[str, dict[str, jax.Array]], Any]:
+def layer_statistics(apply_fn: Callable, params: Any, x: jax.Array, y: jax.Array, *, activation: str | None,
+                     loss: Callable = losses.cross_entropy) -> tuple[dict[str, dict[str, jax.Array]], Any]:
   """Per-layer statistics of one forward and backward pass on (x, y); traceable.
 
   Args:
@@ -124,9 +130,10 @@ def layer_statistics(apply_fn: Callable, params: Any, x: jax.Array, y: jax.Array
     x, y: the probe batch.
     activation: the model's hidden activation, which decides between dead and saturated fractions (None:
       neither).
+    loss: the task's per-example loss (cross-entropy, or squared error for regression).
 
   Returns:
-    ({layer name: {quantity: scalar}}, gradient of the mean cross-entropy with respect to params).
+    ({layer name: {quantity: scalar}}, gradient of the mean loss with respect to params).
   """
   layers = layer_paths(params)
   batch = x.shape[0]
@@ -138,7 +145,7 @@ def layer_statistics(apply_fn: Callable, params: Any, x: jax.Array, y: jax.Array
 
   def summed_loss(params, perturbations):
     logits, taps = forward_with_taps(apply_fn, params, x, layers, perturbations)
-    return losses.cross_entropy(logits, y).sum(), (logits, taps)
+    return loss(logits, y).sum(), (logits, taps)
 
   (_, (logits, taps)), (param_grads, output_grads) = jax.value_and_grad(
       summed_loss, argnums=(0, 1), has_aux=True)(params, perturbations)
@@ -194,8 +201,10 @@ class Diagnostics(NamedTuple):
   curvature: Callable  # (state, x, y) -> top eigenvalue; hessian_iters is static (argnum 3)
 
 
-def build(apply: Callable, tx: optax.GradientTransformation, activation: str | None) -> Diagnostics:
-  """The jitted diagnostics of a program, given its `apply(state, params, x, train=False)` and optimizer."""
+def build(apply: Callable, tx: optax.GradientTransformation, activation: str | None,
+          loss: Callable = losses.cross_entropy) -> Diagnostics:
+  """The jitted diagnostics of a program, given its `apply(state, params, x, train=False)`, optimizer and
+  per-example loss."""
 
   def forward(state):
     return lambda params, x: apply(state, params, x, train=False)[0]
@@ -203,7 +212,7 @@ def build(apply: Callable, tx: optax.GradientTransformation, activation: str | N
   order: list[str] = []  # layer names in forward order, filled when `probe` is traced
 
   def probe(state, x, y):
-    stats, grads = layer_statistics(forward(state), state.params, x, y, activation=activation)
+    stats, grads = layer_statistics(forward(state), state.params, x, y, activation=activation, loss=loss)
     order[:] = list(stats)
     updates, _ = tx.update(grads, state.opt_state, state.params)
     for path in layer_paths(state.params):
@@ -212,7 +221,7 @@ def build(apply: Callable, tx: optax.GradientTransformation, activation: str | N
     return stats, grads
 
   def curvature(state, x, y, iters):
-    loss_fn = lambda params: losses.cross_entropy(forward(state)(params, x), y).mean()
+    loss_fn = lambda params: loss(forward(state)(params, x), y).mean()
     return top_hessian_eigenvalue(loss_fn, state.params, jax.random.fold_in(state.key, 3), iters)
 
   jitted_probe = jax.jit(probe, compiler_options=FAST_COMPILE)
@@ -237,13 +246,18 @@ class Monitor:
     diagnostics: the program's compiled Diagnostics.
     x, y: the training split on the device; its first `probe_size` examples are the probe batch.
     writer: the run's RunWriter.
+    resumed_at: the step a resumed run continues from, whose diagnostics the interrupted run has written;
+      None for a run from the start.
   """
 
-  def __init__(self, cfg: Any, diagnostics: Diagnostics, x: jax.Array, y: jax.Array, writer: Any):
+  def __init__(self, cfg: Any, diagnostics: Diagnostics, x: jax.Array, y: jax.Array, writer: Any,
+               resumed_at: int | None = None):
     self.cfg, self.diagnostics, self.writer = cfg, diagnostics, writer
     n = min(cfg.probe_size, x.shape[0])
     self.x, self.y = x[:n], y[:n]
-    self.last = {"every": None, "histogram_every": None, "hessian_every": None}
+    # Only last // interval matters, and after any boundary it equals that boundary's: a resumed run's
+    # schedule goes on exactly as it would have uninterrupted.
+    self.last = dict.fromkeys(("every", "histogram_every", "hessian_every"), resumed_at)
     self.seconds = 0.0  # host time spent here, compilation included
 
   def __call__(self, step: int, state: Any) -> None:

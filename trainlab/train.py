@@ -196,7 +196,7 @@ def build_program(spec: Spec) -> Program:
     return {"loss": loss / n, task.metric_name: metric / n}
 
   return Program(jax.jit(init), jax.jit(train_chunk, donate_argnums=0), jax.jit(evaluate),
-                 diagnostics.build(apply, tx, structure["model"].get("activation")))
+                 diagnostics.build(apply, tx, structure["model"].get("activation"), task.loss))
 
 
 # --- compile-time accounting -------------------------------------------------------------------------------
@@ -352,7 +352,8 @@ def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float |
 
   writer = writers.RunWriter(workdir, purge_step=step + 1 if cfg.resume else None)
   writer.text("config", OmegaConf.to_yaml(cfg, resolve=True))
-  monitor = diagnostics.Monitor(cfg.diagnostics, program.diagnostics, x_train, y_train, writer)
+  monitor = diagnostics.Monitor(cfg.diagnostics, program.diagnostics, x_train, y_train, writer,
+                                resumed_at=step if step else None)
   every = cfg.checkpoint.every
   try:
     monitor(step, state)
