@@ -137,7 +137,7 @@ def test_step0_variance_is_flat_with_he_and_halves_per_layer_with_glorot(init, r
   from conftest import compose_config
 
   width, depth = 256, 5
-  kernel_init, _, _ = initializers.build(OmegaConf.to_container(compose_config([f"init={init}"]).init))
+  kernel_init = initializers.build(OmegaConf.to_container(compose_config([f"init={init}"]).init)).kernel
   model = MLP(widths=(width,) * depth, activation="relu", num_outputs=10, kernel_init=kernel_init)
   x = jax.random.normal(jax.random.PRNGKey(0), (512, width))
   y = jnp.zeros(512, jnp.int32)

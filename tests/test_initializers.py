@@ -25,7 +25,7 @@ def sample_shapes(init: str, shapes: tuple, seed=0, overrides=()):
 
   @jax.jit
   def draw(values):
-    kernel_init, _, _ = initializers.build(train.merge_values(structure, values))
+    kernel_init = initializers.build(train.merge_values(structure, values)).kernel
     return [kernel_init(jax.random.fold_in(jax.random.PRNGKey(seed), i), s) for i, s in enumerate(shapes)]
 
   return [np.asarray(w, np.float64) for w in draw(jax.tree.map(np.float32, values))]

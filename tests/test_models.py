@@ -43,7 +43,7 @@ def build(option: str, overrides=(), init: str = "he", num_outputs: int = 10, **
   """The model that `model=<option> init=<init>` instantiates in the program (floats as Python values)."""
   cfg = compose_config([f"model={option}", f"init={init}", *overrides])
   model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-  kernel_init, _, _ = initializers.build(OmegaConf.to_container(cfg.init, resolve=True))  # as the program does
+  kernel_init = initializers.build(OmegaConf.to_container(cfg.init, resolve=True)).kernel  # as the program does
   return instantiate(model_cfg, num_outputs=num_outputs, kernel_init=kernel_init, _convert_="all", **kwargs)
 
 
@@ -131,12 +131,51 @@ def test_rnn_lstm_gru_match_their_equations():
       np.testing.assert_array_equal(b, np.repeat([0.0, 0.5, 0.0, 0.0], 5))
 
 
-def test_recurrent_kernel_can_be_identity_for_an_irnn():
-  """An identity recurrent_init gives U = I, the IRNN of Le et al. 2015 (the init group will pass it)."""
-  eye = lambda key, shape, dtype=jnp.float32: jnp.eye(*shape, dtype=dtype)
-  model = build("rnn", ["model.hidden=6", "model.activation=relu"], recurrent_init=eye)
-  params = model.init(jax.random.PRNGKey(0), jnp.ones((1, 4)), train=False)["params"]
-  np.testing.assert_array_equal(params["layer_0"]["cell"]["recurrent"]["kernel"], np.eye(6))
+def program_state(overrides: list[str], input_shape: tuple[int, ...], outputs: int = 10):
+  """The program and initial state that `trainlab train OVERRIDES` builds, on examples of `input_shape`."""
+  from omegaconf import open_dict
+  from trainlab import train
+
+  cfg = compose_config(overrides)
+  with open_dict(cfg):
+    del cfg["hydra"]
+  structure, values = train.split_values({g: OmegaConf.to_container(cfg[g], resolve=True)
+                                          for g in train.PROGRAM_GROUPS})
+  spec = train.Spec(json.dumps(structure, sort_keys=True), 8, 10, 10, input_shape, outputs)
+  program = train.build_program(spec)
+  return program, program.init(np.int32(0), jax.tree.map(np.float32, values))
+
+
+@pytest.mark.parametrize("option", ["rnn", "lstm", "gru"])
+def test_init_recurrent_identity_gives_the_irnn_and_leaves_the_input_kernels_alone(option):
+  """IRNN (Le et al. 2015): U = gain * I (per gate), the input kernels from the init group (N(0, 0.001^2) in the
+  paper); the gain is a traced value: two gains share one program."""
+  programs = []
+  for gain in (1.0, 0.5):
+    program, state = program_state([f"model={option}", "model.hidden=6", "init=normal", "init.stddev=0.001",
+                                    "init.recurrent=identity", f"init.recurrent_gain={gain}"], (5, 3))
+    programs.append(program)
+    gates = {"rnn": 1, "lstm": 4, "gru": 3}[option]
+    recurrent = np.asarray(state.params["layer_0"]["cell"]["recurrent"]["kernel"])
+    np.testing.assert_array_equal(recurrent, np.tile(gain * np.eye(6), gates))
+    inputs = np.asarray(state.params["layer_0"]["input"]["kernel"])
+    assert 0 < inputs.std() < 0.002 and np.count_nonzero(inputs) == inputs.size
+  assert programs[0] is programs[1]
+
+
+def test_init_recurrent_orthogonal_and_same():
+  _, state = program_state(["model=rnn", "model.hidden=6", "init=he", "init.recurrent=orthogonal",
+                            "init.recurrent_gain=2.0"], (5,))
+  u = np.asarray(state.params["layer_0"]["cell"]["recurrent"]["kernel"])
+  np.testing.assert_allclose(u.T @ u, 4.0 * np.eye(6), atol=1e-5)
+  _, state = program_state(["model=rnn", "model.hidden=6", "init=zeros"], (5,))  # same: the init group's
+  assert not np.any(state.params["layer_0"]["cell"]["recurrent"]["kernel"])
+
+
+def test_init_recurrent_on_a_model_without_recurrent_kernels_is_one_clear_error(tmp_path):
+  with pytest.raises(config.ConfigError, match=r"init.recurrent=identity is not allowed with model=mlp: only rnn, "
+                     r"lstm and gru"):
+    train_in_process(["model=mlp", "init.recurrent=identity", "steps=2"], tmp_path)
 
 
 def test_linear_chain_is_the_product_of_its_weights():

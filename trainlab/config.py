@@ -241,6 +241,8 @@ class InitConfig:
   _target_: str = MISSING
   bias: float = value()  # any real number; every bias of a dense or convolutional layer starts at this constant
   output_bias: Optional[str] = choice("marginal", default=None)  # marginal: log class frequencies
+  recurrent: str = choice("same", "identity", "orthogonal")  # the recurrent kernels of rnn, lstm, gru
+  recurrent_gain: float = value(**POSITIVE)
 
 
 @dataclass

@@ -12,7 +12,7 @@ kernel area), n the number of units.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from trainlab.config import ConfigError
 
 # Keys of the init group that are not arguments of the weight initializer.
-BIAS_KEYS = ("bias", "output_bias")
+OWN_KEYS = ("bias", "output_bias", "recurrent", "recurrent_gain")
 
 
 def uniform(scale: float = 0.1):
@@ -72,11 +72,26 @@ def identity(gain: float = 1.0, non_square: str = "error"):
   return init
 
 
-def build(init: dict):
-  """Returns (kernel_init, bias, output_bias) from the `init` group: the weight initializer, the constant of every
-  bias, and the output bias rule (None, or `marginal`)."""
-  kernel_cfg = {k: v for k, v in init.items() if k not in BIAS_KEYS}
-  return instantiate(kernel_cfg), init.get("bias", 0.0), init.get("output_bias")
+class Inits(NamedTuple):
+  kernel: Callable  # every weight kernel: dense, convolution, a recurrent layer's input
+  bias: Any  # the constant every bias starts at
+  output_bias: str | None  # None, or `marginal`: the output bias is set after init
+  recurrent: Callable | None  # the recurrent kernels; None: `kernel`
+
+
+def build(init: dict) -> Inits:
+  """The initializers that the `init` group describes (its floats may be traced values)."""
+  kernel_cfg = {k: v for k, v in init.items() if k not in OWN_KEYS}
+  return Inits(instantiate(kernel_cfg), init.get("bias", 0.0), init.get("output_bias"),
+               recurrent(init.get("recurrent", "same"), init.get("recurrent_gain", 1.0)))
+
+
+def recurrent(kind: str, gain: Any) -> Callable | None:
+  """The recurrent kernels' own init: `identity` (with relu, the IRNN of Le et al. 2015), `orthogonal` (Saxe et
+  al. 2014), or `same` (None: the kernel init). The kernels are square, H x H per gate."""
+  if kind == "same":
+    return None
+  return identity(gain) if kind == "identity" else orthogonal(gain)
 
 
 def log_class_frequency(labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -344,3 +344,10 @@ def check_input(model_target: str, data_target: str, layout: str, example_shape:
   raise ConfigError(f"model={model} cannot take data={data}, whose examples are {_LAYOUT_WORDS[layout][0]} of shape "
                    f"{tuple(example_shape)}: {model} takes {takes}; for {_LAYOUT_WORDS[layout][0]} use model="
                    f"{' or '.join(readers)}")
+
+
+def check_init(model_target: str, recurrent: str) -> None:
+  """Raises ConfigError when init.recurrent asks for recurrent kernels that the model does not have."""
+  if recurrent != "same" and not hasattr(get_class(model_target), "recurrent_init"):
+    raise ConfigError(f"init.recurrent={recurrent} is not allowed with model={_option_name(model_target)}: only "
+                      "rnn, lstm and gru have recurrent kernels (init.recurrent=same for the others)")

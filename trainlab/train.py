@@ -107,13 +107,15 @@ def build_program(spec: Spec) -> Program:
   def init(seed: jax.Array, values: dict) -> TrainState:
     key = jax.random.PRNGKey(seed)
     hparams = {"model": values["model"], "regularizer": values["regularizer"]}
-    kernel_init, bias, output_bias = initializers.build(merge_values(structure["init"], values["init"]))
+    inits = initializers.build(merge_values(structure["init"], values["init"]))
     # Biases start at init.bias through the models' own bias_init, so a model's special biases (the LSTM's
     # forget gate) keep theirs; only the output bias is set afterwards, when it comes from the class frequencies.
-    model = make_model(hparams, kernel_init=kernel_init, bias_init=jax.nn.initializers.constant(bias))
+    recurrent = {} if inits.recurrent is None else {"recurrent_init": inits.recurrent}
+    model = make_model(hparams, kernel_init=inits.kernel, bias_init=jax.nn.initializers.constant(inits.bias),
+                       **recurrent)
     variables = dict(model.init(jax.random.fold_in(key, 2), jnp.zeros((1, *spec.input_shape)), train=False))
     params = variables.pop("params")
-    if output_bias:
+    if inits.output_bias:
       params = initializers.set_output_bias(params, values["init"]["log_class_frequency"])
     # The optimizer is built here from the traced values, so that its state carries them.
     run_tx, _ = optim.build_optimizer(merge_values(structure["optimizer"], values["optimizer"]),
@@ -305,6 +307,7 @@ def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float |
   enable_persistent_compilation_cache()
   dataset = load_data(cfg.data)
   models.check_input(cfg.model._target_, cfg.data._target_, dataset.layout, dataset.x_train.shape[1:])
+  models.check_init(cfg.model._target_, cfg.init.get("recurrent", "same"))
   task = losses.TASKS[dataset.task]
   metric = f"val/{task.metric_name}"
   n_train = len(dataset.y_train)
