@@ -289,14 +289,15 @@ class StopRequest:
       signal.signal(signum, handler)
 
 
-def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | None = None) -> dict:
+def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | None = None,
+                       logger: logging.Logger = log) -> dict:
   """Trains the model that `cfg` describes, writes the run's files into `workdir`, returns the summary.
 
   With `cfg.resume`, the run continues from the latest checkpoint in `workdir` (from step 0 if there is none),
   and the logs of the steps after that checkpoint are dropped, since they are about to be run again.
   """
   with StopRequest() as stop:
-    return _train_and_evaluate(cfg, pathlib.Path(workdir), started, stop)
+    return _train_and_evaluate(cfg, pathlib.Path(workdir), started, stop, logger)
 
 
 class Setup(NamedTuple):
@@ -466,14 +467,15 @@ class RunLog:
     self.checkpointer.close()
 
 
-def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | None, stop: StopRequest) -> dict:
+def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | None, stop: StopRequest,
+                        logger: logging.Logger) -> dict:
   started = time.perf_counter() if started is None else started
   run = setup(cfg)
   program = run.program
   x_train, y_train, x_val, y_val, x_test, y_test = jax.device_put(run.dataset[:6])  # once; they stay there
   compile_seconds_before = _COMPILE["seconds"]
   state = program.init(np.int32(cfg.seed), run.values)
-  record = RunLog(cfg, workdir, run, stop)
+  record = RunLog(cfg, workdir, run, stop, logger)
   record.startup_seconds = time.perf_counter() - started
   try:
     state = record.resume(state)
