@@ -15,10 +15,10 @@ from trainlab import writers
 
 # 3 learning rates (one diverges at once) x 2 seeds x 3 batch sizes (4000 > the 3600 training examples: those
 # jobs fail at setup) = 18 jobs: two groups of 6 trained as one vmapped program each, and 6 failed jobs.
-# Early stopping with patience 1 stops members at different evaluations.
+# Early stopping with patience 1 stops members at different evaluations; diagnostics take each member's state.
 SWEEP = ["optimizer.lr=0.003,0.05,1e30", "seed=0,1", "batch_size=16,32,4000", "steps=60", "eval_every=10",
          "log_every=5", "model.widths=[16]", "regularizer=[early_stopping]", "regularizer.early_stopping.patience=1",
-         "checkpoint.every=null"]
+         "checkpoint.every=null", "diagnostics=default", "diagnostics.every=20", "diagnostics.histogram_every=0"]
 
 
 def case(summary: dict) -> tuple:
@@ -87,6 +87,7 @@ def test_every_job_equals_the_basic_launchers(sweeps):
       for name in p:
         np.testing.assert_allclose(p[name], q[name], rtol=1e-4, atol=1e-5, err_msg=f"{key} {p['step']} {name}")
     assert list(job.glob("events.out.tfevents.*.hparams")), "no HParams session"
+    assert "diag/Dense_0/grad_norm" in ours[0] and ours[0]["step"] == 0  # diagnostics of the member's own state
 
 
 def test_divergence_and_early_stopping_are_per_member(sweeps):

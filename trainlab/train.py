@@ -162,20 +162,21 @@ def build_program(spec: Spec) -> Program:
     n, batch = x.shape[0], spec.batch_size
     per_epoch = n // batch
     data_key = jax.random.fold_in(state.key, 0)
-    order = lambda step: jax.random.permutation(jax.random.fold_in(data_key, step // per_epoch), n)
+    # The orders of every epoch the chunk can touch, drawn before the loop rather than at each epoch's start
+    # inside it: the same orders, and no branch on the step, which vmap (a vectorized sweep) would turn into
+    # drawing a permutation at every step.
+    first_epoch = state.step // per_epoch
+    epochs = first_epoch + jnp.arange(-(-spec.chunk_steps // per_epoch) + 1)
+    orders = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(data_key, e), n))(epochs)
 
-    def body(carry, i):
-      state, perm = carry
-      position = state.step % per_epoch
-      perm = jax.lax.cond(position == 0, lambda: order(state.step), lambda: perm)
-      idx = jax.lax.dynamic_slice_in_dim(perm, position * batch, batch)
+    def body(state, i):
+      order = orders[state.step // per_epoch - first_epoch]
+      idx = jax.lax.dynamic_slice_in_dim(order, state.step % per_epoch * batch, batch)
       run = lambda s: train_step(s, x[idx], y[idx])
       skipped = jax.tree.map(jnp.zeros_like, jax.eval_shape(run, state)[1])
-      state, metrics = jax.lax.cond(i < num_steps, run, lambda s: (s, skipped), state)
-      return (state, perm), metrics
+      return jax.lax.cond(i < num_steps, run, lambda s: (s, skipped), state)
 
-    (state, _), metrics = jax.lax.scan(body, (state, order(state.step)), jnp.arange(spec.chunk_steps))
-    return state, metrics
+    return jax.lax.scan(body, state, jnp.arange(spec.chunk_steps))
 
   def evaluate(state: TrainState, x: jax.Array, y: jax.Array) -> dict:
     """Mean loss and metric over a whole split, in batches of EVAL_BATCH inside one compiled call."""

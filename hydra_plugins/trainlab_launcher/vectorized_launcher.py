@@ -176,6 +176,10 @@ class VectorizedLauncher(Launcher):
     log.info("training jobs %s as %s", ", ".join(f"#{j.idx}" for j in group),
              "one vmapped program" if len(group) > 1 else "a single run")
     self._activate(group[0])
+    # The levels of hydra.job_logging's loggers (JAX, orbax quieter); its handlers are per job, set above.
+    for name, spec in (group[0].sweep_config.hydra.job_logging or {}).get("loggers", {}).items():
+      if spec and spec.get("level"):
+        logging.getLogger(name).setLevel(spec.level)
     try:
       if len(group) == 1:
         job = group[0]
