@@ -1,7 +1,10 @@
 """The training loop: one compiled program per run structure, run in chunks of many steps.
 
 Reading order: how a config splits into structure and values, the compiled program (init, train_step,
-train_chunk, evaluate), then `train_and_evaluate`, the host loop that walks between chunks.
+train_chunk, evaluate), then the host side: `setup` (config, data, program of a run), `RunLog` (one run's
+bookkeeping between chunks: logs, best validation point, early stopping, diagnostics, checkpoints, summary) and
+`train_and_evaluate`, the loop that walks between chunks. vectorized.py drives many RunLogs with one vmapped
+program.
 
 Every float under the groups `model`, `init`, `optimizer`, `schedule` and `regularizer` is a *value*: it
 enters the compiled program as a traced array (the optimizer's through `optax.inject_hyperparams`, the rest in

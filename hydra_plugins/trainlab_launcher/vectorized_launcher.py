@@ -44,7 +44,6 @@ class _Job:
     self.idx, self.overrides, self.sweep_config = idx, list(overrides), sweep_config
     self.task_cfg = self.hydra_cfg = self.workdir = self.record = self.logger = self.handler = None
     self.run = None  # trainlab.train.Setup once prepared
-    self.started = time.perf_counter()
     self.ret: Optional[JobReturn] = None
 
 
@@ -175,6 +174,7 @@ class VectorizedLauncher(Launcher):
 
     log.info("training jobs %s as %s", ", ".join(f"#{j.idx}" for j in group),
              "one vmapped program" if len(group) > 1 else "a single run")
+    started = time.perf_counter()  # a job's wall time starts with its group, not with the sweep
     self._activate(group[0])
     # The levels of hydra.job_logging's loggers (JAX, orbax quieter); its handlers are per job, set above.
     for name, spec in (group[0].sweep_config.hydra.job_logging or {}).get("loggers", {}).items():
@@ -183,10 +183,10 @@ class VectorizedLauncher(Launcher):
     try:
       if len(group) == 1:
         job = group[0]
-        summaries = [train.train_and_evaluate(job.task_cfg, job.workdir, job.started, logger=job.logger)]
+        summaries = [train.train_and_evaluate(job.task_cfg, job.workdir, started, logger=job.logger)]
       else:
         members = [vectorized.Member(j.task_cfg, j.workdir, j.run, j.logger) for j in group]
-        summaries = vectorized.train_group(members, min(j.started for j in group))
+        summaries = vectorized.train_group(members, started)
     except Exception as e:  # the program failed: every member of it failed
       for job in group:
         self._activate(job)
