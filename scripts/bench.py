@@ -7,6 +7,8 @@ Workloads:
          with every job recompiling, and one fresh process per job.
   diagnostics  the default run (`trainlab train`) with diagnostics at their default intervals against
          diagnostics=off, each compiling from scratch, alternating, median of the repeats.
+  vectorized  the same sweep as one vmapped program (hydra/launcher=vectorized) against the jobs one after
+         another in one process; each path compiles once, with fresh in-memory and no on-disk caches.
 
 Usage:  python scripts/bench.py            (the full sizes; several minutes on 2 cores)
         python scripts/bench.py --tiny     (a smoke run of every path, seconds)
@@ -193,10 +195,48 @@ def bench_diagnostics(tiny: bool, tmp: pathlib.Path) -> dict:
   return {"run_off_s": off, "run_default_s": on, "diagnostics_cost_pct": 100 * (on - off) / off}
 
 
+def bench_vectorized(tiny: bool, tmp: pathlib.Path) -> dict:
+  """The sweep of bench_sweep as one vmapped program against one-process sequential jobs, compile included."""
+  import logging
+
+  from trainlab import vectorized
+
+  lrs, seeds = ([1e-3, 3e-3], [0]) if tiny else ([3e-4, 1e-3, 3e-3, 1e-2], [0, 1, 2, 3])
+  base = ["steps=20", "eval_every=10"] if tiny else ["steps=1000", "eval_every=250"]
+  cfgs = [compose_run(base + [f"optimizer.lr={lr}", f"seed={s}"]) for lr in lrs for s in seeds]
+  train.load_data(cfgs[0].data)  # generate and cache MNIST-1D before any clock starts
+
+  def fresh() -> None:
+    train.build_program.cache_clear()
+    vectorized.build_vectorized.cache_clear()
+    jax.clear_caches()
+    jax.config.update("jax_enable_compilation_cache", False)
+
+  fresh()
+  start = time.perf_counter()
+  for i, cfg in enumerate(cfgs):
+    train.train_and_evaluate(cfg, tmp / "sequential" / str(i))
+  sequential = time.perf_counter() - start
+  fresh()
+  start = time.perf_counter()
+  members = [vectorized.Member(cfg, tmp / "vectorized" / str(i), train.setup(cfg), logging.getLogger("bench"))
+             for i, cfg in enumerate(cfgs)]
+  summaries = vectorized.train_group(members)
+  together = time.perf_counter() - start
+  jax.config.update("jax_enable_compilation_cache", True)
+  return {
+      "jobs": len(cfgs),
+      "sequential_s": sequential,
+      "vectorized_s": together,
+      "vectorized_compile_s": summaries[0]["compile_time_s"],
+      "speedup_vs_sequential": sequential / together,
+  }
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--tiny", action="store_true", help="a smoke run of every path at tiny sizes")
-  parser.add_argument("--only", choices=["mlp", "sweep", "diagnostics"], help="one workload")
+  parser.add_argument("--only", choices=["mlp", "sweep", "diagnostics", "vectorized"], help="one workload")
   parser.add_argument("--out", default=str(ROOT / "outputs" / "bench"), help="folder for the JSON result")
   args = parser.parse_args()
 
@@ -211,8 +251,10 @@ def main() -> None:
       results["sweep"] = bench_sweep(args.tiny, pathlib.Path(tmp))
     if args.only in (None, "diagnostics"):
       results["diagnostics"] = bench_diagnostics(args.tiny, pathlib.Path(tmp))
+    if args.only in (None, "vectorized"):
+      results["vectorized"] = bench_vectorized(args.tiny, pathlib.Path(tmp))
 
-  for workload in ("mlp", "sweep", "diagnostics"):
+  for workload in ("mlp", "sweep", "diagnostics", "vectorized"):
     for key, value in results.get(workload, {}).items():
       print(f"{workload:11} {key:28} {value:10.4g}")
   out = pathlib.Path(args.out)

@@ -260,6 +260,10 @@ class Monitor:
     self.last = dict.fromkeys(("every", "histogram_every", "hessian_every"), resumed_at)
     self.seconds = 0.0  # host time spent here, compilation included
 
+  def is_due(self, step: int) -> bool:
+    """Whether any diagnostic is due at `step` (so a caller can skip producing the state when none is)."""
+    return any(_due(self.cfg[k], last, step) for k, last in self.last.items())
+
   def __call__(self, step: int, state: Any) -> None:
     due = {k: _due(self.cfg[k], last, step) for k, last in self.last.items()}
     if not any(due.values()):

@@ -46,13 +46,10 @@ def train_app(cfg: DictConfig) -> float | None:
   """One job: train, and always leave a summary.json saying how it ended."""
   started = time.perf_counter()
   hydra_cfg = HydraConfig.get()
-  workdir = pathlib.Path(hydra_cfg.runtime.output_dir)
+  workdir, record = job_record(hydra_cfg)
   multirun = hydra_cfg.mode == RunMode.MULTIRUN
-  # `resume` says how to run the job, not what it is: it stays out of the overrides that results.csv lists.
-  overrides = [o for o in hydra_cfg.overrides.task if o.partition("=")[0].lstrip("+~") != "resume"]
-  record = {"overrides": overrides, "run_dir": str(workdir)}
   previous = writers.read_summary(workdir)
-  if not cfg.resume and (previous or checkpoint.has_checkpoint(workdir) or (workdir / writers.METRICS_FILE).exists()):
+  if not cfg.resume and holds_run(workdir):
     status = f" ({previous['status']})" if previous else ""
     return _refuse(f"{workdir} already holds a run{status}; add resume=true to continue it, or choose another "
                    "directory (hydra.run.dir=...)", multirun)
@@ -67,33 +64,64 @@ def train_app(cfg: DictConfig) -> float | None:
     summary = train.train_and_evaluate(cfg, workdir, started)
   except checkpoint.ResumeError as e:  # the run directory stays as it was, ready for the right command
     return _refuse(str(e), multirun)
-  except (config.ConfigError, data.DataError) as e:
+  except Exception as e:  # one failed job must not take the sweep down
+    record_failure(workdir, record, e, multirun)
+    return None
+  result = record_result(workdir, record, summary)
+  if summary["status"] == "interrupted":
+    stop_interrupted(summary, workdir, multirun, hydra_cfg)
+  return result
+
+
+def job_record(hydra_cfg: DictConfig) -> tuple[pathlib.Path, dict]:
+  """A job's run directory, and what its summary.json records about how it was asked for."""
+  workdir = pathlib.Path(hydra_cfg.runtime.output_dir)
+  # `resume` says how to run the job, not what it is: it stays out of the overrides that results.csv lists.
+  overrides = [o for o in hydra_cfg.overrides.task if o.partition("=")[0].lstrip("+~") != "resume"]
+  return workdir, {"overrides": overrides, "run_dir": str(workdir)}
+
+
+def holds_run(workdir: pathlib.Path) -> bool:
+  """Whether a run has written into `workdir` (a fresh run there would overwrite it)."""
+  return bool(writers.read_summary(workdir) or checkpoint.has_checkpoint(workdir)
+              or (workdir / writers.METRICS_FILE).exists())
+
+
+def record_failure(workdir: pathlib.Path, record: dict, e: Exception, multirun: bool,
+                   logger: logging.Logger = log) -> None:
+  """A job that raised: `failed` in its summary.json and the dashboard; alone, an error exit."""
+  if isinstance(e, (config.ConfigError, data.DataError)):  # our own errors say all in one line
     _write_summary(workdir, {"status": "failed", "error": str(e), **record})
     _write_hparams(workdir, record, {"status": "failed"})
     if not multirun:
       print(f"error: {e}", file=sys.stderr)
       raise SystemExit(2)
-    log.error("job failed: %s", e)
-    return None
-  except Exception as e:  # one failed job must not take the sweep down
-    _write_summary(workdir, {"status": "failed", "error": f"{type(e).__name__}: {e}", **record})
-    _write_hparams(workdir, record, {"status": "failed"})
-    log.error("job failed: %s: %s", type(e).__name__, e, exc_info=True)
-    if not multirun:
-      raise SystemExit(1)
-    return None
+    logger.error("job failed: %s", e)
+    return
+  _write_summary(workdir, {"status": "failed", "error": f"{type(e).__name__}: {e}", **record})
+  _write_hparams(workdir, record, {"status": "failed"})
+  logger.error("job failed: %s: %s", type(e).__name__, e, exc_info=e)
+  if not multirun:
+    raise SystemExit(1)
+
+
+def record_result(workdir: pathlib.Path, record: dict, summary: dict, logger: logging.Logger = log) -> float | None:
+  """A job that ran: its summary.json, its row in the dashboard, its final metrics in the log."""
   _write_summary(workdir, {**summary, **record})
   if summary["status"] != "interrupted":  # the dashboard shows results; an interrupted run has none yet
     _write_hparams(workdir, record, summary)
-  if summary["status"] == "interrupted":
-    log.warning("interrupted at step %d; continue with the same command and resume=true%s", summary["steps_run"],
-                f" hydra.run.dir={workdir}" if not multirun else f" hydra.sweep.dir={hydra_cfg.sweep.dir}")
-    if multirun:  # the sweep stops here: list the jobs run so far
-      from trainlab import sweep
-      sweep.write_results(pathlib.Path(hydra_cfg.sweep.dir), sweep.collect(pathlib.Path(hydra_cfg.sweep.dir)))
-    raise SystemExit(128 + signal.Signals[summary["interrupted_by"]])
-  _print_table(summary)
+    _print_table(summary, logger)
   return summary.get("best_val/accuracy")
+
+
+def stop_interrupted(summary: dict, workdir: pathlib.Path, multirun: bool, hydra_cfg: DictConfig) -> None:
+  """After a signal: says how to continue, lists a sweep's jobs run so far, exits with 128 + the signal."""
+  log.warning("interrupted at step %d; continue with the same command and resume=true%s", summary["steps_run"],
+              f" hydra.run.dir={workdir}" if not multirun else f" hydra.sweep.dir={hydra_cfg.sweep.dir}")
+  if multirun:  # the sweep stops here: list the jobs run so far
+    from trainlab import sweep
+    sweep.write_results(pathlib.Path(hydra_cfg.sweep.dir), sweep.collect(pathlib.Path(hydra_cfg.sweep.dir)))
+  raise SystemExit(128 + signal.Signals[summary["interrupted_by"]])
 
 
 def _write_hparams(workdir: pathlib.Path, record: dict, summary: dict) -> None:
@@ -122,13 +150,13 @@ def _refuse(message: str, multirun: bool) -> None:
   return None
 
 
-def _print_table(summary: dict) -> None:
+def _print_table(summary: dict, logger: logging.Logger = log) -> None:
   rows = [(k, summary.get(k)) for k in ("status", "test/accuracy", "test/mse", "test/loss", "best_val/accuracy",
                                     "best_val/mse", "best_val/step", "steps_run", "steps_per_second",
                                     "compile_time_s", "wall_time_s") if k in summary or k == "status"]
   width = max(len(k) for k, _ in rows)
   lines = [f"  {k:<{width}}  {v:.4g}" if isinstance(v, float) else f"  {k:<{width}}  {v}" for k, v in rows]
-  log.info("final metrics:\n%s", "\n".join(lines))
+  logger.info("final metrics:\n%s", "\n".join(lines))
 
 
 def tensorboard(argv: list[str]) -> int:

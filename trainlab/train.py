@@ -1,7 +1,10 @@
 """The training loop: one compiled program per run structure, run in chunks of many steps.
 
 Reading order: how a config splits into structure and values, the compiled program (init, train_step,
-train_chunk, evaluate), then `train_and_evaluate`, the host loop that walks between chunks.
+train_chunk, evaluate), then the host side: `setup` (config, data, program of a run), `RunLog` (one run's
+bookkeeping between chunks: logs, best validation point, early stopping, diagnostics, checkpoints, summary) and
+`train_and_evaluate`, the loop that walks between chunks. vectorized.py drives many RunLogs with one vmapped
+program.
 
 Every float under the groups `model`, `init`, `optimizer`, `schedule` and `regularizer` is a *value*: it
 enters the compiled program as a traced array (the optimizer's through `optax.inject_hyperparams`, the rest in
@@ -164,20 +167,21 @@ def build_program(spec: Spec) -> Program:
     n, batch = x.shape[0], spec.batch_size
     per_epoch = n // batch
     data_key = jax.random.fold_in(state.key, 0)
-    order = lambda step: jax.random.permutation(jax.random.fold_in(data_key, step // per_epoch), n)
+    # The orders of every epoch the chunk can touch, drawn before the loop rather than at each epoch's start
+    # inside it: the same orders, and no branch on the step, which vmap (a vectorized sweep) would turn into
+    # drawing a permutation at every step.
+    first_epoch = state.step // per_epoch
+    epochs = first_epoch + jnp.arange(-(-spec.chunk_steps // per_epoch) + 1)
+    orders = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(data_key, e), n))(epochs)
 
-    def body(carry, i):
-      state, perm = carry
-      position = state.step % per_epoch
-      perm = jax.lax.cond(position == 0, lambda: order(state.step), lambda: perm)
-      idx = jax.lax.dynamic_slice_in_dim(perm, position * batch, batch)
+    def body(state, i):
+      order = orders[state.step // per_epoch - first_epoch]
+      idx = jax.lax.dynamic_slice_in_dim(order, state.step % per_epoch * batch, batch)
       run = lambda s: train_step(s, x[idx], y[idx])
       skipped = jax.tree.map(jnp.zeros_like, jax.eval_shape(run, state)[1])
-      state, metrics = jax.lax.cond(i < num_steps, run, lambda s: (s, skipped), state)
-      return (state, perm), metrics
+      return jax.lax.cond(i < num_steps, run, lambda s: (s, skipped), state)
 
-    (state, _), metrics = jax.lax.scan(body, (state, order(state.step)), jnp.arange(spec.chunk_steps))
-    return state, metrics
+    return jax.lax.scan(body, state, jnp.arange(spec.chunk_steps))
 
   def evaluate(state: TrainState, x: jax.Array, y: jax.Array) -> dict:
     """Mean loss and metric over a whole split, in batches of EVAL_BATCH inside one compiled call."""
@@ -291,25 +295,36 @@ class StopRequest:
       signal.signal(signum, handler)
 
 
-def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | None = None) -> dict:
+def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | None = None,
+                       logger: logging.Logger = log) -> dict:
   """Trains the model that `cfg` describes, writes the run's files into `workdir`, returns the summary.
 
   With `cfg.resume`, the run continues from the latest checkpoint in `workdir` (from step 0 if there is none),
   and the logs of the steps after that checkpoint are dropped, since they are about to be run again.
   """
   with StopRequest() as stop:
-    return _train_and_evaluate(cfg, pathlib.Path(workdir), started, stop)
+    return _train_and_evaluate(cfg, pathlib.Path(workdir), started, stop, logger)
 
 
-def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | None, stop: StopRequest) -> dict:
-  started = time.perf_counter() if started is None else started
+class Setup(NamedTuple):
+  """What a run needs before its first step, from its config alone: the program, its values and its data."""
+  spec: Spec
+  values: Any  # the run's floats (float32), a pytree the program's `init` takes
+  dataset: data.Dataset
+  program: Program
+
+
+def setup(cfg: DictConfig) -> Setup:
+  """Checks the config, loads the data and builds (or finds cached) the compiled program of a run.
+
+  Raises:
+    config.ConfigError, data.DataError: a config or a data set that cannot be run, with one clear message.
+  """
   config.check_ranges(cfg)
   enable_persistent_compilation_cache()
   dataset = load_data(cfg.data)
   models.check_input(cfg.model._target_, cfg.data._target_, dataset.layout, dataset.x_train.shape[1:])
   models.check_init(cfg.model._target_, cfg.init.get("recurrent", "same"))
-  task = losses.TASKS[dataset.task]
-  metric = f"val/{task.metric_name}"
   n_train = len(dataset.y_train)
   if cfg.batch_size > n_train:
     raise config.ConfigError(
@@ -324,105 +339,167 @@ def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float |
         dataset.y_train, dataset.num_classes)
   spec = Spec(json.dumps(structure, sort_keys=True), cfg.batch_size, steps, chunk_steps,
               tuple(dataset.x_train.shape[1:]), dataset.num_classes, dataset.task)
-  program = build_program(spec)
+  return Setup(spec, values, dataset, build_program(spec))
 
-  x_train, y_train, x_val, y_val, x_test, y_test = jax.device_put(dataset[:6])  # once; they stay there
+
+class RunLog:
+  """The host side of one run between chunks: its logs, best validation point, early stopping, diagnostics,
+  checkpoints, status and summary.
+
+  The single-run loop below and the vectorized loop (vectorized.py, one member per run) drive it the same way:
+  `open`, then per chunk `chunk_done` (the per-step metrics: divergence and the training windows) and, unless
+  that ended the run, `evaluated` (validation, best, diagnostics, early stopping, checkpoint, interruption);
+  then `finish` (the test metrics and the summary) and `close`. Methods that may need the run's state take a
+  function returning it, so that the vectorized loop slices a member's state out only when it is needed.
+  """
+
+  def __init__(self, cfg: DictConfig, workdir: pathlib.Path, run: Setup, stop: StopRequest,
+               logger: logging.Logger = log):
+    self.cfg, self.workdir, self.stop, self.log = cfg, pathlib.Path(workdir), stop, logger
+    self.steps, self.chunk_steps = run.spec.total_steps, run.spec.chunk_steps
+    self.task = losses.TASKS[run.dataset.task]
+    self.metric = f"val/{self.task.metric_name}"
+    self.diagnostics = run.program.diagnostics
+    self.window, self.best, self.status, self.diverged_at = _Window(), None, "completed", None
+    stopping = cfg.regularizer.get("early_stopping")
+    self.stopper = stopping and regularizers.EarlyStopping(stopping.patience, stopping.metric)
+    self.train_seconds, self.step, self.first_step = 0.0, 0, 0
+    self.startup_seconds, self.compile_seconds = 0.0, 0.0
+    self.checkpointer = checkpoint.Checkpointer(self.workdir, cfg.checkpoint.keep)
+    self.run_cfg = checkpoint.run_config(OmegaConf.to_container(cfg, resolve=True))
+    self.writer = self.monitor = None
+    self.last_loss = math.nan
+
+  def resume(self, state: TrainState) -> TrainState:
+    """With cfg.resume, the state and host record of the latest checkpoint (the state unchanged if none)."""
+    if self.cfg.resume and self.checkpointer.latest_step() is not None:
+      host = self.checkpointer.restore_host(self.checkpointer.latest_step())
+      checkpoint.check_same_config(host["config"], self.run_cfg, self.workdir)  # before the state: a clear message
+      state = self.checkpointer.restore(state, self.checkpointer.latest_step())
+      self.step, self.best, self.train_seconds = int(state.step), host["best"], host["train_seconds"]
+      self.window.sums, self.window.count = host["window_sums"], host["window_count"]
+      self.log.info("resuming from the checkpoint at step %d", self.step)
+    elif self.cfg.resume:
+      self.log.info("no checkpoint in %s: the run starts from step 0", self.workdir)
+    self.first_step = self.step
+    return state
+
+  def open(self, x_train: jax.Array, y_train: jax.Array, state: Callable[[], TrainState]) -> None:
+    """Opens the run's writers and takes the diagnostics of the starting point."""
+    self.writer = writers.RunWriter(self.workdir, purge_step=self.step + 1 if self.cfg.resume else None)
+    self.writer.text("config", OmegaConf.to_yaml(self.cfg, resolve=True))
+    self.monitor = diagnostics.Monitor(self.cfg.diagnostics, self.diagnostics, x_train, y_train, self.writer,
+                                       resumed_at=self.step if self.step else None)
+    if self.monitor.is_due(self.step):
+      self.monitor(self.step, state())
+
+  def chunk_done(self, metrics: dict[str, np.ndarray], run_now: int, seconds: float) -> bool:
+    """Walks the chunk's per-step metrics (on the host); returns True when the run diverged in it."""
+    self.train_seconds += seconds
+    for i in range(run_now):
+      self.step += 1
+      if not math.isfinite(metrics["loss"][i]):
+        self.status, self.diverged_at = "diverged", self.step
+        self.log.warning("diverged: the training loss became %s at step %d", metrics["loss"][i], self.diverged_at)
+        return True
+      self.window.add({k: float(v[i]) for k, v in metrics.items()})
+      if self.step % self.cfg.log_every == 0 or self.step == self.steps:
+        self.writer.write(self.step, self.window.pop())
+    self.last_loss = float(metrics["loss"][run_now - 1])
+    return False
+
+  def evaluated(self, val: dict, run_now: int, state: Callable[[], TrainState]) -> bool:
+    """Records the validation metrics after a chunk; returns True when the run stops here (early stopping, or
+    a signal: then the run is `interrupted`), after the checkpoint it takes then."""
+    step, metric = self.step, self.metric
+    val = {f"val/{k}": float(v) for k, v in val.items()}
+    self.writer.write(step, val)
+    sign = 1.0 if self.task.higher_is_better else -1.0  # accuracy up, mse down
+    if self.best is None or sign * val[metric] > sign * self.best[metric]:
+      self.best = {"step": step, **val}
+    if self.monitor.is_due(step):
+      self.monitor(step, state())
+    self.log.info("step %d/%d  train/loss %.4f  val/loss %.4f  %s %.4f", step, self.steps, self.last_loss,
+                  val["val/loss"], metric, val[metric])
+    stop_early = bool(self.stopper) and self.stopper.update(step, val, state())
+    every = self.cfg.checkpoint.every
+    if step == self.steps or self.stop.signal_name or stop_early or (every and step // every > (step - run_now) // every):
+      self.save_checkpoint(state())
+    if stop_early:
+      self.log.info("early stopping at step %d: no better val/%s in %d evaluations since step %d", step,
+                    self.stopper.metric, self.stopper.patience, self.stopper.best_step)
+      return True
+    if self.stop.signal_name and step < self.steps:
+      self.status = "interrupted"
+      return True
+    return False
+
+  def save_checkpoint(self, state: TrainState) -> None:
+    self.writer.flush()  # the logs first: a checkpoint must never be ahead of them
+    self.checkpointer.save(self.step, state, {
+        "best": self.best, "train_seconds": self.train_seconds, "window_sums": self.window.sums,
+        "window_count": self.window.count, "config": self.run_cfg})
+
+  def finish(self, state: TrainState, evaluate: Callable[[TrainState], dict], started: float) -> dict:
+    """The test metrics of a completed run (the best parameters' under early stopping) and the summary."""
+    test = {}
+    if self.stopper:
+      state = self.stopper.restore(state)  # the reported test metrics are the best parameters'
+    if self.status == "completed":
+      test = {f"test/{k}": float(v) for k, v in jax.device_get(evaluate(state)).items()}
+      self.writer.write(self.step, test)
+    train_steps = self.step - (1 if self.status == "diverged" else 0)
+    best, metric = self.best, self.metric
+    return {
+        "status": self.status,
+        "interrupted_by": self.stop.signal_name if self.status == "interrupted" else None,
+        "resumed_from_step": self.first_step if self.first_step else None,  # None: the run started from step 0
+        "steps": self.steps,
+        "steps_run": train_steps,
+        "diverged_at_step": self.diverged_at,
+        **test,
+        "best_val/step": best and best["step"],
+        "best_val/loss": best and best["val/loss"],
+        f"best_{metric}": best and best[metric],
+        **({"early_stopping/restored_step": self.stopper.best_step} if self.stopper else {}),
+        "wall_time_s": time.perf_counter() - started,
+        "startup_time_s": self.startup_seconds,
+        "compile_time_s": self.compile_seconds,
+        "steps_per_second": train_steps / max(self.train_seconds, 1e-9),
+        "diagnostics_time_s": self.monitor.seconds,
+    }
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()
+    self.checkpointer.close()
+
+
+def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | None, stop: StopRequest,
+                        logger: logging.Logger) -> dict:
+  started = time.perf_counter() if started is None else started
+  run = setup(cfg)
+  program = run.program
+  x_train, y_train, x_val, y_val, x_test, y_test = jax.device_put(run.dataset[:6])  # once; they stay there
   compile_seconds_before = _COMPILE["seconds"]
-  state = program.init(np.int32(cfg.seed), values)
-  startup_seconds = time.perf_counter() - started
-
-  window, best, status, diverged_at = _Window(), None, "completed", None
-  stopping = cfg.regularizer.get("early_stopping")
-  stopper = stopping and regularizers.EarlyStopping(stopping.patience, stopping.metric)
-  train_seconds, step = 0.0, 0
-  checkpointer = checkpoint.Checkpointer(workdir, cfg.checkpoint.keep)
-  run_cfg = checkpoint.run_config(OmegaConf.to_container(cfg, resolve=True))
-  if cfg.resume and checkpointer.latest_step() is not None:
-    host = checkpointer.restore_host(checkpointer.latest_step())
-    checkpoint.check_same_config(host["config"], run_cfg, workdir)  # before the state: a clear message
-    state = checkpointer.restore(state, checkpointer.latest_step())
-    step, best, train_seconds = int(state.step), host["best"], host["train_seconds"]
-    window.sums, window.count = host["window_sums"], host["window_count"]
-    log.info("resuming from the checkpoint at step %d", step)
-  elif cfg.resume:
-    log.info("no checkpoint in %s: the run starts from step 0", workdir)
-  first_step = step
-
-  def save_checkpoint() -> None:
-    writer.flush()  # the logs first: a checkpoint must never be ahead of them
-    checkpointer.save(step, state, {"best": best, "train_seconds": train_seconds, "window_sums": window.sums,
-                                    "window_count": window.count, "config": run_cfg})
-
-  writer = writers.RunWriter(workdir, purge_step=step + 1 if cfg.resume else None)
-  writer.text("config", OmegaConf.to_yaml(cfg, resolve=True))
-  monitor = diagnostics.Monitor(cfg.diagnostics, program.diagnostics, x_train, y_train, writer,
-                                resumed_at=step if step else None)
-  every = cfg.checkpoint.every
+  state = program.init(np.int32(cfg.seed), run.values)
+  record = RunLog(cfg, workdir, run, stop, logger)
+  record.startup_seconds = time.perf_counter() - started
   try:
-    monitor(step, state)
-    while step < steps:
-      run_now = min(chunk_steps, steps - step)
+    state = record.resume(state)
+    record.open(x_train, y_train, lambda: state)
+    while record.step < record.steps:
+      run_now = min(record.chunk_steps, record.steps - record.step)
       tick, compiling = time.perf_counter(), _COMPILE["seconds"]
       state, metrics = program.train_chunk(state, x_train, y_train, np.int32(run_now))
       metrics = jax.device_get(metrics)  # the one host transfer of the chunk
-      train_seconds += time.perf_counter() - tick - (_COMPILE["seconds"] - compiling)
-      for i in range(run_now):
-        step += 1
-        if not math.isfinite(metrics["loss"][i]):
-          status, diverged_at = "diverged", step
-          break
-        window.add({k: float(v[i]) for k, v in metrics.items()})
-        if step % cfg.log_every == 0 or step == steps:
-          writer.write(step, window.pop())
-      if status == "diverged":
-        log.warning("diverged: the training loss became %s at step %d", metrics["loss"][i], diverged_at)
+      seconds = time.perf_counter() - tick - (_COMPILE["seconds"] - compiling)
+      if record.chunk_done(metrics, run_now, seconds):
         break
-      val = {f"val/{k}": float(v) for k, v in jax.device_get(program.evaluate(state, x_val, y_val)).items()}
-      writer.write(step, val)
-      sign = 1.0 if task.higher_is_better else -1.0  # accuracy up, mse down
-      if best is None or sign * val[metric] > sign * best[metric]:
-        best = {"step": step, **val}
-      monitor(step, state)
-      log.info("step %d/%d  train/loss %.4f  val/loss %.4f  %s %.4f", step, steps,
-               float(metrics["loss"][run_now - 1]), val["val/loss"], metric, val[metric])
-      stop_early = bool(stopper) and stopper.update(step, val, state)
-      if step == steps or stop.signal_name or stop_early or (every and step // every > (step - run_now) // every):
-        save_checkpoint()
-      if stop_early:
-        log.info("early stopping at step %d: no better val/%s in %d evaluations since step %d", step,
-                 stopper.metric, stopper.patience, stopper.best_step)
+      if record.evaluated(program.evaluate(state, x_val, y_val), run_now, lambda: state):
         break
-      if stop.signal_name and step < steps:
-        status = "interrupted"
-        break
-    test = {}
-    if stopper:
-      state = stopper.restore(state)  # the reported test metrics are the best parameters'
-    if status == "completed":
-      test = {f"test/{k}": float(v) for k, v in jax.device_get(program.evaluate(state, x_test, y_test)).items()}
-      writer.write(step, test)
+    summary = record.finish(state, lambda s: program.evaluate(s, x_test, y_test), started)
   finally:
-    writer.close()
-    checkpointer.close()
-
-  train_steps = step - (1 if status == "diverged" else 0)
-  compile_seconds = _COMPILE["seconds"] - compile_seconds_before
-  summary = {
-      "status": status,
-      "interrupted_by": stop.signal_name if status == "interrupted" else None,
-      "resumed_from_step": first_step if first_step else None,  # None: the run started from step 0
-      "steps": steps,
-      "steps_run": train_steps,
-      "diverged_at_step": diverged_at,
-      **test,
-      "best_val/step": best and best["step"],
-      "best_val/loss": best and best["val/loss"],
-      f"best_{metric}": best and best[metric],
-      **({"early_stopping/restored_step": stopper.best_step} if stopper else {}),
-      "wall_time_s": time.perf_counter() - started,
-      "startup_time_s": startup_seconds,
-      "compile_time_s": compile_seconds,
-      "steps_per_second": train_steps / max(train_seconds, 1e-9),
-      "diagnostics_time_s": monitor.seconds,
-  }
+    record.close()
+  summary["compile_time_s"] = _COMPILE["seconds"] - compile_seconds_before
   return summary
