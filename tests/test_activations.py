@@ -130,3 +130,38 @@ def test_mlp_order_dense_norm_activation():
   h = np.tanh((h - h.mean(1, keepdims=True)) / np.sqrt(h.var(1, keepdims=True) + 1e-5))
   want = h @ np.asarray(p["Dense_1"]["kernel"]) + np.asarray(p["Dense_1"]["bias"])
   np.testing.assert_allclose(mlp.apply(variables, x, train=False), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["cnn", "resnet"])
+@pytest.mark.parametrize("kind", ["leaky_relu", "prelu", "rrelu"])
+def test_convolutional_models_take_every_activation_with_its_floats(model, kind):
+  """cnn and resnet run their activations through the same Activation as the MLP: leaky_relu's slope is the
+  model.alpha value (traced: one program for two slopes), prelu owns one learned slope per layer, rrelu draws
+  its slopes in training."""
+  from conftest import compose_config
+  from hydra.utils import instantiate
+  from omegaconf import OmegaConf
+
+  cfg = OmegaConf.to_container(compose_config([f"model={model}", f"model.activation={kind}"]).model, resolve=True)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
+
+  def forward(alpha, train):
+    net = instantiate({**cfg, "alpha": alpha}, num_outputs=3, _convert_="all")
+    variables = net.init(jax.random.PRNGKey(1), x, train=False)
+    rngs = {"dropout": jax.random.PRNGKey(2)} if train else None
+    out = net.apply(variables, x, train=train, rngs=rngs, mutable=["batch_stats"] if train else False)
+    return (out[0] if train else out), variables["params"]
+
+  forward = jax.jit(forward, static_argnums=1)
+  (a, params), (b, _) = forward(0.01, False), forward(0.3, False)
+  slopes = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params) if "negative_slope" in str(path)]
+  if kind == "leaky_relu":
+    assert not np.allclose(a, b) and forward._cache_size() == 1
+  else:
+    np.testing.assert_array_equal(a, b)  # alpha is leaky_relu's alone
+  # One activation per conv block and hidden dense layer of the cnn (2 + 1); in the resnet, the stem's and two
+  # per block (inside it, and after the sum), 1 + 2 * 3 stages.
+  assert len(slopes) == ({"cnn": 3, "resnet": 7}[model] if kind == "prelu" else 0)
+  np.testing.assert_array_equal(slopes, 0.25)
+  if kind == "rrelu":  # random slopes in training, their mean at evaluation
+    assert not np.allclose(forward(0.01, True)[0], a)

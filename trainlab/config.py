@@ -175,34 +175,35 @@ NORMS = ("none", "batch", "layer")
 
 
 @dataclass
-class MLPConfig:
+class ActivationConfig:
+  """The activation of a model's hidden layers and its floats (models.activations.Activation)."""
   _target_: str = MISSING
-  widths: List[int] = MISSING
   activation: str = choice(*ACTIVATIONS)
-  norm: str = choice(*NORMS)
   alpha: float = value(0.0)  # leaky_relu's negative slope
   rrelu_lower: float = value(0.0, 1.0)
   rrelu_upper: float = value(0.0, 1.0)
+
+
+@dataclass
+class MLPConfig(ActivationConfig):
+  widths: List[int] = MISSING
+  norm: str = choice(*NORMS)
   batch_momentum: float = value(**FRACTION)
 
 
 @dataclass
-class CNNConfig:
-  _target_: str = MISSING
+class CNNConfig(ActivationConfig):
   features: List[int] = MISSING
   kernel_size: int = value(1)
   widths: List[int] = MISSING
-  activation: str = choice(*ACTIVATIONS)
 
 
 @dataclass
-class ResNetConfig:
-  _target_: str = MISSING
+class ResNetConfig(ActivationConfig):
   features: List[int] = MISSING
   blocks: int = value(1)
   kernel_size: int = value(1)
   norm: str = choice("batch", "layer", "none")
-  activation: str = choice(*ACTIVATIONS)
 
 
 @dataclass

@@ -65,11 +65,15 @@ def _with_channels(x: jax.Array) -> jax.Array:
   return x[..., None] if x.ndim == 2 else x
 
 
+def _activation(module: nn.Module, x: jax.Array, train: bool) -> jax.Array:
+  """The module's activation with its own floats (leaky_relu's slope, rrelu's bounds); prelu learns a slope."""
+  return activations.Activation(module.activation, module.alpha, module.rrelu_lower, module.rrelu_upper)(x, train=train)
+
+
 def _dense_head(module: nn.Module, x: jax.Array, widths: Sequence[int], train: bool) -> jax.Array:
   """Dense hidden layers with the module's activation and dropout, then the output layer."""
-  act = getattr(nn, module.activation)
   for width in widths:
-    x = act(nn.Dense(width, kernel_init=module.kernel_init, bias_init=module.bias_init)(x))
+    x = _activation(module, nn.Dense(width, kernel_init=module.kernel_init, bias_init=module.bias_init)(x), train)
     if module.dropout_rate is not None and train:
       x = dropout(x, module.dropout_rate, module.make_rng("dropout"))
   return nn.Dense(module.num_outputs, kernel_init=module.kernel_init, bias_init=module.bias_init)(x)
@@ -84,6 +88,9 @@ class CNN(nn.Module):
   widths: Sequence[int]
   activation: str
   num_outputs: int
+  alpha: Any = 0.01  # leaky_relu's slope
+  rrelu_lower: Any = 1 / 8
+  rrelu_upper: Any = 1 / 3
   dropout_rate: Any = None
   kernel_init: Initializer = nn.initializers.lecun_normal()
   bias_init: Initializer = nn.initializers.zeros
@@ -91,13 +98,12 @@ class CNN(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    act = getattr(nn, self.activation)
     x = _with_channels(x)
     window = (2,) * (x.ndim - 2)
     for features in self.features:
       conv = nn.Conv(features, (self.kernel_size,) * len(window), padding="SAME", kernel_init=self.kernel_init,
                      bias_init=self.bias_init)
-      x = nn.max_pool(act(conv(x)), window, strides=window, padding="SAME")
+      x = nn.max_pool(_activation(self, conv(x), train), window, strides=window, padding="SAME")
     return _dense_head(self, x.reshape((x.shape[0], -1)), self.widths, train)
 
 
@@ -113,6 +119,9 @@ class ResNet(nn.Module):
   norm: str
   activation: str
   num_outputs: int
+  alpha: Any = 0.01  # leaky_relu's slope
+  rrelu_lower: Any = 1 / 8
+  rrelu_upper: Any = 1 / 3
   dropout_rate: Any = None
   kernel_init: Initializer = nn.initializers.lecun_normal()
   bias_init: Initializer = nn.initializers.zeros
@@ -120,7 +129,7 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    act = getattr(nn, self.activation)
+    act = lambda y: _activation(self, y, train)
     x = _with_channels(x)
     dims = x.ndim - 2
     conv = lambda f, size, stride=1: nn.Conv(f, (size,) * dims, (stride,) * dims, padding="SAME",
