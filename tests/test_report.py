@@ -57,7 +57,7 @@ def test_table_equals_statistics_computed_from_the_summaries(tmp_path):
     mine = [s for s in summaries if f"optimizer.lr={row['optimizer.lr']}" in s["overrides"]]
     assert int(row["runs"]) == 3
     assert int(row["diverged"]) == sum(s["status"] == "diverged" for s in mine)
-    for name in report.TABLE_METRICS:
+    for name in report.table_metrics("accuracy"):
       xs = [s[name] for s in mine if name in s]
       assert float(row[f"{name} mean"]) == pytest.approx(np.mean(xs), rel=1e-12)
       assert float(row[f"{name} std"]) == pytest.approx(np.std(xs, ddof=1), rel=1e-12)
@@ -105,6 +105,31 @@ def test_a_failing_report_keeps_results_csv(tmp_path, monkeypatch):
   sweep.ResultsTable().on_multirun_end(cfg)
   rows = list(csv.DictReader(open(tmp_path / sweep.RESULTS_FILE)))
   assert len(rows) == 6 and not (tmp_path / "report.md").exists()
+
+
+def test_a_sweep_of_regressions_is_judged_by_mse_lower_first(tmp_path):
+  """Regression runs report mse: the table sorts by test/mse ascending, steps-to-target reads val/mse downwards,
+  results.csv has the mse columns and no accuracy columns, and the dashboard lists the mse metrics."""
+  rng = np.random.default_rng(1)
+  for job, lr in enumerate(("0.1", "0.01", "0.001")):
+    run = tmp_path / str(job)
+    mse = [1.0, 0.5, 0.2 * (job + 1)]
+    writers.write_summary(run, {"status": "completed", "test/mse": float(rng.uniform(0.1, 1.0)), "test/loss": 0.3,
+                                "best_val/mse": min(mse), "best_val/loss": min(mse), "overrides": [f"optimizer.lr={lr}"],
+                                "run_dir": str(run)})
+    (run / writers.METRICS_FILE).write_text("".join(
+        json.dumps({"step": 10 * (i + 1), "val/mse": m, "val/loss": m}) + "\n" for i, m in enumerate(mse)))
+  out = report.write_report(tmp_path, target=0.3)
+  rows = list(csv.DictReader(open(out["report.csv"])))
+  means = [float(r["test/mse mean"]) for r in rows]
+  assert means == sorted(means) and "test/accuracy mean" not in rows[0]
+  reached = {r["optimizer.lr"]: r["steps to val/mse=0.3 reached"] for r in rows}
+  assert reached == {"0.1": "1", "0.01": "0", "0.001": "0"}  # 0.2 <= 0.3 only for the first job
+  cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "report": {"metric": None, "target": None}})
+  sweep.ResultsTable().on_multirun_end(cfg)
+  header = (tmp_path / sweep.RESULTS_FILE).read_text().splitlines()[0].split(",")
+  assert {"test/mse", "best_val/mse"} <= set(header) and "test/accuracy" not in header
+  assert writers.hparams_metrics(writers.task_metric([{"best_val/mse": 0.1}]))[0] == "test/mse"
 
 
 # --- one small real sweep: the automatic report, its plots, and the HParams dashboard ---------------------------

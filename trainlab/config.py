@@ -432,7 +432,7 @@ class DiagnosticsConfig:
 
 @dataclass
 class ReportConfig:
-  metric: str = MISSING
+  metric: Optional[str] = None  # null: the task's validation metric
   target: Optional[float] = value(default=None)
 
 

@@ -55,7 +55,7 @@ def train_app(cfg: DictConfig) -> float | None:
                    "directory (hydra.run.dir=...)", multirun)
   if cfg.resume and previous and previous["status"] in ("completed", "diverged"):
     log.info("%s: the run has already %s; nothing to do", workdir, previous["status"])
-    return previous.get("best_val/accuracy")
+    return best_val(previous)
   if cfg.resume and previous and previous["status"] == "failed":
     checkpoint.clear(workdir)  # a failed run is run again from the start
   from trainlab import train  # JAX is imported only when a job runs, not for --help or a skipped job
@@ -111,7 +111,12 @@ def record_result(workdir: pathlib.Path, record: dict, summary: dict, logger: lo
   if summary["status"] != "interrupted":  # the dashboard shows results; an interrupted run has none yet
     _write_hparams(workdir, record, summary)
     _print_table(summary, logger)
-  return summary.get("best_val/accuracy")
+  return best_val(summary)
+
+
+def best_val(summary: dict) -> float | None:
+  """The job's return value (what a Hydra sweeper optimizes): its best validation accuracy, or mse."""
+  return summary.get("best_val/accuracy", summary.get("best_val/mse"))
 
 
 def stop_interrupted(summary: dict, workdir: pathlib.Path, multirun: bool, hydra_cfg: DictConfig) -> None:

@@ -6,11 +6,12 @@
   and the best validation metrics, and, when `report.target` is set, the steps to reach it; best first;
 - `curves.png`: train and validation loss against steps, a line per configuration (the mean over seeds) in a
   band of ± one standard deviation;
-- `sensitivity_<key>.png` for each swept numeric hyperparameter: the final test accuracy against its value, a
+- `sensitivity_<key>.png` for each swept numeric hyperparameter: the final test metric against its value, a
   line per setting of the other swept keys, on a log axis when the values span a decade or more;
 - `init_layers.png`: per-layer activation and backward gradient standard deviation at step 0 (from the
   diagnostics' `step0/<layer>/act_var` and `grad_var`), a line per configuration.
-It reads only the run directories' files (summary.json, metrics.jsonl), never the training code.
+It reads only the run directories' files (summary.json, metrics.jsonl), never the training code. The metric
+beside the loss is the task's: accuracy (higher is better), or mse for a sweep of regressions (lower is better).
 """
 
 from __future__ import annotations
@@ -28,8 +29,12 @@ import numpy as np
 
 from trainlab import writers
 
-TABLE_METRICS = ("test/accuracy", "test/loss", "best_val/accuracy", "best_val/loss")
-SORT_METRIC = "test/accuracy"  # higher is better; configurations without it go last
+def table_metrics(task_metric: str) -> tuple[str, ...]:
+  return (f"test/{task_metric}", "test/loss", f"best_val/{task_metric}", "best_val/loss")
+
+
+def lower_is_better(metric: str) -> bool:
+  return "loss" in metric or "mse" in metric
 
 
 class Run(NamedTuple):
@@ -103,10 +108,10 @@ def curve(points: list[dict], name: str) -> dict[int, float]:
 
 
 def steps_to_target(points: list[dict], metric: str, target: float) -> int | None:
-  """The first step at which `metric` reaches `target` (<= for losses, >= otherwise); None if never."""
-  lower_is_better = "loss" in metric
+  """The first step at which `metric` reaches `target` (<= for losses and mse, >= otherwise); None if never."""
+  lower = lower_is_better(metric)
   for step, x in sorted(curve(points, metric).items()):
-    if (x <= target) if lower_is_better else (x >= target):
+    if (x <= target) if lower else (x >= target):
       return step
   return None
 
@@ -120,14 +125,16 @@ def _mean_std(xs: list[float]) -> tuple[float | None, float | None]:
 
 
 # --- the table -----------------------------------------------------------------------------------------------
-def table(groups: list[Group], metric: str = "val/accuracy", target: float | None = None) -> list[dict]:
-  """One row per configuration, best first: its overrides, run counts, and mean/std of each metric."""
+def table(groups: list[Group], metric: str = "val/accuracy", target: float | None = None,
+          task_metric: str = "accuracy") -> list[dict]:
+  """One row per configuration, best first (by the test metric): its overrides, run counts, and mean/std of each
+  metric."""
   rows = []
   for group in groups:
     row = {**dict(group.config), "runs": len(group.runs),
            "diverged": sum(r.summary.get("status") == "diverged" for r in group.runs),
            "failed": sum(r.summary.get("status") == "failed" for r in group.runs)}
-    for name in TABLE_METRICS:
+    for name in table_metrics(task_metric):
       row[f"{name} mean"], row[f"{name} std"] = _mean_std([r.summary.get(name) for r in group.runs])
     if target is not None:
       steps = [steps_to_target(read_metrics(r.dir), metric, target) for r in group.runs]
@@ -135,7 +142,8 @@ def table(groups: list[Group], metric: str = "val/accuracy", target: float | Non
       row[f"{key} mean"], row[f"{key} std"] = _mean_std([s for s in steps if s is not None])
       row[f"{key} reached"] = sum(s is not None for s in steps)
     rows.append(row)
-  rows.sort(key=lambda r: (r[f"{SORT_METRIC} mean"] is None, -(r[f"{SORT_METRIC} mean"] or 0.0)))
+  sort, sign = f"test/{task_metric} mean", 1.0 if lower_is_better(task_metric) else -1.0
+  rows.sort(key=lambda r: (r[sort] is None, sign * (r[sort] or 0.0)))
   return rows
 
 
@@ -230,7 +238,7 @@ def numeric_keys(groups: list[Group]) -> list[str]:
   return keys
 
 
-def plot_sensitivity(groups: list[Group], key: str, metric: str = SORT_METRIC):
+def plot_sensitivity(groups: list[Group], key: str, metric: str = "test/accuracy"):
   """The final metric against one swept hyperparameter, a line per setting of the other swept keys."""
   fig, (ax,) = _figure(1)
   lines: dict[str, list[tuple[float, float, float]]] = {}
@@ -291,14 +299,17 @@ def _slug(key: str) -> str:
 
 
 # --- the whole report ----------------------------------------------------------------------------------------
-def write_report(sweep_dir: pathlib.Path, metric: str = "val/accuracy", target: float | None = None) -> dict:
-  """Writes report.md, report.csv and the PNG plots into `sweep_dir`; returns {name: path} and the text."""
+def write_report(sweep_dir: pathlib.Path, metric: str | None = None, target: float | None = None) -> dict:
+  """Writes report.md, report.csv and the PNG plots into `sweep_dir`; returns {name: path} and the text.
+  `metric` is the curve that steps-to-target reads; None: the task's validation metric."""
   sweep_dir = pathlib.Path(sweep_dir)
   groups = group_runs(load_runs(sweep_dir))
   runs = [r for g in groups for r in g.runs]
+  task_metric = writers.task_metric([r.summary for r in runs])
+  metric = metric or f"val/{task_metric}"
   common = sorted({f"{k}={v}" for r in runs for k, v in r.overrides.items() if k != "seed"}
                   - {f"{k}={v}" for g in groups for k, v in g.config})
-  rows = table(groups, metric, target)
+  rows = table(groups, metric, target, task_metric)
   markdown = (f"{len(runs)} runs in {len(groups)} configurations; common to all: "
               f"{' '.join(common) or '(nothing)'}\n\n" + to_markdown(rows))
   out = {"markdown": markdown}
@@ -308,7 +319,7 @@ def write_report(sweep_dir: pathlib.Path, metric: str = "val/accuracy", target: 
   writers.write_text_atomically(out["report.csv"], to_csv(rows))
   figures = {"curves.png": plot_curves(groups), "init_layers.png": plot_init_layers(groups)}
   for key in numeric_keys(groups):
-    figures[f"sensitivity_{_slug(key)}.png"] = plot_sensitivity(groups, key)
+    figures[f"sensitivity_{_slug(key)}.png"] = plot_sensitivity(groups, key, f"test/{task_metric}")
   for name, fig in figures.items():
     if fig is not None:
       fig.savefig(sweep_dir / name, dpi=100)
@@ -318,7 +329,7 @@ def write_report(sweep_dir: pathlib.Path, metric: str = "val/accuracy", target: 
 
 def main(argv: list[str]) -> int:
   """`trainlab report [DIR] [report.target=X] [report.metric=NAME]`; prints the table and the files."""
-  settings = {"metric": "val/accuracy", "target": None}
+  settings = {"metric": None, "target": None}
   paths = []
   for arg in argv:
     key, eq, value = arg.partition("=")

@@ -20,8 +20,11 @@ from trainlab import writers
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.csv"
-METRIC_COLUMNS = ("status", "test/accuracy", "test/loss", "best_val/accuracy", "best_val/loss", "best_val/step",
-                  "steps_run", "diverged_at_step", "wall_time_s", "compile_time_s", "steps_per_second", "error")
+METRIC_COLUMNS = ("status", "test/accuracy", "test/mse", "test/loss", "best_val/accuracy", "best_val/mse",
+                  "best_val/loss", "best_val/step", "steps_run", "diverged_at_step", "wall_time_s", "compile_time_s",
+                  "steps_per_second", "error")
+# The task's metric (accuracy for classification, mse for regression): a column only where some job has it.
+TASK_COLUMNS = ("test/accuracy", "test/mse", "best_val/accuracy", "best_val/mse")
 
 
 def _job_order(path: pathlib.Path):
@@ -48,9 +51,9 @@ def write_results(sweep_dir: pathlib.Path, rows: list[dict]) -> pathlib.Path:
   columns = ["job"]
   for row in rows:
     columns += [k for k in row if k not in columns and k not in METRIC_COLUMNS]
-  columns += list(METRIC_COLUMNS)
+  columns += [k for k in METRIC_COLUMNS if k not in TASK_COLUMNS or any(row.get(k) is not None for row in rows)]
   text = io.StringIO()
-  table = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+  table = csv.DictWriter(text, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
   table.writeheader()
   table.writerows(rows)
   path = pathlib.Path(sweep_dir) / RESULTS_FILE
@@ -102,7 +105,8 @@ def _write_views(sweep_dir: pathlib.Path, config: DictConfig) -> None:
   try:
     job_dirs = [p for p in sweep_dir.iterdir() if p.is_dir()]
     summaries = [s for s in map(writers.read_summary, job_dirs) if s is not None]
-    writers.write_hparams_experiment(sweep_dir, [writers.hparam_values(s.get("overrides", [])) for s in summaries])
+    writers.write_hparams_experiment(sweep_dir, [writers.hparam_values(s.get("overrides", [])) for s in summaries],
+                                     writers.task_metric(summaries))
   except Exception as e:
     log.warning("could not write the HParams columns: %s: %s", type(e).__name__, e)
   try:

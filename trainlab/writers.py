@@ -119,9 +119,19 @@ class RunWriter:
 # session start (its hyperparameter values) and end (its status), and once per experiment the list of columns
 # (hyperparameters and metrics). Without the experiment summary TensorBoard guesses the columns from the runs
 # and lists every scalar as a metric; with it, the table and parallel-coordinates views show exactly these.
-HPARAMS_METRICS = ("test/accuracy", "test/loss", "best_val/accuracy", "best_val/loss", "val/accuracy", "val/loss",
-                   "train/loss")
-_SUMMARY_ONLY = ("best_val/accuracy", "best_val/loss")  # not written as scalars during the run
+_SUMMARY_ONLY = ("best_val/accuracy", "best_val/mse", "best_val/loss")  # not written as scalars during the run
+
+
+def task_metric(summaries: list[dict]) -> str:
+  """The metric beside the loss in these runs' summaries: `mse` when they are regressions, else `accuracy`."""
+  regression = any("best_val/mse" in s or "test/mse" in s for s in summaries)
+  return "mse" if regression and not any("best_val/accuracy" in s for s in summaries) else "accuracy"
+
+
+def hparams_metrics(metric: str = "accuracy") -> tuple[str, ...]:
+  """The dashboard's metric columns for a sweep whose task metric is `metric`."""
+  return (f"test/{metric}", "test/loss", f"best_val/{metric}", "best_val/loss", f"val/{metric}", "val/loss",
+          "train/loss")
 
 
 def hparam_values(overrides: list[str]) -> dict[str, float | str | bool]:
@@ -179,8 +189,9 @@ def write_hparams_session(workdir: pathlib.Path, hparams: dict, summary: dict) -
                                global_step=step)
 
 
-def write_hparams_experiment(logdir: pathlib.Path, runs_hparams: list[dict]) -> None:
-  """The columns of the dashboard, once per sweep: every hyperparameter any job set, and the final metrics."""
+def write_hparams_experiment(logdir: pathlib.Path, runs_hparams: list[dict], metric: str = "accuracy") -> None:
+  """The columns of the dashboard, once per sweep: every hyperparameter any job set, and the final metrics
+  (those of the task `metric`: accuracy, or mse for regression)."""
   from tensorboardX import SummaryWriter
   from tensorboardX.proto.api_pb2 import DataType, Experiment, HParamInfo, MetricInfo, MetricName
   from google.protobuf import struct_pb2
@@ -197,7 +208,7 @@ def write_hparams_experiment(logdir: pathlib.Path, runs_hparams: list[dict]) -> 
       info.domain_discrete.CopyFrom(struct_pb2.ListValue(values=[struct_pb2.Value(string_value=str(v))
                                                                  for v in sorted(seen, key=str)]))
     hparam_infos.append(info)
-  metric_infos = [MetricInfo(name=MetricName(tag=name)) for name in HPARAMS_METRICS]
+  metric_infos = [MetricInfo(name=MetricName(tag=name)) for name in hparams_metrics(metric)]
   experiment = Experiment(hparam_infos=hparam_infos, metric_infos=metric_infos)
   with SummaryWriter(logdir=str(logdir), filename_suffix=".hparams") as tb:
     tb.file_writer.add_summary(_hparams_summary(experiment=experiment))
