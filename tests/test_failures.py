@@ -7,11 +7,15 @@ import errno
 import json
 import os
 import pathlib
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from trainlab import checkpoint, sweep, writers
 
 SMALL = ["steps=40", "eval_every=10", "log_every=5", "batch_size=16", "model.widths=[16]", "checkpoint.every=10",
@@ -166,3 +170,35 @@ def test_unwritable_run_directory_is_one_clear_error(tmp_path):
   with pytest.raises(writers.WriteError, match=f"cannot write {blocker / 'run' / writers.SUMMARY_FILE}: "):
     writers.write_summary(blocker / "run", {"status": "completed"})
   assert blocker.read_text() == "a file where the run directory should be"
+
+
+def test_sigterm_to_a_joblib_sweep_stops_every_job_and_resume_finishes_them(write_npz, tmp_path):
+  """SIGTERM to the sweep's own process only (workers run the jobs): the running jobs checkpoint and are
+  `interrupted`, a job not yet started is left for resume, results.csv lists them, the sweep exits 143; the
+  same command with resume=true completes every job, the interrupted ones from their checkpoints."""
+  sweep_dir = tmp_path / "sweep"
+  args = ["train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep_dir}",
+          "data=npz", f"data.path={write_npz()}", "seed=0,1,2", "steps=400", "eval_every=2", "log_every=2",
+          "batch_size=16", "model.widths=[16]", "diagnostics=off", "checkpoint.every=null"]
+  env = {**os.environ, "PYTHONPATH": str(ROOT)}
+  proc = subprocess.Popen([sys.executable, "-m", "trainlab", *args], cwd=tmp_path, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.monotonic() + 300
+  while not all((sweep_dir / j / writers.METRICS_FILE).exists() for j in ("0", "1")):
+    assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGTERM)
+  output = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 128 + signal.SIGTERM, output
+  summaries = jobs(sweep_dir)
+  assert {s["status"] for s in summaries.values()} == {"interrupted"}, output
+  started = [name for name, s in summaries.items() if s["steps_run"] > 0]
+  assert sorted(started) == ["0", "1"] and 0 < summaries["0"]["steps_run"] < 400
+  assert {row["job"]: row["status"] for row in read_results(sweep_dir)} == dict.fromkeys(summaries, "interrupted")
+
+  run_cli(*args, "resume=true", cwd=tmp_path)
+  summaries = jobs(sweep_dir)
+  assert {name: s["status"] for name, s in summaries.items()} == dict.fromkeys(["0", "1", "2"], "completed")
+  for name in started:
+    assert summaries[name]["resumed_from_step"] > 0 and summaries[name]["steps_run"] == 400
+  assert not (sweep_dir / writers.STOP_FILE).exists()

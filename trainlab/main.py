@@ -58,10 +58,16 @@ def train_app(cfg: DictConfig) -> float | None:
     return best_val(previous)
   if cfg.resume and previous and previous["status"] == "failed":
     checkpoint.clear(workdir)  # a failed run is run again from the start
+  stop_file = pathlib.Path(hydra_cfg.sweep.dir) / writers.STOP_FILE if multirun else None
+  if stop_file and stop_file.exists():  # the sweep is stopping: this job is left for resume=true
+    log.warning("the sweep is stopping: job not started")
+    _write_summary(workdir, {"status": "interrupted", "interrupted_by": stop_file.read_text().strip(),
+                             "steps_run": 0, **record})
+    return None
   from trainlab import train  # JAX is imported only when a job runs, not for --help or a skipped job
 
   try:
-    summary = train.train_and_evaluate(cfg, workdir, started)
+    summary = train.train_and_evaluate(cfg, workdir, started, stop_file=stop_file)
   except checkpoint.ResumeError as e:  # the run directory stays as it was, ready for the right command
     return _refuse(str(e), multirun)
   except Exception as e:  # one failed job must not take the sweep down

@@ -10,7 +10,10 @@ import csv
 import io
 import logging
 import pathlib
+import signal
 import sys
+import threading
+import time
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
@@ -65,13 +68,21 @@ class ResultsTable(Callback):
   """Hydra callback: writes results.csv when a multirun ends, and fails the sweep if a job failed.
 
   It also refuses, before any job starts, to run a sweep without resume=true into a sweep directory that
-  already holds runs, so that a repeated command never overwrites finished results.
+  already holds runs, so that a repeated command never overwrites finished results; and while the sweep runs,
+  it turns SIGTERM and SIGINT into an orderly stop of every job (SweepStop).
   """
+
+  def __init__(self):
+    self.stop = None
 
   def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
     sweep_dir = pathlib.Path(config.hydra.sweep.dir)
-    if config.get("resume") or not sweep_dir.is_dir():
-      return
+    (sweep_dir / writers.STOP_FILE).unlink(missing_ok=True)  # a stop of an earlier session is over
+    if not config.get("resume") and sweep_dir.is_dir():
+      self._refuse_finished_runs(sweep_dir)
+    self.stop = SweepStop(sweep_dir).__enter__()
+
+  def _refuse_finished_runs(self, sweep_dir: pathlib.Path) -> None:
     held = [p.name for p in sorted(sweep_dir.iterdir(), key=_job_order)
             if p.is_dir() and ((p / writers.SUMMARY_FILE).exists() or (p / writers.METRICS_FILE).exists())]
     if held:
@@ -81,6 +92,8 @@ class ResultsTable(Callback):
       raise SystemExit(2)
 
   def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+    if self.stop is not None:
+      self.stop.__exit__()
     sweep_dir = pathlib.Path(config.hydra.sweep.dir)
     if not sweep_dir.is_dir():
       return
@@ -98,6 +111,64 @@ class ResultsTable(Callback):
     if counts.get("failed"):
       log.error("%d of %d jobs failed: see the error column of %s", counts["failed"], len(rows), path)
       raise SystemExit(1)
+
+
+class SweepStop:
+  """SIGTERM or SIGINT to a sweep's own process: every running job checkpoints and stops, then the sweep exits.
+
+  Jobs that run in this process (the basic and vectorized launchers) catch the signal themselves while they
+  train. Jobs in worker processes (joblib) may not get it: a scheduler or `kill` may signal this process alone.
+  So the handler writes the sweep's stop file, which every job polls at its chunk boundaries (and a job about to
+  start reads: it is left for resume=true); waits up to `grace_s` for the jobs that are running to write their
+  summary.json; writes results.csv; and exits with 128 + the signal. A second signal aborts at once.
+  """
+
+  SETTLE_S = 2.0
+
+  def __init__(self, sweep_dir: pathlib.Path, grace_s: float = 300.0):
+    self.sweep_dir, self.grace_s, self.signal_name, self._previous = pathlib.Path(sweep_dir), grace_s, None, {}
+
+  def __enter__(self) -> "SweepStop":
+    if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
+
+  def _handle(self, signum, frame) -> None:
+    if self.signal_name is not None:
+      raise KeyboardInterrupt
+    self.signal_name = signal.Signals(signum).name
+    log.warning("%s: every running job stops at the end of its chunk, after a checkpoint", self.signal_name)
+    self.sweep_dir.mkdir(parents=True, exist_ok=True)
+    writers.write_text_atomically(self.sweep_dir / writers.STOP_FILE, self.signal_name)
+    deadline, quiet_since = time.monotonic() + self.grace_s, None
+    # Done when no job has run for SETTLE_S: workers may take up a queued job (which then leaves at once)
+    # just after the others stop.
+    while time.monotonic() < deadline:
+      if self.running_jobs():
+        quiet_since = None
+      elif quiet_since is None:
+        quiet_since = time.monotonic()
+      elif time.monotonic() - quiet_since > self.SETTLE_S:
+        break
+      time.sleep(0.1)
+    if self.running_jobs():
+      log.error("jobs still running after %.0f s: %s", self.grace_s, ", ".join(self.running_jobs()))
+    path = write_results(self.sweep_dir, collect(self.sweep_dir))
+    log.warning("sweep stopped by %s; results so far in %s; continue with the same command and resume=true "
+                "hydra.sweep.dir=%s", self.signal_name, path, self.sweep_dir)
+    self.__exit__()
+    raise SystemExit(128 + signum)
+
+  def running_jobs(self) -> list[str]:
+    """Jobs that have started (Hydra wrote their .hydra/) and not yet written their summary.json."""
+    return [p.name for p in sorted(self.sweep_dir.iterdir(), key=_job_order)
+            if (p / ".hydra").is_dir() and not (p / writers.SUMMARY_FILE).exists()]
 
 
 def _write_views(sweep_dir: pathlib.Path, config: DictConfig) -> None:

@@ -273,10 +273,14 @@ class _Window:
 
 
 class StopRequest:
-  """SIGTERM or SIGINT during a run: finish the chunk, checkpoint and stop. A second signal aborts at once."""
+  """SIGTERM or SIGINT during a run: finish the chunk, checkpoint and stop. A second signal aborts at once.
 
-  def __init__(self):
-    self.signal_name, self._previous = None, {}
+  A job of a sweep also stops when its sweep's stop file appears (`stop_file`, holding the signal's name): the
+  sweep's own process writes it on a signal, for the jobs that run in worker processes (the joblib launcher).
+  """
+
+  def __init__(self, stop_file: pathlib.Path | None = None):
+    self.signal_name, self._previous, self.stop_file = None, {}, stop_file
 
   def __enter__(self) -> "StopRequest":
     if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
@@ -294,15 +298,22 @@ class StopRequest:
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
 
+  def poll(self) -> str | None:
+    """The signal's name once a stop is requested, by a signal or by the sweep's stop file."""
+    if self.signal_name is None and self.stop_file is not None and self.stop_file.exists():
+      self.signal_name = self.stop_file.read_text().strip() or "SIGTERM"
+      log.warning("%s to the sweep: stopping at the end of this chunk, after a checkpoint", self.signal_name)
+    return self.signal_name
+
 
 def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | None = None,
-                       logger: logging.Logger = log) -> dict:
+                       logger: logging.Logger = log, stop_file: pathlib.Path | None = None) -> dict:
   """Trains the model that `cfg` describes, writes the run's files into `workdir`, returns the summary.
 
   With `cfg.resume`, the run continues from the latest checkpoint in `workdir` (from step 0 if there is none),
   and the logs of the steps after that checkpoint are dropped, since they are about to be run again.
   """
-  with StopRequest() as stop:
+  with StopRequest(stop_file) as stop:
     return _train_and_evaluate(cfg, pathlib.Path(workdir), started, stop, logger)
 
 
@@ -412,6 +423,7 @@ class RunLog:
     """Records the validation metrics after a chunk; returns True when the run stops here (early stopping, or
     a signal: then the run is `interrupted`), after the checkpoint it takes then."""
     step, metric = self.step, self.metric
+    self.stop.poll()
     val = {f"val/{k}": float(v) for k, v in val.items()}
     self.writer.write(step, val)
     sign = 1.0 if self.task.higher_is_better else -1.0  # accuracy up, mse down

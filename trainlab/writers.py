@@ -15,6 +15,7 @@ import time
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+STOP_FILE = ".stop-requested"  # in a sweep directory: the sweep got a signal, so every job stops (sweep.py)
 
 
 class WriteError(OSError):
