@@ -100,6 +100,7 @@ def test_sigterm_then_resume_equals_uninterrupted(optimizer, npz_overrides, tmp_
 
   resumed = train_in_process(overrides + ["resume=true"], run)
   assert resumed["resumed_from_step"] == 30 and resumed["status"] == "completed"
+  assert resumed["wall_time_s"] > interrupted["wall_time_s"]  # both sessions count
   for key in ("test/accuracy", "test/loss", "best_val/accuracy", "best_val/loss", "best_val/step", "steps_run"):
     assert resumed[key] == reference[key], key
   assert_same_run(run, tmp_path / "reference")

@@ -365,8 +365,10 @@ class RunLog:
   """
 
   def __init__(self, cfg: DictConfig, workdir: pathlib.Path, run: Setup, stop: StopRequest,
-               logger: logging.Logger = log):
+               logger: logging.Logger = log, started: float | None = None):
     self.cfg, self.workdir, self.stop, self.log = cfg, pathlib.Path(workdir), stop, logger
+    self.started = time.perf_counter() if started is None else started
+    self.earlier_seconds = 0.0  # wall time of the sessions before a resume
     self.steps, self.chunk_steps = run.spec.total_steps, run.spec.chunk_steps
     self.task = losses.TASKS[run.dataset.task]
     self.metric = f"val/{self.task.metric_name}"
@@ -389,6 +391,7 @@ class RunLog:
       state = self.checkpointer.restore(state, self.checkpointer.latest_step())
       self.step, self.best, self.train_seconds = int(state.step), host["best"], host["train_seconds"]
       self.window.sums, self.window.count = host["window_sums"], host["window_count"]
+      self.earlier_seconds = host.get("wall_seconds", 0.0)
       self.log.info("resuming from the checkpoint at step %d", self.step)
     elif self.cfg.resume:
       self.log.info("no checkpoint in %s: the run starts from step 0", self.workdir)
@@ -450,9 +453,13 @@ class RunLog:
     self.writer.flush()  # the logs first: a checkpoint must never be ahead of them
     self.checkpointer.save(self.step, state, {
         "best": self.best, "train_seconds": self.train_seconds, "window_sums": self.window.sums,
-        "window_count": self.window.count, "config": self.run_cfg})
+        "window_count": self.window.count, "config": self.run_cfg, "wall_seconds": self.wall_seconds()})
 
-  def finish(self, state: TrainState, evaluate: Callable[[TrainState], dict], started: float) -> dict:
+  def wall_seconds(self) -> float:
+    """The run's wall time so far, over all its sessions."""
+    return self.earlier_seconds + time.perf_counter() - self.started
+
+  def finish(self, state: TrainState, evaluate: Callable[[TrainState], dict]) -> dict:
     """The test metrics of a completed run (the best parameters' under early stopping) and the summary."""
     test = {}
     if self.stopper:
@@ -474,7 +481,7 @@ class RunLog:
         "best_val/loss": best and best["val/loss"],
         f"best_{metric}": best and best[metric],
         **({"early_stopping/restored_step": self.stopper.best_step} if self.stopper else {}),
-        "wall_time_s": time.perf_counter() - started,
+        "wall_time_s": self.wall_seconds(),  # every session of the run, resumed ones included
         "startup_time_s": self.startup_seconds,
         "compile_time_s": self.compile_seconds,
         "steps_per_second": train_steps / max(self.train_seconds, 1e-9),
@@ -495,7 +502,7 @@ def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float |
   x_train, y_train, x_val, y_val, x_test, y_test = jax.device_put(run.dataset[:6])  # once; they stay there
   compile_seconds_before = _COMPILE["seconds"]
   state = program.init(np.int32(cfg.seed), run.values)
-  record = RunLog(cfg, workdir, run, stop, logger)
+  record = RunLog(cfg, workdir, run, stop, logger, started)
   record.startup_seconds = time.perf_counter() - started
   try:
     state = record.resume(state)
@@ -510,7 +517,7 @@ def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float |
         break
       if record.evaluated(program.evaluate(state, x_val, y_val), run_now, lambda: state):
         break
-    summary = record.finish(state, lambda s: program.evaluate(s, x_test, y_test), started)
+    summary = record.finish(state, lambda s: program.evaluate(s, x_test, y_test))
   finally:
     record.close()
   summary["compile_time_s"] = _COMPILE["seconds"] - compile_seconds_before

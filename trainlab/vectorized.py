@@ -84,7 +84,7 @@ def train_group(members: list[Member], started: float | None = None) -> list[dic
   compiling_before = train._COMPILE["seconds"]
   with train.StopRequest() as stop:
     states = vector.init(seeds, _stack([m.run.values for m in members]))
-    records = [train.RunLog(m.cfg, m.workdir, m.run, stop, m.logger) for m in members]
+    records = [train.RunLog(m.cfg, m.workdir, m.run, stop, m.logger, started) for m in members]
     startup = time.perf_counter() - started
     try:
       for i, record in enumerate(records):
@@ -109,7 +109,7 @@ def train_group(members: list[Member], started: float | None = None) -> list[dic
             active[i] = False
           elif record.step >= record.steps:
             active[i] = False
-      summaries = [record.finish(member_state(states, i), lambda s: program.evaluate(s, x_test, y_test), started)
+      summaries = [record.finish(member_state(states, i), lambda s: program.evaluate(s, x_test, y_test))
                    for i, record in enumerate(records)]
     finally:
       for record in records:
