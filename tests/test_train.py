@@ -95,6 +95,14 @@ def test_divergence_is_recorded_not_raised(tmp_path):
   assert "test/accuracy" not in summary
 
 
+def test_the_training_curve_runs_up_to_the_step_before_divergence(tmp_path):
+  """SGD at lr 30 on MNIST-1D diverges after some finite steps; the last, partial log window is written."""
+  summary = train_in_process(QUICK + ["optimizer=sgd", "optimizer.lr=30", "log_every=1000"], tmp_path)
+  assert summary["status"] == "diverged" and summary["diverged_at_step"] > 1
+  points = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [p["step"] for p in points if "train/loss" in p] == [summary["diverged_at_step"] - 1]
+
+
 def test_epochs_set_the_number_of_steps(tmp_path):
   summary = train_in_process(QUICK + ["epochs=2", "batch_size=360"], tmp_path)
   assert summary["steps_run"] == 2 * (3600 // 360)

@@ -414,6 +414,8 @@ class RunLog:
       self.step += 1
       if not math.isfinite(metrics["loss"][i]):
         self.status, self.diverged_at = "diverged", self.step
+        if self.window.count:  # the finite steps of the last window: the curve runs up to the divergence
+          self.writer.write(self.step - 1, self.window.pop())
         self.log.warning("diverged: the training loss became %s at step %d", metrics["loss"][i], self.diverged_at)
         return True
       self.window.add({k: float(v[i]) for k, v in metrics.items()})
