@@ -193,6 +193,7 @@ class CNNConfig:
   kernel_size: int = value(1)
   widths: List[int] = MISSING
   activation: str = choice(*ACTIVATIONS)
+  conv_impl: str = choice("auto", "xla", "im2col")  # conv.IMPLS
 
 
 @dataclass
@@ -203,6 +204,7 @@ class ResNetConfig:
   kernel_size: int = value(1)
   norm: str = choice("batch", "layer", "none")
   activation: str = choice(*ACTIVATIONS)
+  conv_impl: str = choice("auto", "xla", "im2col")  # conv.IMPLS
 
 
 @dataclass
