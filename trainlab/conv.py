@@ -62,7 +62,8 @@ def im2col_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=
   kernel_size = rhs.shape[:-2]
   ones = (1,) * len(kernel_size)
   simple = (_channels_last(lhs.ndim, dimension_numbers) and tuple(lhs_dilation or ones) == ones
-            and tuple(rhs_dilation or ones) == ones and feature_group_count == 1 and batch_group_count == 1)
+            and tuple(rhs_dilation or ones) == ones and feature_group_count == 1 and batch_group_count == 1
+            and preferred_element_type is None)
   pads = lax.padtype_to_pads(lhs.shape[1:-1], kernel_size, window_strides, padding) if isinstance(
       padding, str) else [tuple(p) for p in padding]
   if not simple or any(lo < 0 or hi < 0 for lo, hi in pads):
