@@ -10,9 +10,9 @@ jitted alone. `reduce_window` max pooling has a second slow path, its gradient `
 The lowering here needs neither. A convolution becomes im2col: the input is padded, the kernel_size windows are
 taken as strided slices, concatenated on the channel axis into patches (N, *out, kh*kw*cin), and multiplied by
 the kernel reshaped to (kh*kw*cin, cout): one matmul, which runs near the matmul peak. Its gradient is again
-slices, pads and two matmuls. A max pool with window == strides takes the maximum of the window's strided
-slices through a chain of `where(v > best, v, best)`, so the gradient goes to the first maximum of each window
-in row-major order, as `select_and_scatter`'s does.
+slices, pads and two matmuls. A max pool with window == strides is a masked sum over each window, the mask
+marking the first maximum in row-major order (as `select_and_scatter` picks it), so its gradient is one
+elementwise select.
 
 Both compute what flax's nn.Conv and nn.max_pool compute (tests/test_conv.py holds values and gradients equal).
 The convolution plugs into nn.Conv through its `conv_general_dilated` hook, so the module, its parameter names
@@ -23,6 +23,7 @@ XLA's own convolution elsewhere (GPU and TPU convolutions are fast in loops too)
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -89,16 +90,34 @@ def Conv(features: int, kernel_size: Sequence[int], strides: Any = 1, *, impl: s
 
 
 def _strided_max(x: jax.Array, window: tuple[int, ...], padding) -> jax.Array:
-  """nn.max_pool(x, window, strides=window, padding) from the window's strided slices."""
-  spatial = x.shape[1:-1]
-  pads = lax.padtype_to_pads(spatial, window, window, padding) if isinstance(padding, str) else padding
+  """nn.max_pool(x, window, strides=window, padding) as a masked sum over each window.
+
+  The first maximum of each window (row-major, the order select_and_scatter scans) is found without gradient;
+  the output is the window's sum of x where that mask is set. Its gradient is then one elementwise select of
+  the upsampled cotangent, where the gradient of strided slices would be one full-size pad per window offset.
+  """
+  dims = len(window)
+  pads = lax.padtype_to_pads(x.shape[1:-1], window, window, padding) if isinstance(padding, str) else padding
   x = jnp.pad(x, [(0, 0), *pads, (0, 0)], constant_values=-jnp.inf)
-  out = [(size - w) // w + 1 for size, w in zip(x.shape[1:-1], window)]
-  best = None
-  for offset in itertools.product(*map(range, window)):  # row-major, the order select_and_scatter scans
-    v = x[(slice(None), *(slice(o, o + w * (n - 1) + 1, w) for o, w, n in zip(offset, window, out)))]
-    best = v if best is None else jnp.where(v > best, v, best)  # ties keep the earlier one, and its gradient
-  return best
+  out = [size // w for size, w in zip(x.shape[1:-1], window)]
+  x = x[(slice(None), *(slice(0, n * w) for n, w in zip(out, window)))]
+  # (N, o1, w1, o2, w2, ..., C): window axes 2, 4, ...
+  windows = x.reshape(x.shape[0], *itertools.chain(*zip(out, window)), x.shape[-1])
+  frozen = lax.stop_gradient(windows)
+  best, first = None, None
+  for index, offset in enumerate(itertools.product(*map(range, window))):
+    v = frozen[(slice(None), *itertools.chain(*((slice(None), o) for o in offset)))]
+    if best is None:
+      best, first = v, jnp.zeros(v.shape, jnp.int32)
+    else:  # strictly greater: ties keep the earlier offset
+      first = jnp.where(v > best, index, first)
+      best = jnp.where(v > best, v, best)
+  offsets = sum(jnp.arange(w).reshape([-1 if a == d else 1 for a in range(dims)]) * math.prod(window[d + 1:])
+                for d, w in enumerate(window))  # each window position's row-major index
+  offsets = offsets.reshape(1, *itertools.chain(*((1, w) for w in window)), 1)
+  expand = lambda a: a.reshape(a.shape[0], *itertools.chain(*((n, 1) for n in out)), a.shape[-1])
+  mask = offsets == expand(first)
+  return jnp.where(mask, windows, 0.0).sum(axis=tuple(range(2, 2 + 2 * dims, 2)))
 
 
 def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int] | None = None, padding="VALID", *,
