@@ -61,7 +61,8 @@ def test_im2col_conv_equals_flax_conv_in_values_and_gradients(spatial, k, stride
 
 
 def test_conv_against_a_hand_written_sum():
-  """One output of the 2-D lowering equals the CATALOGUE sum y[n,i,j,o] = b[o] + sum_{a,b,c} xpad[n,si+a,sj+b,c] w[a,b,c,o]."""
+  """Every output of the 2-D lowering equals the sum
+  y[n,i,j,o] = b[o] + sum_{a,b,c} xpad[n,si+a,sj+b,c] w[a,b,c,o]."""
   x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (1, 6, 5, 2)))
   module = conv.Conv(3, (3, 3), 2, padding="SAME", impl="im2col")
   params = jax.tree.map(np.asarray, module.init(jax.random.PRNGKey(1), x))
@@ -172,6 +173,7 @@ def test_hessian_vector_products_agree_across_lowerings():
   xla, im2col = _model("cnn", "xla", overrides), _model("cnn", "im2col", overrides)
   params = xla.init(jax.random.PRNGKey(1), x, train=False)["params"]
   v = jax.tree.map(lambda p: jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
-  hvp = lambda m: jax.jvp(jax.grad(lambda p: jnp.sum(m.apply({"params": p}, x, train=False) ** 2)), (params,), (v,))[1]
+  loss = lambda m: lambda p: jnp.sum(m.apply({"params": p}, x, train=False) ** 2)
+  hvp = lambda m: jax.jvp(jax.grad(loss(m)), (params,), (v,))[1]
   for a, b in zip(jax.tree.leaves(hvp(xla)), jax.tree.leaves(hvp(im2col))):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
