@@ -131,7 +131,8 @@ def test_conv_impl_is_a_checked_choice():
   cfg = compose_config(["model=cnn", "model.conv_impl=fast"])
   with open_dict(cfg):
     del cfg["hydra"]
-  with pytest.raises(config.ConfigError, match="model.conv_impl=fast is not allowed: it must be one of auto, xla, im2col"):
+  message = "model.conv_impl=fast is not allowed: it must be one of auto, xla, im2col"
+  with pytest.raises(config.ConfigError, match=message):
     config.check_ranges(cfg)
 
 
