@@ -9,6 +9,10 @@ Workloads:
          diagnostics=off, each compiling from scratch, alternating, median of the repeats.
   vectorized  the same sweep as one vmapped program (hydra/launcher=vectorized) against the jobs one after
          another in one process; each path compiles once, with fresh in-memory and no on-disk caches.
+  cnn    conv32-pool-conv64-pool-128-10 on synthetic 28x28 images, batch 128, Adam: trainlab's loop with the
+         device's convolution lowering (model.conv_impl=auto: im2col on CPU) against the same loop with XLA's
+         convolution and against a jitted single step fed by a Python loop; PyTorch eager when torch is installed.
+  resnet the default resnet on synthetic 32x32x3 images, batch 128, Adam, the same comparisons.
 
 Usage:  python scripts/bench.py            (the full sizes; several minutes on 2 cores)
         python scripts/bench.py --tiny     (a smoke run of every path, seconds)
@@ -39,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
-from trainlab import config, train  # noqa: E402
+from trainlab import config, conv, train  # noqa: E402
 
 
 def matmul_peak_gflops(n: int, repeats: int) -> float:
@@ -233,10 +237,139 @@ def bench_vectorized(tiny: bool, tmp: pathlib.Path) -> dict:
   }
 
 
+# --- convolutional workloads -----------------------------------------------------------------------------------
+PYTORCH_EAGER_CNN_MS = 35.0  # the issue's measurement of the cnn workload (2 cores, AVX-512), for reference only
+
+
+def _median(xs: list[float]) -> float:
+  return float(np.median(xs))
+
+
+def trainlab_loop_step_ms(overrides: list[str], steps: int, chunk: int, workdir: pathlib.Path,
+                          repeats: int) -> list[float]:
+  """ms per training step of trainlab's own chunked loop (compilation excluded), one value per repeated run."""
+  cfg = compose_run([*overrides, f"steps={steps}", f"eval_every={chunk}"])
+  return [1000 / train.train_and_evaluate(cfg, workdir / str(r))["steps_per_second"] for r in range(repeats)]
+
+
+def jitted_step_ms(model, x, y, batch: int, steps: int, repeats: int) -> tuple[list[float], float]:
+  """ms per step of one jitted Adam step fed batch by batch from Python; and the step's FLOPs (XLA's count)."""
+  tx = optax.adam(1e-3)
+  variables = dict(model.init(jax.random.PRNGKey(0), x[:1], train=False))
+  params = variables.pop("params")
+
+  @jax.jit
+  def step(params, state, opt_state, xb, yb):
+    def loss_fn(p):
+      if state:
+        logits, new_state = model.apply({"params": p, **state}, xb, train=True, mutable=list(state))
+      else:
+        logits, new_state = model.apply({"params": p}, xb, train=True), state
+      return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean(), new_state
+
+    (_, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), new_state, opt_state
+
+  carry = (params, variables, tx.init(params))
+  compiled = step.lower(*carry, x[:batch], y[:batch]).compile()
+  cost = compiled.cost_analysis()
+  flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))
+  per_epoch = len(y) // batch
+  carry = step(*carry, x[:batch], y[:batch])
+  jax.block_until_ready(carry)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for i in range(steps):
+      j = i % per_epoch * batch
+      carry = step(*carry, x[j:j + batch], y[j:j + batch])
+    jax.block_until_ready(carry)
+    times.append(1000 * (time.perf_counter() - start) / steps)
+  return times, flops
+
+
+def torch_cnn_step_ms(x: np.ndarray, y: np.ndarray, batch: int, steps: int) -> float | None:
+  """PyTorch eager on the cnn workload, only when torch happens to be installed (it is no dependency)."""
+  try:
+    import torch
+  except ImportError:
+    return None
+  net = torch.nn.Sequential(
+      torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+      torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten(),
+      torch.nn.Linear(64 * (x.shape[1] // 4) * (x.shape[2] // 4), 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+  opt = torch.optim.Adam(net.parameters(), 1e-3)
+  xt, yt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y).long()
+  per_epoch = len(y) // batch
+
+  def run(n):
+    for i in range(n):
+      j = i % per_epoch * batch
+      opt.zero_grad()
+      torch.nn.functional.cross_entropy(net(xt[j:j + batch]), yt[j:j + batch]).backward()
+      opt.step()
+
+  run(3)
+  start = time.perf_counter()
+  run(steps)
+  return 1000 * (time.perf_counter() - start) / steps
+
+
+def bench_conv(workload: str, tiny: bool, tmp: pathlib.Path) -> dict:
+  """The cnn or resnet workload: trainlab's loop with conv_impl=auto and =xla, a jitted step, as ratios."""
+  from hydra.utils import instantiate
+  from omegaconf import OmegaConf
+
+  if workload == "cnn":
+    shape, model = ((8, 8, 1), ["model=cnn", "model.features=[4,8]", "model.widths=[16]"]) if tiny else (
+        (28, 28, 1), ["model=cnn"])
+  else:
+    shape, model = ((8, 8, 3), ["model=resnet", "model.features=[4,8]"]) if tiny else ((32, 32, 3), ["model=resnet"])
+  batch, n = (32, 256) if tiny else (128, 128 * 20)
+  steps, chunk, xla_steps, repeats = (4, 2, 2, 1) if tiny else (30, 10, 2, 3)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(n, *shape)).astype(np.float32)
+  y = rng.integers(0, 10, n).astype(np.int32)
+  path = tmp / f"{workload}.npz"
+  np.savez(path, x_train=x, y_train=y, x_test=x[:batch], y_test=y[:batch], x_val=x[:batch], y_val=y[:batch])
+  base = ["data=npz", f"data.path={path}", *model, f"batch_size={batch}", "optimizer=adam"]
+  loop = trainlab_loop_step_ms([*base, "model.conv_impl=auto"], steps, chunk, tmp / f"{workload}_auto", repeats)
+  # XLA's convolution inside the loop is the slow case (tens of times slower on CPU): few steps, one run.
+  loop_xla = trainlab_loop_step_ms([*base, "model.conv_impl=xla"], xla_steps, xla_steps, tmp / f"{workload}_xla", 1)
+  make = lambda impl: instantiate(OmegaConf.to_container(compose_run([*base, f"model.conv_impl={impl}"]).model,
+                                                         resolve=True), num_outputs=10, _convert_="all")
+  xd, yd = jnp.asarray(x), jnp.asarray(y)
+  step_xla, _ = jitted_step_ms(make("xla"), xd, yd, batch, steps, repeats)
+  step_chosen, flops = jitted_step_ms(make("auto"), xd, yd, batch, steps, repeats)
+  peak = matmul_peak_gflops(512 if tiny else 1024, 3 if tiny else 10)
+  result = {
+      "conv_impl_auto": conv.resolve("auto"),
+      "trainlab_loop_ms": _median(loop),
+      "trainlab_loop_xla_conv_ms": _median(loop_xla),
+      "jitted_step_xla_conv_ms": _median(step_xla),
+      "jitted_step_auto_ms": _median(step_chosen),
+      "loop_speedup_vs_xla_conv_loop": _median(loop_xla) / _median(loop),
+      "loop_speedup_vs_jitted_xla_step": _median(step_xla) / _median(loop),
+      "step_gflop": flops / 1e9,
+      "matmul_peak_gflops": peak,
+      "loop_pct_of_peak": 100 * flops / (_median(loop) / 1000) / 1e9 / peak,
+      "trainlab_samples_per_s": batch / (_median(loop) / 1000),
+  }
+  if workload == "cnn" and not tiny:
+    result["loop_vs_pytorch_eager_35ms"] = _median(loop) / PYTORCH_EAGER_CNN_MS  # <= 1: at least as fast
+    torch_ms = torch_cnn_step_ms(x, y, batch, steps)
+    if torch_ms is not None:
+      result["pytorch_eager_ms"] = torch_ms
+      result["loop_vs_pytorch_eager"] = _median(loop) / torch_ms
+  return result
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--tiny", action="store_true", help="a smoke run of every path at tiny sizes")
-  parser.add_argument("--only", choices=["mlp", "sweep", "diagnostics", "vectorized"], help="one workload")
+  parser.add_argument("--only", choices=["mlp", "sweep", "diagnostics", "vectorized", "cnn", "resnet"],
+                      help="one workload")
   parser.add_argument("--out", default=str(ROOT / "outputs" / "bench"), help="folder for the JSON result")
   args = parser.parse_args()
 
@@ -253,10 +386,14 @@ def main() -> None:
       results["diagnostics"] = bench_diagnostics(args.tiny, pathlib.Path(tmp))
     if args.only in (None, "vectorized"):
       results["vectorized"] = bench_vectorized(args.tiny, pathlib.Path(tmp))
+    for workload in ("cnn", "resnet"):
+      if args.only in (None, workload):
+        results[workload] = bench_conv(workload, args.tiny, pathlib.Path(tmp))
 
-  for workload in ("mlp", "sweep", "diagnostics", "vectorized"):
+  for workload in ("mlp", "sweep", "diagnostics", "vectorized", "cnn", "resnet"):
     for key, value in results.get(workload, {}).items():
-      print(f"{workload:11} {key:28} {value:10.4g}")
+      shown = f"{value:>10}" if isinstance(value, str) else f"{value:10.4g}"
+      print(f"{workload:11} {key:32} {shown}")
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   path = out / f"bench-{results['date'].replace(':', '-')}{'-tiny' if args.tiny else ''}.json"

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -16,3 +18,8 @@ def test_bench_runs_at_a_tiny_size(tmp_path):
   assert table["mlp"]["trainlab_epoch_s"] > 0 and table["mlp"]["matmul_peak_gflops"] > 0
   assert table["sweep"]["jobs"] == 2 and table["sweep"]["fresh_processes_s"] > 0
   assert table["vectorized"]["jobs"] == 2 and table["vectorized"]["vectorized_s"] > 0
+  for workload in ("cnn", "resnet"):  # the loop with the device's convolution, XLA's in the loop, a jitted step
+    assert table[workload]["conv_impl_auto"] == "im2col"  # on CPU
+    assert table[workload]["trainlab_loop_ms"] > 0 and table[workload]["trainlab_loop_xla_conv_ms"] > 0
+    assert table[workload]["loop_speedup_vs_xla_conv_loop"] == pytest.approx(
+        table[workload]["trainlab_loop_xla_conv_ms"] / table[workload]["trainlab_loop_ms"])

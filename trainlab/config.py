@@ -196,6 +196,7 @@ class CNNConfig(ActivationConfig):
   features: List[int] = MISSING
   kernel_size: int = value(1)
   widths: List[int] = MISSING
+  conv_impl: str = choice("auto", "xla", "im2col")  # conv.IMPLS
 
 
 @dataclass
@@ -204,6 +205,7 @@ class ResNetConfig(ActivationConfig):
   blocks: int = value(1)
   kernel_size: int = value(1)
   norm: str = choice("batch", "layer", "none")
+  conv_impl: str = choice("auto", "xla", "im2col")  # conv.IMPLS
 
 
 @dataclass

@@ -12,7 +12,7 @@ from hydra.utils import get_class
 
 from trainlab.config import ConfigError
 
-from trainlab import activations
+from trainlab import activations, conv as conv_ops
 
 Initializer = Callable[..., jax.Array]
 
@@ -94,6 +94,7 @@ class CNN(nn.Module):
   dropout_rate: Any = None
   kernel_init: Initializer = nn.initializers.lecun_normal()
   bias_init: Initializer = nn.initializers.zeros
+  conv_impl: str = "auto"  # how convolutions and pools are lowered (conv.IMPLS); the same function either way
   inputs: ClassVar[tuple[str, ...]] = ("image", "sequence")
 
   @nn.compact
@@ -101,9 +102,10 @@ class CNN(nn.Module):
     x = _with_channels(x)
     window = (2,) * (x.ndim - 2)
     for features in self.features:
-      conv = nn.Conv(features, (self.kernel_size,) * len(window), padding="SAME", kernel_init=self.kernel_init,
-                     bias_init=self.bias_init)
-      x = nn.max_pool(_activation(self, conv(x), train), window, strides=window, padding="SAME")
+      conv = conv_ops.Conv(features, (self.kernel_size,) * len(window), padding="SAME", kernel_init=self.kernel_init,
+                           bias_init=self.bias_init, impl=self.conv_impl)
+      x = conv_ops.max_pool(_activation(self, conv(x), train), window, strides=window, padding="SAME",
+                            impl=self.conv_impl)
     return _dense_head(self, x.reshape((x.shape[0], -1)), self.widths, train)
 
 
@@ -125,6 +127,7 @@ class ResNet(nn.Module):
   dropout_rate: Any = None
   kernel_init: Initializer = nn.initializers.lecun_normal()
   bias_init: Initializer = nn.initializers.zeros
+  conv_impl: str = "auto"  # how convolutions are lowered (conv.IMPLS); the same function either way
   inputs: ClassVar[tuple[str, ...]] = ("image", "sequence")
 
   @nn.compact
@@ -132,9 +135,9 @@ class ResNet(nn.Module):
     act = lambda y: _activation(self, y, train)
     x = _with_channels(x)
     dims = x.ndim - 2
-    conv = lambda f, size, stride=1: nn.Conv(f, (size,) * dims, (stride,) * dims, padding="SAME",
-                                             use_bias=self.norm == "none", kernel_init=self.kernel_init,
-                                             bias_init=self.bias_init)
+    conv = lambda f, size, stride=1: conv_ops.Conv(f, (size,) * dims, (stride,) * dims, padding="SAME",
+                                                   use_bias=self.norm == "none", kernel_init=self.kernel_init,
+                                                   bias_init=self.bias_init, impl=self.conv_impl)
 
     def norm(y):
       if self.norm == "batch":

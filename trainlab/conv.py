@@ -1,0 +1,131 @@
+"""Convolution and max pooling lowered to slices and one matmul, for CPUs.
+
+XLA's CPU backend runs a convolution fast only when its layout pass can hand it to Eigen's spatial convolution
+(dim_labels b01f_01io->b01f). In a jitted step it rewrites all three convolutions of a conv layer (the forward,
+the input gradient and the kernel gradient) into that form; inside the body of a `lax.scan` (a while loop) it
+leaves the two gradient convolutions as they are (b01f_01oi with a reversed kernel, f01b_i01o->01bf) and emits
+them as naive loop nests: a CNN step inside trainlab's chunked loop ran some 50x slower than the same step
+jitted alone. `reduce_window` max pooling has a second slow path, its gradient `select_and_scatter`.
+
+The lowering here needs neither. A convolution becomes im2col: the input is padded, the kernel_size windows are
+taken as strided slices, concatenated on the channel axis into patches (N, *out, kh*kw*cin), and multiplied by
+the kernel reshaped to (kh*kw*cin, cout): one matmul, which runs near the matmul peak. Its gradient is again
+slices, pads and two matmuls. A max pool with window == strides is a masked sum over each window, the mask
+marking the first maximum in row-major order (as `select_and_scatter` picks it), so its gradient is one
+elementwise select.
+
+Both compute what flax's nn.Conv and nn.max_pool compute (tests/test_conv.py holds values and gradients equal).
+The convolution plugs into nn.Conv through its `conv_general_dilated` hook, so the module, its parameter names
+and shapes, its init and its place in the params tree are flax's own. `impl="auto"` picks im2col on CPU and
+XLA's own convolution elsewhere (GPU and TPU convolutions are fast in loops too).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+IMPLS = ("auto", "xla", "im2col")
+
+
+def resolve(impl: str) -> str:
+  """auto -> im2col on CPU, xla on other backends; xla and im2col stay as they are."""
+  if impl not in IMPLS:
+    raise ValueError(f"conv impl {impl!r} is not one of {IMPLS}")
+  if impl == "auto":
+    return "im2col" if jax.default_backend() == "cpu" else "xla"
+  return impl
+
+
+def _channels_last(ndim: int, dimension_numbers) -> bool:
+  """Whether the dimension numbers are (N, *spatial, C) input and output and a (*spatial, Cin, Cout) kernel."""
+  spatial = tuple(range(1, ndim - 1))
+  expected = lax.ConvDimensionNumbers((0, ndim - 1, *spatial), (ndim - 1, ndim - 2, *range(ndim - 2)),
+                                      (0, ndim - 1, *spatial))
+  if dimension_numbers is None:
+    return False
+  if not isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+    dimension_numbers = lax.conv_dimension_numbers((1,) * ndim, (1,) * ndim, dimension_numbers)
+  return tuple(dimension_numbers) == tuple(expected)
+
+
+def im2col_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                                dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
+                                preferred_element_type=None):
+  """`lax.conv_general_dilated` as patches times kernel; channels-last, undilated, ungrouped calls (the ones
+  nn.Conv makes for our models). Any other call goes to lax.conv_general_dilated unchanged."""
+  kernel_size = rhs.shape[:-2]
+  ones = (1,) * len(kernel_size)
+  simple = (_channels_last(lhs.ndim, dimension_numbers) and tuple(lhs_dilation or ones) == ones
+            and tuple(rhs_dilation or ones) == ones and feature_group_count == 1 and batch_group_count == 1
+            and preferred_element_type is None)
+  pads = lax.padtype_to_pads(lhs.shape[1:-1], kernel_size, window_strides, padding) if isinstance(
+      padding, str) else [tuple(p) for p in padding]
+  if not simple or any(lo < 0 or hi < 0 for lo, hi in pads):
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                                    feature_group_count, batch_group_count, precision, preferred_element_type)
+  x = jnp.pad(lhs, [(0, 0), *pads, (0, 0)])
+  out = [(size - k) // s + 1 for size, k, s in zip(x.shape[1:-1], kernel_size, window_strides)]
+  # One strided slice per kernel offset, in the kernel's own (row-major) order, so that patches[..., (i, j, c)]
+  # lines up with kernel.reshape(-1, cout)[(i, j, c)].
+  cols = [x[(slice(None), *(slice(o, o + s * (n - 1) + 1, s) for o, s, n in zip(offset, window_strides, out)))]
+          for offset in itertools.product(*map(range, kernel_size))]
+  patches = jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]
+  y = jnp.matmul(patches.reshape(-1, patches.shape[-1]), rhs.reshape(-1, rhs.shape[-1]), precision=precision,
+                 preferred_element_type=preferred_element_type)
+  return y.reshape(*patches.shape[:-1], rhs.shape[-1])
+
+
+def Conv(features: int, kernel_size: Sequence[int], strides: Any = 1, *, impl: str = "auto", **kwargs) -> nn.Conv:
+  """flax's nn.Conv (same module, parameters and names), lowered per `impl` (IMPLS)."""
+  if resolve(impl) == "im2col":
+    kwargs["conv_general_dilated"] = im2col_conv_general_dilated
+  return nn.Conv(features, kernel_size, strides, **kwargs)
+
+
+def _strided_max(x: jax.Array, window: tuple[int, ...], padding) -> jax.Array:
+  """nn.max_pool(x, window, strides=window, padding) as a masked sum over each window.
+
+  The first maximum of each window (row-major, the order select_and_scatter scans) is found without gradient;
+  the output is the window's sum of x where that mask is set. Its gradient is then one elementwise select of
+  the upsampled cotangent, where the gradient of strided slices would be one full-size pad per window offset.
+  """
+  dims = len(window)
+  pads = lax.padtype_to_pads(x.shape[1:-1], window, window, padding) if isinstance(padding, str) else padding
+  x = jnp.pad(x, [(0, 0), *pads, (0, 0)], constant_values=-jnp.inf)
+  out = [size // w for size, w in zip(x.shape[1:-1], window)]
+  x = x[(slice(None), *(slice(0, n * w) for n, w in zip(out, window)))]
+  # (N, o1, w1, o2, w2, ..., C): window axes 2, 4, ...
+  windows = x.reshape(x.shape[0], *itertools.chain(*zip(out, window)), x.shape[-1])
+  frozen = lax.stop_gradient(windows)
+  best, first = None, None
+  for index, offset in enumerate(itertools.product(*map(range, window))):
+    v = frozen[(slice(None), *itertools.chain(*((slice(None), o) for o in offset)))]
+    if best is None:
+      best, first = v, jnp.zeros(v.shape, jnp.int32)
+    else:  # strictly greater: ties keep the earlier offset
+      first = jnp.where(v > best, index, first)
+      best = jnp.where(v > best, v, best)
+  offsets = sum(jnp.arange(w).reshape([-1 if a == d else 1 for a in range(dims)]) * math.prod(window[d + 1:])
+                for d, w in enumerate(window))  # each window position's row-major index
+  offsets = offsets.reshape(1, *itertools.chain(*((1, w) for w in window)), 1)
+  expand = lambda a: a.reshape(a.shape[0], *itertools.chain(*((n, 1) for n in out)), a.shape[-1])
+  mask = offsets == expand(first)
+  return jnp.where(mask, windows, 0.0).sum(axis=tuple(range(2, 2 + 2 * dims, 2)))
+
+
+def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int] | None = None, padding="VALID", *,
+             impl: str = "auto") -> jax.Array:
+  """nn.max_pool over (N, *spatial, C); with im2col and non-overlapping windows, from strided slices."""
+  window = tuple(window)
+  strides = window if strides is None else tuple(strides)
+  if (resolve(impl) == "im2col" and strides == window and x.ndim == len(window) + 2
+      and jnp.issubdtype(x.dtype, jnp.floating)):
+    return _strided_max(x, window, padding)
+  return nn.max_pool(x, window, strides=strides, padding=padding)
