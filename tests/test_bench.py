@@ -9,6 +9,16 @@ import pytest
 from conftest import ROOT
 
 
+def test_bench_mlp_runs_at_a_tiny_size(tmp_path):
+  proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--tiny", "--only", "mlp", "--out",
+                         str(tmp_path)], capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr
+  (result,) = tmp_path.glob("bench-*.json")
+  table = json.loads(result.read_text())
+  assert table["mlp"]["trainlab_epoch_s"] > 0 and 0 < table["mlp"]["trainlab_pct_of_peak"]
+
+
+@pytest.mark.slow  # about 90 s: every workload compiles several programs
 def test_bench_runs_at_a_tiny_size(tmp_path):
   proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--tiny", "--out", str(tmp_path)],
                         capture_output=True, text=True, timeout=600)

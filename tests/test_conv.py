@@ -4,6 +4,8 @@ ties in the pool; and the CNN and ResNet computing the same function with either
 
 from __future__ import annotations
 
+import functools
+
 import itertools
 
 import flax.linen as nn
@@ -43,17 +45,21 @@ def test_im2col_conv_equals_flax_conv_in_values_and_gradients(spatial, k, stride
   x = jax.random.normal(jax.random.PRNGKey(0), (2, *spatial, 3))
   kw = dict(features=4, kernel_size=(k,) * len(spatial), strides=stride, padding="SAME")
   reference, ours = nn.Conv(**kw), conv.Conv(**kw, impl="im2col")
-  params = reference.init(jax.random.PRNGKey(1), x)
-  assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x)) == jax.tree.map(jnp.shape, params)
+  params = jax.jit(reference.init)(jax.random.PRNGKey(1), x)
+  assert jax.tree.map(jnp.shape, jax.eval_shape(ours.init, jax.random.PRNGKey(1), x)) == jax.tree.map(
+      jnp.shape, params)
   params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.PRNGKey(2), p.shape), params)  # nonzero bias
   # The im2col path really runs: no convolution primitive is left, forward or backward.
   assert "conv_general_dilated" not in primitives(jax.grad(lambda p, x: ours.apply(p, x).sum(), (0, 1)), params, x)
 
-  cotangent = jax.random.normal(jax.random.PRNGKey(3), reference.apply(params, x).shape)
-  results = []
-  for module in (reference, ours):
+  cotangent = jax.random.normal(jax.random.PRNGKey(3), jax.eval_shape(reference.apply, params, x).shape)
+
+  @functools.partial(jax.jit, static_argnums=0)  # one compilation, not one per operation
+  def values_and_gradients(module, params, x):
     out, vjp = jax.vjp(module.apply, params, x)
-    results.append((out, *vjp(cotangent)))
+    return (out, *vjp(cotangent))
+
+  results = [values_and_gradients(module, params, x) for module in (reference, ours)]
   expected_out = np.asarray(results[0][0])
   assert expected_out.shape == (2, *(-(-n // stride) for n in spatial), 4)
   for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
@@ -151,20 +157,22 @@ def test_models_compute_the_same_function_with_either_lowering(option, shape, ov
   """Same parameters, same outputs, same gradients and same batch statistics with conv_impl xla and im2col."""
   x = jax.random.normal(jax.random.PRNGKey(0), (4, *shape))
   xla, im2col = _model(option, "xla", overrides), _model(option, "im2col", overrides)
-  variables = xla.init(jax.random.PRNGKey(1), x, train=False)
-  assert jax.tree.map(jnp.shape, im2col.init(jax.random.PRNGKey(1), x, train=False)) == jax.tree.map(
-      jnp.shape, variables)
+  variables = jax.jit(lambda x: xla.init(jax.random.PRNGKey(1), x, train=False))(x)
+  assert jax.tree.map(jnp.shape, jax.eval_shape(lambda x: im2col.init(jax.random.PRNGKey(1), x, train=False), x)) == \
+      jax.tree.map(jnp.shape, variables)
   params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
 
   def loss(model, params):
     out, new_state = model.apply({"params": params, **state}, x, train=True, mutable=list(state))
     return jnp.sum(jnp.sin(out)), (out, new_state)
 
-  results = [jax.grad(lambda p: loss(m, p), has_aux=True)(params) for m in (xla, im2col)]
+  # jitted: a resnet op by op takes several times longer than its compilation
+  results = [jax.jit(jax.grad(lambda p, m=m: loss(m, p), has_aux=True))(params) for m in (xla, im2col)]
   assert "conv_general_dilated" not in primitives(lambda p: loss(im2col, p)[0], params)
   for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(im2col.apply(variables, x, train=False), xla.apply(variables, x, train=False), **TOL)
+  forward = lambda m: jax.jit(lambda v: m.apply(v, x, train=False))(variables)
+  np.testing.assert_allclose(forward(im2col), forward(xla), **TOL)
 
 
 def test_hessian_vector_products_agree_across_lowerings():
@@ -172,9 +180,9 @@ def test_hessian_vector_products_agree_across_lowerings():
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 6, 6, 1))
   overrides = ["model.features=[3]", "model.widths=[]", "model.activation=tanh"]
   xla, im2col = _model("cnn", "xla", overrides), _model("cnn", "im2col", overrides)
-  params = xla.init(jax.random.PRNGKey(1), x, train=False)["params"]
+  params = jax.jit(lambda x: xla.init(jax.random.PRNGKey(1), x, train=False))(x)["params"]
   v = jax.tree.map(lambda p: jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
   loss = lambda m: lambda p: jnp.sum(m.apply({"params": p}, x, train=False) ** 2)
-  hvp = lambda m: jax.jvp(jax.grad(loss(m)), (params,), (v,))[1]
+  hvp = lambda m: jax.jit(lambda params, v: jax.jvp(jax.grad(loss(m)), (params,), (v,))[1])(params, v)
   for a, b in zip(jax.tree.leaves(hvp(xla)), jax.tree.leaves(hvp(im2col))):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
