@@ -122,7 +122,7 @@ def _strided_max(x: jax.Array, window: tuple[int, ...], padding) -> jax.Array:
 
 def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int] | None = None, padding="VALID", *,
              impl: str = "auto") -> jax.Array:
-  """nn.max_pool over (N, *spatial, C); with im2col and non-overlapping windows, from strided slices."""
+  """nn.max_pool over (N, *spatial, C); with im2col and non-overlapping windows, a masked sum per window."""
   window = tuple(window)
   strides = window if strides is None else tuple(strides)
   if (resolve(impl) == "im2col" and strides == window and x.ndim == len(window) + 2

@@ -10,15 +10,13 @@ import csv
 import io
 import logging
 import pathlib
-import signal
 import sys
-import threading
 import time
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from trainlab import writers
+from trainlab import signals, writers
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +111,7 @@ class ResultsTable(Callback):
       raise SystemExit(1)
 
 
-class SweepStop:
+class SweepStop(signals.Stopping):
   """SIGTERM or SIGINT to a sweep's own process: every running job checkpoints and stops, then the sweep exits.
 
   Jobs that run in this process (the basic and vectorized launchers) catch the signal themselves while they
@@ -126,23 +124,10 @@ class SweepStop:
   SETTLE_S = 2.0
 
   def __init__(self, sweep_dir: pathlib.Path, grace_s: float = 300.0):
-    self.sweep_dir, self.grace_s, self.signal_name, self._previous = pathlib.Path(sweep_dir), grace_s, None, {}
+    super().__init__()
+    self.sweep_dir, self.grace_s = pathlib.Path(sweep_dir), grace_s
 
-  def __enter__(self) -> "SweepStop":
-    if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
-      for signum in (signal.SIGTERM, signal.SIGINT):
-        self._previous[signum] = signal.signal(signum, self._handle)
-    return self
-
-  def __exit__(self, *exc) -> None:
-    for signum, handler in self._previous.items():
-      signal.signal(signum, handler)
-    self._previous = {}
-
-  def _handle(self, signum, frame) -> None:
-    if self.signal_name is not None:
-      raise KeyboardInterrupt
-    self.signal_name = signal.Signals(signum).name
+  def on_signal(self, signum: int) -> None:
     log.warning("%s: every running job stops at the end of its chunk, after a checkpoint", self.signal_name)
     self.sweep_dir.mkdir(parents=True, exist_ok=True)
     writers.write_text_atomically(self.sweep_dir / writers.STOP_FILE, self.signal_name)

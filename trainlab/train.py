@@ -19,8 +19,6 @@ import json
 import logging
 import math
 import pathlib
-import signal
-import threading
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -32,7 +30,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab import (checkpoint, config, data, diagnostics, initializers, losses, models, optim, regularizers,
+from trainlab import (checkpoint, config, data, diagnostics, initializers, losses, models, optim, regularizers, signals,
                       writers)
 
 log = logging.getLogger(__name__)
@@ -272,7 +270,7 @@ class _Window:
     return means
 
 
-class StopRequest:
+class StopRequest(signals.Stopping):
   """SIGTERM or SIGINT during a run: finish the chunk, checkpoint and stop. A second signal aborts at once.
 
   A job of a sweep also stops when its sweep's stop file appears (`stop_file`, holding the signal's name): the
@@ -280,23 +278,11 @@ class StopRequest:
   """
 
   def __init__(self, stop_file: pathlib.Path | None = None):
-    self.signal_name, self._previous, self.stop_file = None, {}, stop_file
+    super().__init__()
+    self.stop_file = stop_file
 
-  def __enter__(self) -> "StopRequest":
-    if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
-      for signum in (signal.SIGTERM, signal.SIGINT):
-        self._previous[signum] = signal.signal(signum, self._handle)
-    return self
-
-  def _handle(self, signum, frame) -> None:
-    if self.signal_name is not None:
-      raise KeyboardInterrupt
-    self.signal_name = signal.Signals(signum).name
+  def on_signal(self, signum: int) -> None:
     log.warning("%s: stopping at the end of this chunk, after a checkpoint", self.signal_name)
-
-  def __exit__(self, *exc) -> None:
-    for signum, handler in self._previous.items():
-      signal.signal(signum, handler)
 
   def poll(self) -> str | None:
     """The signal's name once a stop is requested, by a signal or by the sweep's stop file."""
@@ -428,6 +414,7 @@ class RunLog:
     """Records the validation metrics after a chunk; returns True when the run stops here (early stopping, or
     a signal: then the run is `interrupted`), after the checkpoint it takes then."""
     step, metric = self.step, self.metric
+    state = functools.cache(state)  # a vectorized member's slice of the state is taken once, when needed
     self.stop.poll()
     val = {f"val/{k}": float(v) for k, v in val.items()}
     self.writer.write(step, val)
