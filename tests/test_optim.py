@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from trainlab import optim, train
+from trainlab import compilation, optim, train
 
 STEPS = 6
 TOTAL = 10
@@ -287,7 +287,7 @@ def test_every_new_float_is_a_traced_value(tmp_path, write_npz):
                "model.activation=rrelu", "model.norm=batch",
                "regularizer=[l1,weight_decay,max_norm,label_smoothing,confidence_penalty,augment]"]
   first = train_in_process(structure, tmp_path / "a")
-  compiled = train.compile_count()
+  compiled = compilation.count()
   changed = ["optimizer.momentum=0.8", "optimizer.clip_value=0.5", "optimizer.clip_norm=2.0", "optimizer.eps=1e-6",
              "optimizer.noise_eta=0.3", "optimizer.noise_gamma=0.3", "optimizer.decay=0.8",
              "schedule.decay_rate=0.5", "init.gain=0.5", "init.bias=0.1", "model.rrelu_lower=0.2",
@@ -296,7 +296,7 @@ def test_every_new_float_is_a_traced_value(tmp_path, write_npz):
              "regularizer.label_smoothing.eps=0.3", "regularizer.confidence_penalty.beta=0.5",
              "regularizer.augment.noise=0.5"]
   second = train_in_process(structure + changed, tmp_path / "b")
-  assert train.compile_count() == compiled
+  assert compilation.count() == compiled
   assert first["test/loss"] != second["test/loss"]
 
 

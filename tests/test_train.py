@@ -8,7 +8,7 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import QUICK, train_in_process
-from trainlab import train
+from trainlab import compilation, train
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +62,11 @@ def test_values_change_results_without_recompiling(tmp_path):
   """A job that differs only in float values (and seed) reuses the compiled program, and the values count."""
   base = QUICK + ["regularizer=[l2,dropout]", "schedule=linear"]
   first = train_in_process(base, tmp_path / "a")
-  compiles = train.compile_count()
+  compiles = compilation.count()
   changed = ["optimizer.lr=0.01", "optimizer.b1=0.8", "regularizer.l2.weight=0.01", "regularizer.dropout.rate=0.2",
              "schedule.end_factor=0.5", "init.scale=1.0", "seed=1"]
   second = train_in_process(base + changed, tmp_path / "b")
-  assert train.compile_count() == compiles, "a change of values recompiled the program"
+  assert compilation.count() == compiles, "a change of values recompiled the program"
   assert second["compile_time_s"] == 0.0
   assert first["compile_time_s"] > 0.0
   assert second["test/loss"] != first["test/loss"]

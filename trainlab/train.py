@@ -22,6 +22,7 @@ import pathlib
 import time
 from typing import Any, Callable, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,8 +31,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab import (checkpoint, config, data, diagnostics, initializers, losses, models, optim, regularizers, signals,
-                      writers)
+from trainlab import (checkpoint, compilation, config, data, diagnostics, initializers, losses, models, optim,
+                      regularizers, signals, writers)
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def build_program(spec: Spec) -> Program:
     return TrainState(jnp.zeros((), jnp.int32), params, variables, run_tx.init(params), hparams, key)
 
   def apply(state: TrainState, params, x, *, train: bool, rng=None):
-    model = make_model(state.hparams)
+    model = make_model(state.hparams, kernel_init=nn.initializers.zeros)
     variables = {"params": params, **state.model_state}
     if train and state.model_state:
       return model.apply(variables, x, train=True, rngs={"dropout": rng}, mutable=list(state.model_state))
@@ -199,38 +200,9 @@ def build_program(spec: Spec) -> Program:
     loss, metric = jax.tree.map(jnp.sum, jax.lax.map(one, (xs, ys, real)))
     return {"loss": loss / n, task.metric_name: metric / n}
 
-  return Program(jax.jit(init), jax.jit(train_chunk, donate_argnums=0), jax.jit(evaluate),
-                 diagnostics.build(apply, tx, structure["model"].get("activation"), task.loss))
-
-
-# --- compile-time accounting -------------------------------------------------------------------------------
-_COMPILE = {"seconds": 0.0, "count": 0}
-
-
-def _on_event(event: str, seconds: float, **kwargs) -> None:
-  if event.startswith("/jax/core/compile/"):
-    _COMPILE["seconds"] += seconds
-  if event == "/jax/core/compile/backend_compile_duration":
-    _COMPILE["count"] += 1
-
-
-jax.monitoring.register_event_duration_secs_listener(_on_event)
-
-
-def enable_persistent_compilation_cache() -> None:
-  """Keeps compiled programs on disk, so that jobs in fresh processes (joblib, a cluster) skip compilation.
-
-  JAX's default thresholds skip programs that compile in under a second, which is every small CPU program
-  trainlab makes; a user's own JAX_COMPILATION_CACHE_DIR wins over our default folder.
-  """
-  if jax.config.jax_compilation_cache_dir is None:
-    jax.config.update("jax_compilation_cache_dir", str(data.resolve_cache_dir() / "jax"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-
-
-def compile_count() -> int:
-  """How many XLA compilations this process has run (tests use it to prove that nothing recompiles)."""
-  return _COMPILE["count"]
+  # init runs once per run: compiled for compile speed (compilation.RUN_RARELY), the per-step programs for run speed.
+  return Program(jax.jit(init, compiler_options=compilation.RUN_RARELY), jax.jit(train_chunk, donate_argnums=0),
+                 jax.jit(evaluate), diagnostics.build(apply, tx, structure["model"].get("activation"), task.loss))
 
 
 # --- the host loop -----------------------------------------------------------------------------------------
@@ -318,7 +290,7 @@ def setup(cfg: DictConfig) -> Setup:
     config.ConfigError, data.DataError: a config or a data set that cannot be run, with one clear message.
   """
   config.check_ranges(cfg)
-  enable_persistent_compilation_cache()
+  compilation.enable_persistent_cache()
   dataset = load_data(cfg.data)
   models.check_input(cfg.model._target_, cfg.data._target_, dataset.layout, dataset.x_train.shape[1:])
   models.check_init(cfg.model._target_, cfg.init.get("recurrent", "same"))
@@ -489,7 +461,7 @@ def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float |
   run = setup(cfg)
   program = run.program
   x_train, y_train, x_val, y_val, x_test, y_test = jax.device_put(run.dataset[:6])  # once; they stay there
-  compile_seconds_before = _COMPILE["seconds"]
+  compile_seconds_before = compilation.seconds()
   state = program.init(np.int32(cfg.seed), run.values)
   record = RunLog(cfg, workdir, run, stop, logger, started)
   record.startup_seconds = time.perf_counter() - started
@@ -498,10 +470,10 @@ def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float |
     record.open(x_train, y_train, lambda: state)
     while record.step < record.steps:
       run_now = min(record.chunk_steps, record.steps - record.step)
-      tick, compiling = time.perf_counter(), _COMPILE["seconds"]
+      tick, compiling = time.perf_counter(), compilation.seconds()
       state, metrics = program.train_chunk(state, x_train, y_train, np.int32(run_now))
       metrics = jax.device_get(metrics)  # the one host transfer of the chunk
-      seconds = time.perf_counter() - tick - (_COMPILE["seconds"] - compiling)
+      seconds = time.perf_counter() - tick - (compilation.seconds() - compiling)
       if record.chunk_done(metrics, run_now, seconds):
         break
       if record.evaluated(program.evaluate(state, x_val, y_val), run_now, lambda: state):
@@ -509,5 +481,5 @@ def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float |
     summary = record.finish(state, lambda s: program.evaluate(s, x_test, y_test))
   finally:
     record.close()
-  summary["compile_time_s"] = _COMPILE["seconds"] - compile_seconds_before
+  summary["compile_time_s"] = compilation.seconds() - compile_seconds_before
   return summary

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab import train
+from trainlab import compilation, train
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def train_group(members: list[Member], started: float | None = None) -> list[dic
   vector = build_vectorized(spec)
   x_train, y_train, x_val, y_val, x_test, y_test = jax.device_put(run.dataset[:6])
   seeds = np.array([m.cfg.seed for m in members], np.int32)
-  compiling_before = train._COMPILE["seconds"]
+  compiling_before = compilation.seconds()
   with train.StopRequest() as stop:
     states = vector.init(seeds, _stack([m.run.values for m in members]))
     records = [train.RunLog(m.cfg, m.workdir, m.run, stop, m.logger, started) for m in members]
@@ -94,10 +94,10 @@ def train_group(members: list[Member], started: float | None = None) -> list[dic
       while any(active):
         run_now = np.array([min(r.chunk_steps, r.steps - r.step) if a else 0 for r, a in zip(records, active)],
                            np.int32)
-        tick, compiling = time.perf_counter(), train._COMPILE["seconds"]
+        tick, compiling = time.perf_counter(), compilation.seconds()
         states, metrics = vector.train_chunk(states, x_train, y_train, run_now)
         metrics = jax.device_get(metrics)  # the one host transfer of the chunk, for all members
-        seconds = time.perf_counter() - tick - (train._COMPILE["seconds"] - compiling)
+        seconds = time.perf_counter() - tick - (compilation.seconds() - compiling)
         val = jax.device_get(vector.evaluate(states, x_val, y_val))
         for i, record in enumerate(records):
           if not active[i]:
@@ -114,7 +114,7 @@ def train_group(members: list[Member], started: float | None = None) -> list[dic
     finally:
       for record in records:
         record.close()
-  compile_seconds = train._COMPILE["seconds"] - compiling_before
+  compile_seconds = compilation.seconds() - compiling_before
   for summary in summaries:
     summary.update(compile_time_s=compile_seconds, vectorized_members=len(members))
   return summaries
