@@ -241,17 +241,17 @@ class Monitor:
   Args:
     cfg: the `diagnostics` config (every, probe_size, histogram_every, hessian_every, hessian_iters).
     diagnostics: the program's compiled Diagnostics.
-    x, y: the training split on the device; its first `probe_size` examples are the probe batch.
+    x, y: the training split on the host; its first `probe_size` examples, put on the device once, are the probe
+      batch (slicing the device copy instead would compile two programs for it).
     writer: the run's RunWriter.
     resumed_at: the step a resumed run continues from, whose diagnostics the interrupted run has written;
       None for a run from the start.
   """
 
-  def __init__(self, cfg: Any, diagnostics: Diagnostics, x: jax.Array, y: jax.Array, writer: Any,
+  def __init__(self, cfg: Any, diagnostics: Diagnostics, x: np.ndarray, y: np.ndarray, writer: Any,
                resumed_at: int | None = None):
     self.cfg, self.diagnostics, self.writer = cfg, diagnostics, writer
-    n = min(cfg.probe_size, x.shape[0])
-    self.x, self.y = x[:n], y[:n]
+    self.x, self.y = jax.device_put((x[:cfg.probe_size], y[:cfg.probe_size]))
     # Only last // interval matters, and after any boundary it equals that boundary's: a resumed run's
     # schedule goes on exactly as it would have uninterrupted.
     self.last = dict.fromkeys(("every", "histogram_every", "hessian_every"), resumed_at)

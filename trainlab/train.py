@@ -356,8 +356,9 @@ class RunLog:
     self.first_step = self.step
     return state
 
-  def open(self, x_train: jax.Array, y_train: jax.Array, state: Callable[[], TrainState]) -> None:
-    """Opens the run's writers and takes the diagnostics of the starting point."""
+  def open(self, x_train: np.ndarray, y_train: np.ndarray, state: Callable[[], TrainState]) -> None:
+    """Opens the run's writers and takes the diagnostics of the starting point (x_train, y_train: the training
+    split on the host, from which the diagnostics take their probe batch)."""
     self.writer = writers.RunWriter(self.workdir, purge_step=self.step + 1 if self.cfg.resume else None)
     self.writer.text("config", OmegaConf.to_yaml(self.cfg, resolve=True))
     self.monitor = diagnostics.Monitor(self.cfg.diagnostics, self.diagnostics, x_train, y_train, self.writer,
@@ -467,7 +468,7 @@ def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float |
   record.startup_seconds = time.perf_counter() - started
   try:
     state = record.resume(state)
-    record.open(x_train, y_train, lambda: state)
+    record.open(run.dataset.x_train, run.dataset.y_train, lambda: state)
     while record.step < record.steps:
       run_now = min(record.chunk_steps, record.steps - record.step)
       tick, compiling = time.perf_counter(), compilation.seconds()

@@ -52,8 +52,10 @@ def build_vectorized(spec: train.Spec) -> train.Program:
   """The program of `spec` over a leading member axis: init(seeds, values), train_chunk(states, x, y, steps),
   evaluate(states, x, y). The data are shared (not batched); each member has its own number of steps."""
   program = train.build_program(spec)
+  # init runs once, compiled for compile speed as the single-run init is (that one's own jit options cannot be
+  # nested, so its function is vmapped).
   return train.Program(
-      jax.jit(jax.vmap(program.init)),
+      jax.jit(jax.vmap(program.init.__wrapped__), compiler_options=compilation.RUN_RARELY),
       jax.jit(jax.vmap(program.train_chunk, in_axes=(0, None, None, 0)), donate_argnums=0),
       jax.jit(jax.vmap(program.evaluate, in_axes=(0, None, None))),
       program.diagnostics)
@@ -89,7 +91,7 @@ def train_group(members: list[Member], started: float | None = None) -> list[dic
     try:
       for i, record in enumerate(records):
         record.startup_seconds = startup
-        record.open(x_train, y_train, lambda i=i: member_state(states, i))
+        record.open(run.dataset.x_train, run.dataset.y_train, lambda i=i: member_state(states, i))
       active = [True] * len(members)
       while any(active):
         run_now = np.array([min(r.chunk_steps, r.steps - r.step) if a else 0 for r, a in zip(records, active)],
