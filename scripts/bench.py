@@ -196,7 +196,7 @@ def bench_diagnostics(tiny: bool, tmp: pathlib.Path) -> dict:
   `cold`, every run compiling from scratch (a structure's first run); `warm`, programs from JAX's persistent
   cache on disk (every later run of that structure, in any process), in-memory caches cleared."""
   base = ["steps=100", "eval_every=25"] if tiny else []
-  repeats = 1 if tiny else 5  # a run takes seconds, and a 2-core machine's noise is of the size measured
+  repeats = 1 if tiny else 7  # a run takes seconds, and a 2-core machine's noise is of the size measured
   train.load_data(compose_run(base).data)  # generate and cache MNIST-1D before any clock starts
   results = {}
   for mode in ("cold", "warm"):
