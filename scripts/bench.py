@@ -192,27 +192,31 @@ def set_persistent_cache(enabled: bool) -> None:
 
 
 def bench_diagnostics(tiny: bool, tmp: pathlib.Path) -> dict:
-  """The default run with diagnostics=default against diagnostics=off, alternating, medians of the repeats:
+  """The default run with diagnostics=default against diagnostics=off, alternating, in three settings:
   `cold`, every run compiling from scratch (a structure's first run); `warm`, programs from JAX's persistent
-  cache on disk (every later run of that structure, in any process), in-memory caches cleared."""
+  cache on disk, in-memory caches cleared (a later run of that structure in a fresh process: `trainlab train`
+  again, a joblib job); `sweep`, programs in memory (a later job of a one-process sweep, the basic launcher)."""
   base = ["steps=100", "eval_every=25"] if tiny else []
   repeats = 1 if tiny else 7  # a run takes seconds, and a 2-core machine's noise is of the size measured
   train.load_data(compose_run(base).data)  # generate and cache MNIST-1D before any clock starts
   results = {}
-  for mode in ("cold", "warm"):
-    set_persistent_cache(mode == "warm")
+  for mode in ("cold", "warm", "sweep"):
+    set_persistent_cache(mode != "cold")
     times = {"off": [], "default": []}
-    for i in range(repeats + (mode == "warm")):  # warm: a first round fills the disk cache
+    for i in range(repeats + (mode != "cold")):  # warm, sweep: a first round fills the caches
       for setting in times:
-        train.build_program.cache_clear()
-        jax.clear_caches()
+        if mode != "sweep":
+          train.build_program.cache_clear()
+          jax.clear_caches()
         summary = train.train_and_evaluate(compose_run([*base, f"diagnostics={setting}"]),
                                            tmp / f"diag-{mode}-{setting}-{i}")
         if mode == "cold" or i > 0:
           times[setting].append(summary["wall_time_s"])
-    off, on = float(np.median(times["off"])), float(np.median(times["default"]))
-    results.update({f"{mode}_run_off_s": off, f"{mode}_run_default_s": on,
-                    f"{mode}_diagnostics_cost_pct": 100 * (on - off) / off})
+    off, on = np.array(times["off"]), np.array(times["default"])
+    # Paired: each run with diagnostics against the run without them just before it, so that the machine's
+    # drift over the minutes of the benchmark cancels; the median pair is the cost.
+    results.update({f"{mode}_run_off_s": float(np.median(off)), f"{mode}_run_default_s": float(np.median(on)),
+                    f"{mode}_diagnostics_cost_pct": float(100 * np.median((on - off) / off))})
   set_persistent_cache(True)
   return results
 
