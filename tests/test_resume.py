@@ -193,3 +193,17 @@ def test_sigterm_to_trainlab_train_then_resume(write_npz, tmp_path):
       f"error: {run} already holds a run (completed); add resume=true to continue it, or choose another "
       "directory (hydra.run.dir=...)"]
   assert writers.read_summary(run) == resumed
+
+
+def test_a_checkpoint_from_before_a_new_config_key_resumes(tmp_path, caplog):
+  """A key that a newer trainlab added (absent from the checkpoint's config) is not a difference; a changed or
+  removed key still is."""
+  saved = {"model": {"widths": [16]}, "optimizer": {"lr": 0.01}}
+  current = {"model": {"widths": [16], "conv_impl": "auto"}, "optimizer": {"lr": 0.01}}
+  with caplog.at_level("WARNING"):
+    checkpoint.check_same_config(saved, current, tmp_path)
+  assert "model.conv_impl" in caplog.text
+  with pytest.raises(checkpoint.ResumeError, match=r"optimizer\.lr=0\.02 \(the checkpoint has 0\.01\)"):
+    checkpoint.check_same_config(saved, {**current, "optimizer": {"lr": 0.02}}, tmp_path)
+  with pytest.raises(checkpoint.ResumeError, match=r"model\.widths=None \(the checkpoint has \[16\]\)"):
+    checkpoint.check_same_config(saved, {"model": {}, "optimizer": {"lr": 0.01}}, tmp_path)

@@ -93,17 +93,28 @@ def run_config(cfg_container: dict) -> dict:
 
 
 def check_same_config(saved: dict, current: dict, workdir: pathlib.Path) -> None:
-  """Raises ConfigError naming the first keys whose values differ between a checkpoint's run and this one."""
-  differences = []
+  """Raises ResumeError naming the first keys whose values differ between a checkpoint's run and this one.
+
+  A key the checkpoint's config lacks came with a newer trainlab than the one that wrote it (a new option, at
+  its default unless overridden now): it is not a difference, since the old run could not have set it; a
+  warning names it.
+  """
+  differences, added = [], []
 
   def walk(a: Any, b: Any, prefix: str) -> None:
     if isinstance(a, dict) and isinstance(b, dict):
       for key in sorted(set(a) | set(b)):
-        walk(a.get(key), b.get(key), f"{prefix}{key}.")
+        if key in a or key not in b:
+          walk(a.get(key), b.get(key), f"{prefix}{key}.")
+        else:
+          added.append(f"{prefix}{key}")
     elif a != b:
       differences.append(f"{prefix[:-1]}={b} (the checkpoint has {a})")
 
   walk(saved, current, "")
+  if added and not differences:
+    log.warning("resuming a run whose checkpoint predates the config keys %s: they take their values now",
+                ", ".join(added))
   if differences:
     raise ResumeError(
         f"cannot resume the run in {workdir}: its config differs: {'; '.join(differences[:3])}. "
