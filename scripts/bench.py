@@ -3,8 +3,8 @@
 Workloads:
   mlp    MLP 784-512-512-10, batch 128, 60,000 examples, Adam: a bare `lax.scan` epoch (the reference)
          against trainlab's own loop with default logging; both against the measured matmul peak.
-  sweep  MNIST-1D, 4 learning rates x 4 seeds: one process compiling once (trainlab's default), the same
-         with every job recompiling, and one fresh process per job.
+  sweep  MNIST-1D, 4 learning rates x 4 seeds of small runs (MLP 64-64-10, 20 epochs, 560 steps): one process
+         compiling once (trainlab's default), the same with every job recompiling, one fresh process per job.
   diagnostics  the default run (`trainlab train`) with diagnostics at their default intervals against
          diagnostics=off, alternating, median of the repeats: compiling from scratch (cold) and with the
          programs in JAX's persistent cache (warm, every later run of a structure).
@@ -145,7 +145,9 @@ def bench_mlp(tiny: bool, tmp: pathlib.Path) -> dict:
 
 def bench_sweep(tiny: bool, tmp: pathlib.Path) -> dict:
   lrs, seeds = ([1e-3, 3e-3], [0]) if tiny else ([3e-4, 1e-3, 3e-3, 1e-2], [0, 1, 2, 3])
-  base = ["steps=20", "eval_every=10"] if tiny else ["steps=1000", "eval_every=250"]
+  # Small runs, the scale of the speed issue's own sweep (an MLP 64-64-10, 20 epochs): start-up and compilation
+  # are what such a sweep waits for.
+  base = ["steps=20", "eval_every=10"] if tiny else ["model.widths=[64,64]", "epochs=20"]
   jobs = [base + [f"optimizer.lr={lr}", f"seed={s}"] for lr in lrs for s in seeds]
 
   def in_process(recompile: bool, tag: str) -> float:
