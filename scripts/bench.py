@@ -6,8 +6,8 @@ Workloads:
   sweep  MNIST-1D, 4 learning rates x 4 seeds of small runs (MLP 64-64-10, 20 epochs, 560 steps): one process
          compiling once (trainlab's default), the same with every job recompiling, one fresh process per job.
   diagnostics  the default run (`trainlab train`) with diagnostics at their default intervals against
-         diagnostics=off, alternating, median of the repeats: compiling from scratch (cold) and with the
-         programs in JAX's persistent cache (warm, every later run of a structure).
+         diagnostics=off, in pairs, median of the pairs: compiling from scratch (cold), with the programs in
+         JAX's persistent cache (warm: a later run in a fresh process) and in memory (sweep: a later job).
   vectorized  the same sweep as one vmapped program (hydra/launcher=vectorized) against the jobs one after
          another in one process; each path compiles once, with fresh in-memory and no on-disk caches.
   cnn    conv32-pool-conv64-pool-128-10 on synthetic 28x28 images, batch 128, Adam: trainlab's loop with the
