@@ -257,6 +257,6 @@ def test_forget_bias_reaches_the_program_as_a_traced_value():
   y = np.asarray(jax.random.normal(jax.random.PRNGKey(4), (1500, 1)))
   model = build("lstm", ["model.hidden=3", "model.forget_bias=2.5"], num_outputs=1)
   outputs = np.asarray(model.apply({"params": state.params}, x, train=False))
-  result = program.evaluate(state, x, y)
+  result = program.evaluate(state, x, y, np.int32(1500))
   np.testing.assert_allclose(result["mse"], np.mean((outputs - y) ** 2), rtol=1e-5)
   np.testing.assert_allclose(result["loss"], result["mse"], rtol=1e-6)

@@ -182,22 +182,23 @@ def build_program(spec: Spec) -> Program:
 
     return jax.lax.scan(body, state, jnp.arange(spec.chunk_steps))
 
-  def evaluate(state: TrainState, x: jax.Array, y: jax.Array) -> dict:
-    """Mean loss and metric over a whole split, in batches of EVAL_BATCH inside one compiled call."""
-    n = x.shape[0]
-    size = min(n, EVAL_BATCH)
-    batches = -(-n // size)
-    pad = batches * size - n
+  def evaluate(state: TrainState, x: jax.Array, y: jax.Array, n: jax.Array) -> dict:
+    """Mean loss and metric over the first n examples of a split, in batches of up to EVAL_BATCH inside one
+    compiled call. Rows past n are padding (`eval_splits` pads validation and test to one shape, so that one
+    program evaluates both); only the batches that hold real examples are run."""
+    rows = x.shape[0]
+    size = min(rows, EVAL_BATCH)
+    batches = -(-rows // size)
+    pad = batches * size - rows
     xs = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(batches, size, *x.shape[1:])
     ys = jnp.pad(y, [(0, pad)] + [(0, 0)] * (y.ndim - 1)).reshape(batches, size, *y.shape[1:])
-    real = (jnp.arange(batches * size) < n).reshape(batches, size)
 
-    def one(batch):
-      xb, yb, mb = batch
-      logits, _ = apply(state, state.params, xb, train=False)
-      return jnp.sum(task.loss(logits, yb) * mb), jnp.sum(task.metric(logits, yb) * mb)
+    def one(b, sums):
+      real = b * size + jnp.arange(size) < n
+      logits, _ = apply(state, state.params, xs[b], train=False)
+      return sums + jnp.stack([jnp.sum(task.loss(logits, ys[b]) * real), jnp.sum(task.metric(logits, ys[b]) * real)])
 
-    loss, metric = jax.tree.map(jnp.sum, jax.lax.map(one, (xs, ys, real)))
+    loss, metric = jax.lax.fori_loop(0, (n + size - 1) // size, one, jnp.zeros(2))
     return {"loss": loss / n, task.metric_name: metric / n}
 
   # init runs once per run: compiled for compile speed (compilation.RUN_RARELY), the per-step programs for run speed.
@@ -219,6 +220,15 @@ def _load_data(data_cfg_json: str) -> data.Dataset:
 
 def load_data(data_cfg: DictConfig) -> data.Dataset:
   return _load_data(json.dumps(OmegaConf.to_container(data_cfg, resolve=True), sort_keys=True))
+
+
+def eval_splits(dataset: data.Dataset) -> tuple[tuple, tuple]:
+  """The validation and test splits on the device as (x, y, n), padded to one number of rows, so that one
+  compiled `evaluate` serves both (n: the real examples)."""
+  rows = max(len(dataset.y_val), len(dataset.y_test))
+  pad = lambda a: np.pad(a, [(0, rows - len(a))] + [(0, 0)] * (a.ndim - 1))
+  return tuple((*jax.device_put((pad(x), pad(y))), np.int32(len(y)))
+               for x, y in ((dataset.x_val, dataset.y_val), (dataset.x_test, dataset.y_test)))
 
 
 def total_steps(cfg: DictConfig, n_train: int) -> int:
@@ -400,7 +410,8 @@ class RunLog:
                   val["val/loss"], metric, val[metric])
     stop_early = bool(self.stopper) and self.stopper.update(step, val, state())
     every = self.cfg.checkpoint.every
-    if step == self.steps or self.stop.signal_name or stop_early or (every and step // every > (step - run_now) // every):
+    passed_a_multiple = bool(every) and step // every > (step - run_now) // every
+    if step == self.steps or self.stop.signal_name or stop_early or passed_a_multiple:
       self.save_checkpoint(state())
     if stop_early:
       self.log.info("early stopping at step %d: no better val/%s in %d evaluations since step %d", step,
@@ -461,7 +472,8 @@ def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float |
   started = time.perf_counter() if started is None else started
   run = setup(cfg)
   program = run.program
-  x_train, y_train, x_val, y_val, x_test, y_test = jax.device_put(run.dataset[:6])  # once; they stay there
+  x_train, y_train = jax.device_put(run.dataset[:2])  # once; they stay there
+  val, test = eval_splits(run.dataset)
   compile_seconds_before = compilation.seconds()
   state = program.init(np.int32(cfg.seed), run.values)
   record = RunLog(cfg, workdir, run, stop, logger, started)
@@ -477,9 +489,9 @@ def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float |
       seconds = time.perf_counter() - tick - (compilation.seconds() - compiling)
       if record.chunk_done(metrics, run_now, seconds):
         break
-      if record.evaluated(program.evaluate(state, x_val, y_val), run_now, lambda: state):
+      if record.evaluated(program.evaluate(state, *val), run_now, lambda: state):
         break
-    summary = record.finish(state, lambda s: program.evaluate(s, x_test, y_test))
+    summary = record.finish(state, lambda s: program.evaluate(s, *test))
   finally:
     record.close()
   summary["compile_time_s"] = compilation.seconds() - compile_seconds_before

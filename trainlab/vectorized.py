@@ -50,14 +50,14 @@ def group_key(cfg: DictConfig, run: train.Setup) -> tuple:
 @functools.lru_cache(maxsize=8)
 def build_vectorized(spec: train.Spec) -> train.Program:
   """The program of `spec` over a leading member axis: init(seeds, values), train_chunk(states, x, y, steps),
-  evaluate(states, x, y). The data are shared (not batched); each member has its own number of steps."""
+  evaluate(states, x, y, n). The data are shared (not batched); each member has its own number of steps."""
   program = train.build_program(spec)
   # init runs once, compiled for compile speed as the single-run init is (that one's own jit options cannot be
   # nested, so its function is vmapped).
   return train.Program(
       jax.jit(jax.vmap(program.init.__wrapped__), compiler_options=compilation.RUN_RARELY),
       jax.jit(jax.vmap(program.train_chunk, in_axes=(0, None, None, 0)), donate_argnums=0),
-      jax.jit(jax.vmap(program.evaluate, in_axes=(0, None, None))),
+      jax.jit(jax.vmap(program.evaluate, in_axes=(0, None, None, None))),
       program.diagnostics)
 
 
@@ -81,7 +81,8 @@ def train_group(members: list[Member], started: float | None = None) -> list[dic
   run = members[0].run
   spec, program = run.spec, run.program
   vector = build_vectorized(spec)
-  x_train, y_train, x_val, y_val, x_test, y_test = jax.device_put(run.dataset[:6])
+  x_train, y_train = jax.device_put(run.dataset[:2])
+  val_split, test_split = train.eval_splits(run.dataset)
   seeds = np.array([m.cfg.seed for m in members], np.int32)
   compiling_before = compilation.seconds()
   with train.StopRequest() as stop:
@@ -100,7 +101,7 @@ def train_group(members: list[Member], started: float | None = None) -> list[dic
         states, metrics = vector.train_chunk(states, x_train, y_train, run_now)
         metrics = jax.device_get(metrics)  # the one host transfer of the chunk, for all members
         seconds = time.perf_counter() - tick - (compilation.seconds() - compiling)
-        val = jax.device_get(vector.evaluate(states, x_val, y_val))
+        val = jax.device_get(vector.evaluate(states, *val_split))
         for i, record in enumerate(records):
           if not active[i]:
             continue
@@ -111,7 +112,7 @@ def train_group(members: list[Member], started: float | None = None) -> list[dic
             active[i] = False
           elif record.step >= record.steps:
             active[i] = False
-      summaries = [record.finish(member_state(states, i), lambda s: program.evaluate(s, x_test, y_test))
+      summaries = [record.finish(member_state(states, i), lambda s: program.evaluate(s, *test_split))
                    for i, record in enumerate(records)]
     finally:
       for record in records:
