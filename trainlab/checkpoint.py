@@ -104,8 +104,8 @@ def check_same_config(saved: dict, current: dict, workdir: pathlib.Path) -> None
   def walk(a: Any, b: Any, prefix: str) -> None:
     if isinstance(a, dict) and isinstance(b, dict):
       for key in sorted(set(a) | set(b)):
-        if key in a or key not in b:
-          walk(a.get(key), b.get(key), f"{prefix}{key}.")
+        if key in a:
+          walk(a[key], b.get(key), f"{prefix}{key}.")
         else:
           added.append(f"{prefix}{key}")
     elif a != b:

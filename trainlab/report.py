@@ -29,6 +29,7 @@ import numpy as np
 
 from trainlab import writers
 
+
 def table_metrics(task_metric: str) -> tuple[str, ...]:
   return (f"test/{task_metric}", "test/loss", f"best_val/{task_metric}", "best_val/loss")
 
