@@ -1,5 +1,7 @@
-"""trainlab's Hydra launcher `vectorized` (`trainlab train -m hydra/launcher=vectorized ...`).
+"""trainlab's Hydra plugins: the launcher `vectorized` (`trainlab train -m hydra/launcher=vectorized ...`) and the
+sweeper `grid` (the default of `trainlab train -m`).
 
-Hydra finds launchers in the `hydra_plugins` namespace package: this package, with its config (config.py,
-cheap to import: Hydra imports every plugin module at start-up) and the launcher (vectorized_launcher.py).
+Hydra finds plugins in the `hydra_plugins` namespace package: this package, with their configs (config.py,
+cheap to import: Hydra imports every plugin module at start-up), the launcher (vectorized_launcher.py) and the
+sweeper (grid_sweeper.py).
 """

@@ -1,7 +1,8 @@
-"""The config of the `vectorized` launcher, registered as hydra/launcher=vectorized."""
+"""The configs of trainlab's Hydra plugins: the `vectorized` launcher (hydra/launcher=vectorized) and the `grid`
+sweeper (hydra/sweeper=grid, the default of `trainlab train -m`)."""
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -15,3 +16,14 @@ class VectorizedLauncherConf:
 
 ConfigStore.instance().store(group="hydra/launcher", name="vectorized", node=VectorizedLauncherConf,
                              provider="trainlab")
+
+
+@dataclass
+class GridSweeperConf:
+  _target_: str = "hydra_plugins.trainlab_launcher.grid_sweeper.GridSweeper"
+  # As Hydra's basic sweeper: the most jobs per batch (null: all), and overrides swept in every job.
+  max_batch_size: Optional[int] = None
+  params: Optional[Dict[str, str]] = None
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="grid", node=GridSweeperConf, provider="trainlab")

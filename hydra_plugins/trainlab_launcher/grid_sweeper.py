@@ -1,0 +1,54 @@
+"""The `grid` sweeper: Hydra's basic sweeper (the grid of the command line's comma lists), composing each job's
+config once rather than twice.
+
+Hydra's basic sweeper composes every job's config before launching a batch, so that a bad override fails the
+sweep before any job starts; the launcher then composes each config again, because it may run in another
+process. Composing costs about 0.15-0.2 s per job here (Hydra merges the schemas of every group), as much as
+training one small job: for a launcher in this process (basic, vectorized) the configs composed by the check
+are handed over instead. A launcher that runs jobs elsewhere (joblib, a cluster) composes them again there.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+class _ComposedOnce:
+  """A ConfigLoader that returns the config the sweeper's check composed for a job's overrides, once; every
+  other call goes to Hydra's loader."""
+
+  def __init__(self, loader: Any):
+    self.loader = loader
+    self.composed: dict[tuple[str, ...], DictConfig] = {}
+
+  def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+    composed = self.composed.pop(tuple(sweep_overrides), None)
+    if composed is not None:
+      return composed
+    return self.loader.load_sweep_config(master_config, sweep_overrides)
+
+  def __getattr__(self, name: str) -> Any:
+    return getattr(self.loader, name)
+
+  def __getstate__(self) -> dict:  # a launcher that ships the context to other processes ships Hydra's loader
+    return {"loader": self.loader, "composed": {}}
+
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update(state)
+
+
+class GridSweeper(BasicSweeper):
+  def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+    self.loader = _ComposedOnce(hydra_context.config_loader)
+    super().setup(hydra_context=HydraContext(config_loader=self.loader, callbacks=hydra_context.callbacks),
+                  task_function=task_function, config=config)
+
+  def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+    """Composes every job's config of the batch (a bad override fails here, before any job starts) and keeps
+    them for the launcher."""
+    self.loader.composed = {tuple(overrides): self.loader.loader.load_sweep_config(self.config, list(overrides))
+                            for overrides in batch}
