@@ -4,7 +4,9 @@ Workloads:
   mlp    MLP 784-512-512-10, batch 128, 60,000 examples, Adam: a bare `lax.scan` epoch (the reference)
          against trainlab's own loop with default logging; both against the measured matmul peak.
   sweep  MNIST-1D, 4 learning rates x 4 seeds of small runs (MLP 64-64-10, 20 epochs, 560 steps): one process
-         compiling once (trainlab's default), the same with every job recompiling, one fresh process per job.
+         compiling once (trainlab's default), the same with every job recompiling, one fresh process per job,
+         and the `trainlab train -m` command itself (one process: start-up, Hydra composing each job, the
+         results table and the report included).
   diagnostics  the default run (`trainlab train`) with diagnostics at their default intervals against
          diagnostics=off, in pairs, median of the pairs: compiling from scratch (cold), with the programs in
          JAX's persistent cache (warm: a later run in a fresh process) and in memory (sweep: a later job).
@@ -161,12 +163,22 @@ def bench_sweep(tiny: bool, tmp: pathlib.Path) -> dict:
     set_persistent_cache(True)
     return time.perf_counter() - start
 
+  env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
   def fresh_processes() -> float:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
     for i, overrides in enumerate(jobs):
       subprocess.run([sys.executable, "-m", "trainlab", "train", *overrides,
                       f"hydra.run.dir={tmp / 'fresh' / str(i)}"], check=True, env=env, capture_output=True)
+    return time.perf_counter() - start
+
+  def multirun() -> float:
+    """`trainlab train -m` as a user types it: one process, Hydra composing each job, results.csv and the
+    report at the end."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "trainlab", "train", "-m", *base, f"optimizer.lr={','.join(map(str, lrs))}",
+                    f"seed={','.join(map(str, seeds))}", f"hydra.sweep.dir={tmp / 'multirun'}"], check=True, env=env,
+                   capture_output=True)
     return time.perf_counter() - start
 
   train.load_data(compose_run(jobs[0]).data)  # generate and cache MNIST-1D before any clock starts
@@ -175,13 +187,16 @@ def bench_sweep(tiny: bool, tmp: pathlib.Path) -> dict:
   once = in_process(False, "once")
   recompile = in_process(True, "recompile")
   fresh = fresh_processes()
+  command = multirun()
   return {
       "jobs": len(jobs),
       "one_compilation_s": once,
       "recompile_every_job_s": recompile,
       "fresh_processes_s": fresh,
+      "multirun_command_s": command,
       "speedup_vs_recompile": recompile / once,
       "speedup_vs_fresh_processes": fresh / once,
+      "multirun_speedup_vs_fresh_processes": fresh / command,
   }
 
 
@@ -416,7 +431,7 @@ def main() -> None:
   for workload in ("mlp", "sweep", "diagnostics", "vectorized", "cnn", "resnet"):
     for key, value in results.get(workload, {}).items():
       shown = f"{value:>10}" if isinstance(value, str) else f"{value:10.4g}"
-      print(f"{workload:11} {key:32} {shown}")
+      print(f"{workload:11} {key:36} {shown}")
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   path = out / f"bench-{results['date'].replace(':', '-')}{'-tiny' if args.tiny else ''}.json"

@@ -27,6 +27,7 @@ def test_bench_runs_at_a_tiny_size(tmp_path):
   table = json.loads(result.read_text())
   assert table["mlp"]["trainlab_epoch_s"] > 0 and table["mlp"]["matmul_peak_gflops"] > 0
   assert table["sweep"]["jobs"] == 2 and table["sweep"]["fresh_processes_s"] > 0
+  assert table["sweep"]["multirun_command_s"] > 0
   assert table["vectorized"]["jobs"] == 2 and table["vectorized"]["vectorized_s"] > 0
   for workload in ("cnn", "resnet"):  # the loop with the device's convolution, XLA's in the loop, a jitted step
     assert table[workload]["conv_impl_auto"] == "im2col"  # on CPU
