@@ -15,7 +15,8 @@ Workloads:
   cnn    conv32-pool-conv64-pool-128-10 on synthetic 28x28 images, batch 128, Adam: trainlab's loop with the
          device's convolution lowering (model.conv_impl=auto: im2col on CPU) against the same loop with XLA's
          convolution and against a jitted single step fed by a Python loop; PyTorch eager when torch is installed.
-  resnet the default resnet on synthetic 32x32x3 images, batch 128, Adam, the same comparisons.
+  resnet the default resnet on synthetic 32x32x3 images, batch 128, Adam, the same comparisons (PyTorch: the
+         same net, with BatchNorm2d; its stride-2 convolutions pad 1 on each side where SAME pads 0 and 1).
 
 Usage:  python scripts/bench.py            (the full sizes; several minutes on 2 cores)
         python scripts/bench.py --tiny     (a smoke run of every path, seconds)
@@ -332,16 +333,41 @@ def jitted_step_ms(model, x, y, batch: int, steps: int, repeats: int) -> tuple[l
   return times, flops
 
 
-def torch_cnn_step_ms(x: np.ndarray, y: np.ndarray, batch: int, steps: int) -> float | None:
-  """PyTorch eager on the cnn workload, only when torch happens to be installed (it is no dependency)."""
+def torch_net(workload: str, image_shape: tuple[int, ...]):
+  """The workload's model in PyTorch (NCHW), only when torch happens to be installed (it is no dependency):
+  the same layers, widths and parameter count as trainlab's `cnn` and default `resnet`."""
   try:
     import torch
   except ImportError:
     return None
-  net = torch.nn.Sequential(
-      torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-      torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten(),
-      torch.nn.Linear(64 * (x.shape[1] // 4) * (x.shape[2] // 4), 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+  nn = torch.nn
+  if workload == "cnn":
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64 * (image_shape[0] // 4) * (image_shape[1] // 4), 128), nn.ReLU(),
+        nn.Linear(128, 10))
+
+  class Block(nn.Module):  # conv-norm-act-conv-norm, plus the input (a 1x1 convolution where the shape changes)
+    def __init__(self, cin, cout, stride):
+      super().__init__()
+      self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                                nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+      self.skip = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
+          nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+      return torch.relu(self.skip(x) + self.body(x))
+
+  features = [16, 32, 64]
+  stages = [Block(cin, cout, 1 if i == 0 else 2) for i, (cin, cout) in enumerate(zip(features[:1] + features, features))]
+  return nn.Sequential(nn.Conv2d(image_shape[-1], 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), *stages,
+                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+
+
+def torch_step_ms(net, x: np.ndarray, y: np.ndarray, batch: int, steps: int) -> float:
+  """ms per Adam step of PyTorch eager on `net`, batch by batch."""
+  import torch
+
   opt = torch.optim.Adam(net.parameters(), 1e-3)
   xt, yt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y).long()
   per_epoch = len(y) // batch
@@ -379,11 +405,11 @@ def bench_conv(workload: str, tiny: bool, tmp: pathlib.Path) -> dict:
   base = ["data=npz", f"data.path={path}", *model, f"batch_size={batch}", "optimizer=adam"]
   # trainlab's loop and, where torch is installed, PyTorch eager, interleaved run by run: this shared machine
   # drifts by up to 1.5x within minutes, more than the difference measured.
-  loop, torch_runs = [], []
+  loop, torch_runs, net = [], [], None if tiny else torch_net(workload, shape)
   for r in range(repeats):
     loop += trainlab_loop_step_ms([*base, "model.conv_impl=auto"], steps, chunk, tmp / f"{workload}_auto{r}", 1)
-    if workload == "cnn" and not tiny:
-      torch_runs.append(torch_cnn_step_ms(x, y, batch, steps))
+    if net is not None:
+      torch_runs.append(torch_step_ms(net, x, y, batch, steps))
   # XLA's convolution inside the loop is the slow case (tens of times slower on CPU): few steps, one run.
   loop_xla = trainlab_loop_step_ms([*base, "model.conv_impl=xla"], xla_steps, xla_steps, tmp / f"{workload}_xla", 1)
   make = lambda impl: instantiate(OmegaConf.to_container(compose_run([*base, f"model.conv_impl={impl}"]).model,
@@ -407,10 +433,9 @@ def bench_conv(workload: str, tiny: bool, tmp: pathlib.Path) -> dict:
   }
   if workload == "cnn" and not tiny:
     result["loop_vs_pytorch_eager_35ms"] = _median(loop) / PYTORCH_EAGER_CNN_MS  # <= 1: at least as fast
-    if None not in torch_runs:
-      torch_ms = _median(torch_runs)
-      result["pytorch_eager_ms"] = torch_ms
-      result["loop_vs_pytorch_eager"] = _median(loop) / torch_ms
+  if torch_runs:
+    result["pytorch_eager_ms"] = _median(torch_runs)
+    result["loop_vs_pytorch_eager"] = _median(loop) / _median(torch_runs)
   return result
 
 
