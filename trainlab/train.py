@@ -338,6 +338,7 @@ class RunLog:
     self.started = time.perf_counter() if started is None else started
     self.earlier_seconds = 0.0  # wall time of the sessions before a resume
     self.steps, self.chunk_steps = run.spec.total_steps, run.spec.chunk_steps
+    self.log_every = int(cfg.log_every)  # read at every step: a plain int, not an OmegaConf lookup (~25 us each)
     self.task = losses.TASKS[run.dataset.task]
     self.metric = f"val/{self.task.metric_name}"
     self.diagnostics = run.program.diagnostics
@@ -388,7 +389,7 @@ class RunLog:
         self.log.warning("diverged: the training loss became %s at step %d", metrics["loss"][i], self.diverged_at)
         return True
       self.window.add({k: float(v[i]) for k, v in metrics.items()})
-      if self.step % self.cfg.log_every == 0 or self.step == self.steps:
+      if self.step % self.log_every == 0 or self.step == self.steps:
         self.writer.write(self.step, self.window.pop())
     self.last_loss = float(metrics["loss"][run_now - 1])
     return False
