@@ -10,6 +10,7 @@ import json
 import math
 import os
 import pathlib
+import sys
 import tempfile
 import time
 
@@ -78,11 +79,30 @@ def _truncate_jsonl(path: pathlib.Path, purge_step: int) -> None:
   write_text_atomically(path, "".join(kept))
 
 
+def _import_tensorboardx() -> None:
+  """Imports tensorboardX without PyTorch, once per process.
+
+  tensorboardX's writer module tries `import torch` when it is imported, only so that it may take torch tensors
+  as values. Where torch is installed beside trainlab (common in this field) that import cost every run about
+  1.5 s of start-up, a third of a small job's time in a fresh process. trainlab hands it floats and numpy
+  arrays, so torch is hidden for the duration of the import (an entry of None in sys.modules makes `import
+  torch` raise ImportError, which tensorboardX catches); a torch that is already imported is left alone.
+  """
+  if "tensorboardX" in sys.modules or "torch" in sys.modules:
+    return
+  sys.modules["torch"] = None
+  try:
+    import tensorboardX  # noqa: F401
+  finally:
+    del sys.modules["torch"]
+
+
 class RunWriter:
   """Scalars to TensorBoard (tensorboardX: no TensorFlow needed) and to metrics.jsonl, one line per point."""
 
   def __init__(self, workdir: pathlib.Path, purge_step: int | None = None):
     """With `purge_step` (a resumed run), the points of steps >= purge_step already logged are dropped."""
+    _import_tensorboardx()
     from tensorboardX import SummaryWriter  # imported here: only runs that write need it
 
     self.workdir = pathlib.Path(workdir)
@@ -155,6 +175,7 @@ def hparam_values(overrides: list[str]) -> dict[str, float | str | bool]:
 
 
 def _hparams_summary(**fields):
+  _import_tensorboardx()
   from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
   from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
 
@@ -168,6 +189,7 @@ def _hparams_summary(**fields):
 
 def write_hparams_session(workdir: pathlib.Path, hparams: dict, summary: dict) -> None:
   """One run's row of the HParams dashboard: its hyperparameters, status and the summary-only metrics."""
+  _import_tensorboardx()
   from tensorboardX import SummaryWriter
   from tensorboardX.proto.api_pb2 import Status
   from tensorboardX.proto.plugin_hparams_pb2 import SessionEndInfo, SessionStartInfo
@@ -196,6 +218,7 @@ def write_hparams_session(workdir: pathlib.Path, hparams: dict, summary: dict) -
 def write_hparams_experiment(logdir: pathlib.Path, runs_hparams: list[dict], metric: str = "accuracy") -> None:
   """The columns of the dashboard, once per sweep: every hyperparameter any job set, and the final metrics
   (those of the task `metric`: accuracy, or mse for regression)."""
+  _import_tensorboardx()
   from tensorboardX import SummaryWriter
   from tensorboardX.proto.api_pb2 import DataType, Experiment, HParamInfo, MetricInfo, MetricName
   from google.protobuf import struct_pb2

@@ -1,0 +1,37 @@
+"""What writing a run's TensorBoard events costs a process: tensorboardX must not pull PyTorch in."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from conftest import ROOT
+
+
+def test_tensorboard_writers_leave_an_installed_torch_unimported(tmp_path):
+  # A stand-in `torch` package on the path leaves a mark when imported. tensorboardX's writer module tries
+  # `import torch` as it is imported, and a real torch costs every run ~1.5 s of start-up.
+  fake = tmp_path / "site" / "torch"
+  fake.mkdir(parents=True)
+  (fake / "__init__.py").write_text("import pathlib\npathlib.Path(__file__).with_name('imported').touch()\n"
+                                    "Tensor = object\n")
+  run = tmp_path / "run"
+  script = textwrap.dedent(f"""
+      import pathlib, sys
+      sys.path[:0] = [{str(tmp_path / 'site')!r}, {str(ROOT)!r}]
+      from trainlab import writers
+      writer = writers.RunWriter({str(run)!r})
+      writer.write(1, {{"train/loss": 0.5}})
+      writer.histogram(1, "h", [0.0, 1.0, 2.0])
+      writer.close()
+      writers.write_hparams_session({str(run)!r}, {{"optimizer.lr": 0.1}}, {{"status": "completed"}})
+      writers.write_hparams_experiment({str(run)!r}, [{{"optimizer.lr": 0.1}}])
+      mark = pathlib.Path({str(fake / 'imported')!r})
+      assert "torch" not in sys.modules and not mark.exists(), "the writers imported torch"
+      import torch  # the user's own import of torch is untouched
+      assert mark.exists() and torch.Tensor is object
+      """)
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert list(run.glob("events.out.tfevents.*")), "no TensorBoard events written"
