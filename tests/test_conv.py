@@ -36,13 +36,17 @@ def primitives(fn, *args) -> set[str]:
   return names
 
 
-CONV_CASES = ([(spatial, k, s) for spatial in [(9,), (7, 7)] for k in (1, 3, 5) for s in (1, 2)]
-              + [(spatial, 3, s) for spatial in [(8,), (8, 6)] for s in (1, 2)])
+# With conv.ROW_PATCHES_CHANNELS input channels, 2-D convolutions of stride 1 take the row patches; the other
+# cases, full patches.
+ROWS = conv.ROW_PATCHES_CHANNELS[0]
+CONV_CASES = ([(spatial, k, s, 3) for spatial in [(9,), (7, 7)] for k in (1, 3, 5) for s in (1, 2)]
+              + [(spatial, 3, s, 3) for spatial in [(8,), (8, 6)] for s in (1, 2)]
+              + [((7, 7), k, s, ROWS) for k in (1, 3, 5) for s in (1, 2)] + [((8, 6), 3, 1, ROWS)])
 
 
-@pytest.mark.parametrize("spatial,k,stride", CONV_CASES)
-def test_im2col_conv_equals_flax_conv_in_values_and_gradients(spatial, k, stride):
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, *spatial, 3))
+@pytest.mark.parametrize("spatial,k,stride,channels", CONV_CASES)
+def test_im2col_conv_equals_flax_conv_in_values_and_gradients(spatial, k, stride, channels):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, *spatial, channels))
   kw = dict(features=4, kernel_size=(k,) * len(spatial), strides=stride, padding="SAME")
   reference, ours = nn.Conv(**kw), conv.Conv(**kw, impl="im2col")
   params = jax.jit(reference.init)(jax.random.PRNGKey(1), x)
@@ -95,6 +99,18 @@ def test_other_calls_fall_back_to_xla_convolution():
 
 
 POOL_CASES = [((8,), (2,)), ((9,), (2,)), ((8, 8), (2, 2)), ((7, 9), (2, 2)), ((9, 9), (3, 3))]
+
+
+@pytest.mark.parametrize("channels,strides,rows", [(3, 1, False), (8, 1, True), (16, 1, True), (17, 1, False),
+                                                    (16, 2, False)])
+def test_row_patches_are_taken_by_narrow_2d_convolutions_of_stride_one(monkeypatch, channels, strides, rows):
+  taken = []
+  row_patches = conv._row_patches_conv
+  monkeypatch.setattr(conv, "_row_patches_conv", lambda *a: taken.append(True) or row_patches(*a))
+  x = jnp.ones((1, 6, 6, channels))
+  module = conv.Conv(4, (3, 3), strides, impl="im2col")
+  module.apply(module.init(jax.random.PRNGKey(0), x), x)
+  assert bool(taken) == rows
 
 
 @pytest.mark.parametrize("spatial,window", POOL_CASES)
