@@ -12,9 +12,9 @@ taken as strided slices, concatenated on the channel axis into patches (N, *out,
 the kernel reshaped to (kh*kw*cin, cout): one matmul, which runs near the matmul peak. Its gradient is again
 slices, pads and two matmuls. Where those patches, kh*kw times the input, are what the layer's time goes to
 (8-16 input channels: the resnet's first stage), a 2-D convolution takes patches over the width offsets only
-and sums the kh row offsets from its matmul's output instead (`_row_patches_conv`). A max pool with window == strides is a masked sum over each window, the mask
-marking the first maximum in row-major order (as `select_and_scatter` picks it), so its gradient is one
-elementwise select.
+and sums the kh row offsets from its matmul's output instead (`_row_patches_conv`). A max pool with window ==
+strides is a masked sum over each window, the mask marking the first maximum in row-major order (as
+`select_and_scatter` picks it), so its gradient is one elementwise select.
 
 Both compute what flax's nn.Conv and nn.max_pool compute (tests/test_conv.py holds values and gradients equal).
 The convolution plugs into nn.Conv through its `conv_general_dilated` hook, so the module, its parameter names
@@ -76,32 +76,41 @@ def im2col_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=
     return _row_patches_conv(lhs, rhs, window_strides[1], pads, precision)
   x = jnp.pad(lhs, [(0, 0), *pads, (0, 0)])
   out = [(size - k) // s + 1 for size, k, s in zip(x.shape[1:-1], kernel_size, window_strides)]
-  cin, offsets = x.shape[-1], list(itertools.product(*map(range, kernel_size)))
+  offsets = list(itertools.product(*map(range, kernel_size)))
   # One strided slice per kernel offset, in the kernel's own (row-major) order, so that patches[..., (i, j, c)]
-  # lines up with kernel.reshape(-1, cout)[(i, j, c)]. The slices are placed side by side as a sum of slices
-  # padded on the channel axis rather than a concatenate: XLA's CPU backend fuses the pads and the sum into one
-  # pass that writes the patches, where it copies each slice out and then concatenates the copies (2.6x slower
-  # for the CNN's second convolution).
+  # lines up with kernel.reshape(-1, cout)[(i, j, c)].
   cols = [x[(slice(None), *(slice(o, o + s * (n - 1) + 1, s) for o, s, n in zip(offset, window_strides, out)))]
           for offset in offsets]
-  last = len(offsets) - 1
-  patches = sum(jnp.pad(col, [(0, 0)] * (col.ndim - 1) + [(k * cin, (last - k) * cin)]) for k, col in enumerate(cols))
+  return _patches_times_kernel(_side_by_side(cols), rhs.reshape(-1, rhs.shape[-1]), precision,
+                               preferred_element_type)
+
+
+def _side_by_side(cols: list[jax.Array]) -> jax.Array:
+  """Slices of one shape placed side by side on the channel axis, as a sum of slices padded on that axis rather
+  than a concatenate: XLA's CPU backend fuses the pads and the sum into one pass that writes the patches, where
+  it copies each slice out and then concatenates the copies (2.6x slower for the CNN's second convolution)."""
+  channels, last = cols[0].shape[-1], len(cols) - 1
+  return sum(jnp.pad(col, [(0, 0)] * (col.ndim - 1) + [(k * channels, (last - k) * channels)])
+             for k, col in enumerate(cols))
+
+
+def _patches_times_kernel(patches, kernel, precision, preferred_element_type=None):
+  """patches (..., depth) @ kernel (depth, cout), with the rows in two halves, each times the kernel: the kernel
+  gradient, patches^T @ cotangent, then runs as two matmuls (one per core on a 2-core CPU) and a sum; as one
+  matmul over all rows it takes 1.3x as long."""
   rows, depth = math.prod(patches.shape[:-1]), patches.shape[-1]
-  # The rows in two halves, each times the kernel: the kernel gradient, patches^T @ cotangent, then runs as two
-  # matmuls (one per core on a 2-core CPU) and a sum; as one matmul over all rows it takes 1.3x as long.
   split = 2 if rows % 2 == 0 else 1
-  kernel = jnp.broadcast_to(rhs.reshape(depth, rhs.shape[-1]), (split, depth, rhs.shape[-1]))
-  y = jnp.matmul(patches.reshape(split, rows // split, depth), kernel, precision=precision,
-                 preferred_element_type=preferred_element_type)
-  return y.reshape(*patches.shape[:-1], rhs.shape[-1])
+  y = jnp.matmul(patches.reshape(split, rows // split, depth), jnp.broadcast_to(kernel, (split, *kernel.shape)),
+                 precision=precision, preferred_element_type=preferred_element_type)
+  return y.reshape(*patches.shape[:-1], kernel.shape[-1])
 
 
 # 2-D convolutions of stride 1 with this many input channels (inclusive range) take the row patches. Measured
 # per 3x3 layer on a 2-core CPU, forward and backward inside a scan at batch 128, row patches against full
-# patches: 16 channels in and out at 32x32 0.69-0.96x the time (the default resnet's first stage: its step
-# 1.25-1.4x faster); 32 at 16x16 1.03x; 64 at 8x8 1.25x; 32 -> 64 at 14x14 1.42x. With 1 or 3 input channels
-# the full patches are small and the row patches' matmul output, kh times the layer's, costs more: 7.6x (1 -> 32
-# at 28x28), 3.0x (3 -> 16 at 32x32).
+# patches: 16 channels in and out at 32x32 0.69-0.96x the time (the default resnet's first stage: its whole
+# step 0.83-0.88x the time in paired runs); 32 at 16x16 1.03x; 64 at 8x8 1.25x; 32 -> 64 at 14x14 1.42x. With 1
+# or 3 input channels the full patches are small and the row patches' matmul output, kh times the layer's, costs
+# more: 7.6x (1 -> 32 at 28x28), 3.0x (3 -> 16 at 32x32).
 ROW_PATCHES_CHANNELS = (8, 16)
 
 
@@ -117,14 +126,9 @@ def _row_patches_conv(lhs, rhs, stride: int, pads, precision):
   x = jnp.pad(lhs, [(0, 0), *pads, (0, 0)])
   n, hp, wp, _ = x.shape
   ho, wo = hp - kh + 1, (wp - kw) // stride + 1
-  # Channel-padded slices summed, as in _im2col: XLA fuses them into one pass that writes the patches.
-  patches = sum(jnp.pad(x[:, :, j:j + stride * (wo - 1) + 1:stride, :],
-                        [(0, 0), (0, 0), (0, 0), (j * cin, (kw - 1 - j) * cin)]) for j in range(kw))
+  patches = _side_by_side([x[:, :, j:j + stride * (wo - 1) + 1:stride, :] for j in range(kw)])
   kernel = rhs.transpose(1, 2, 0, 3).reshape(kw * cin, kh * cout)  # [(j, c), (i, o)] = rhs[i, j, c, o]
-  rows = n * hp * wo
-  split = 2 if rows % 2 == 0 else 1  # two matmuls for the kernel gradient, one per core (see _im2col)
-  z = jnp.matmul(patches.reshape(split, rows // split, kw * cin), jnp.broadcast_to(kernel, (split, *kernel.shape)),
-                 precision=precision).reshape(n, hp, wo, kh, cout)
+  z = _patches_times_kernel(patches, kernel, precision).reshape(n, hp, wo, kh, cout)
   return sum(z[:, i:i + ho, :, i, :] for i in range(kh))
 
 

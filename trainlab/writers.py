@@ -175,7 +175,6 @@ def hparam_values(overrides: list[str]) -> dict[str, float | str | bool]:
 
 
 def _hparams_summary(**fields):
-  _import_tensorboardx()
   from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
   from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
 
