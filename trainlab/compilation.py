@@ -23,14 +23,16 @@ _COMPILE = {"seconds": 0.0, "count": 0}
 # (diagnostics.Monitor.begin) while the first chunk compiles and runs, and a chunk's timing subtracts only the
 # compilation of the thread that ran it.
 _THREAD_SECONDS: collections.Counter = collections.Counter()
+_LOCK = threading.Lock()  # two threads may compile at once, and `+=` on a dict entry is no atomic update
 
 
 def _on_event(event: str, seconds: float, **kwargs) -> None:
-  if event.startswith("/jax/core/compile/"):
-    _COMPILE["seconds"] += seconds
-    _THREAD_SECONDS[threading.get_ident()] += seconds
-  if event == "/jax/core/compile/backend_compile_duration":
-    _COMPILE["count"] += 1
+  with _LOCK:
+    if event.startswith("/jax/core/compile/"):
+      _COMPILE["seconds"] += seconds
+      _THREAD_SECONDS[threading.get_ident()] += seconds
+    if event == "/jax/core/compile/backend_compile_duration":
+      _COMPILE["count"] += 1
 
 
 jax.monitoring.register_event_duration_secs_listener(_on_event)
