@@ -4,7 +4,6 @@ spectrum, the Glorot/He variance argument, and the diagnostics a real run writes
 from __future__ import annotations
 
 import json
-import threading
 
 import flax.linen as nn
 import jax
@@ -196,41 +195,3 @@ def test_recurrent_regression_runs_get_diagnostics_of_the_squared_error(model, t
   assert "diag/layer_0/input/act_std" in first and "diag/layer_0/cell/recurrent/act_std" not in first
   step0 = next(p for p in points if "step0/output/grad_var" in p)
   assert step0["step0/output/grad_var"] > 0
-
-
-def test_the_starting_points_diagnostics_come_from_the_background_thread_first_in_the_log(tmp_path, monkeypatch):
-  """Monitor.begin computes them in its own thread on a copy of the initial state (the first chunk donates the
-  state's buffers): the values are the probe's of the initial state, and they are written before any later
-  step."""
-  overrides = [*QUICK, "diagnostics=default"]
-  threads = []
-  original = diagnostics.Monitor._compute
-
-  def compute(self, due, state):
-    threads.append(threading.current_thread().name)
-    return original(self, due, state)
-
-  monkeypatch.setattr(diagnostics.Monitor, "_compute", compute)
-  summary = train_in_process(overrides, tmp_path)
-  assert summary["status"] == "completed"
-  assert threads[0].startswith("trainlab-diagnostics") and len(threads) == 1  # every=500 > steps: step 0 only
-
-  from conftest import compose_config
-  from omegaconf import open_dict
-
-  cfg = compose_config(overrides)
-  with open_dict(cfg):
-    del cfg["hydra"]
-  run = train.setup(cfg)
-  state = run.program.init(np.int32(cfg.seed), run.values)
-  size = cfg.diagnostics.probe_size
-  expected, _ = run.program.diagnostics.probe(state, run.dataset.x_train[:size], run.dataset.y_train[:size])
-
-  points = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  first_later = next(i for i, p in enumerate(points) if p["step"] > 0)
-  step0 = {k: v for p in points[:first_later] for k, v in p.items()}
-  assert not any(k.startswith("diag/") for p in points[first_later:] for k in p)
-  for layer, stats in expected.items():
-    for quantity, value in stats.items():
-      prefix = "step0" if quantity in ("act_var", "grad_var") else "diag"
-      assert step0[f"{prefix}/{layer}/{quantity}"] == pytest.approx(value, rel=1e-6), (layer, quantity)

@@ -58,20 +58,6 @@ def test_same_seed_same_metrics_bit_for_bit(tmp_path):
   assert other_seed["test/loss"] != first["test/loss"]
 
 
-def test_compile_seconds_are_counted_per_thread():
-  """A chunk's timing subtracts its own thread's compilation only, not that of the diagnostics' thread."""
-  import concurrent.futures
-
-  import jax
-  import jax.numpy as jnp
-
-  total, mine = compilation.seconds(), compilation.thread_seconds()
-  with concurrent.futures.ThreadPoolExecutor(1) as pool:
-    pool.submit(lambda: jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.0)(jnp.arange(7.0))).result()
-  assert compilation.seconds() > total
-  assert compilation.thread_seconds() == mine
-
-
 def test_values_change_results_without_recompiling(tmp_path):
   """A job that differs only in float values (and seed) reuses the compiled program, and the values count."""
   base = QUICK + ["regularizer=[l2,dropout]", "schedule=linear"]

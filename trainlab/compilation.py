@@ -3,9 +3,6 @@ the persistent compilation cache, and the compile-time accounting of a run's sum
 
 from __future__ import annotations
 
-import collections
-import threading
-
 import jax
 
 from trainlab import data
@@ -19,33 +16,21 @@ RUN_RARELY = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_p
               "xla_cpu_use_fusion_emitters": False}
 
 _COMPILE = {"seconds": 0.0, "count": 0}
-# The same seconds per thread: the diagnostics of a run's starting point compile in a thread of their own
-# (diagnostics.Monitor.begin) while the first chunk compiles and runs, and a chunk's timing subtracts only the
-# compilation of the thread that ran it.
-_THREAD_SECONDS: collections.Counter = collections.Counter()
-_LOCK = threading.Lock()  # two threads may compile at once, and `+=` on a dict entry is no atomic update
 
 
 def _on_event(event: str, seconds: float, **kwargs) -> None:
-  with _LOCK:
-    if event.startswith("/jax/core/compile/"):
-      _COMPILE["seconds"] += seconds
-      _THREAD_SECONDS[threading.get_ident()] += seconds
-    if event == "/jax/core/compile/backend_compile_duration":
-      _COMPILE["count"] += 1
+  if event.startswith("/jax/core/compile/"):
+    _COMPILE["seconds"] += seconds
+  if event == "/jax/core/compile/backend_compile_duration":
+    _COMPILE["count"] += 1
 
 
 jax.monitoring.register_event_duration_secs_listener(_on_event)
 
 
 def seconds() -> float:
-  """Seconds this process has spent tracing, lowering and compiling programs, in all its threads."""
+  """Seconds this process has spent tracing, lowering and compiling programs."""
   return _COMPILE["seconds"]
-
-
-def thread_seconds() -> float:
-  """Seconds the calling thread has spent tracing, lowering and compiling programs."""
-  return _THREAD_SECONDS[threading.get_ident()]
 
 
 def count() -> int:

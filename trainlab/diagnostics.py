@@ -31,8 +31,6 @@ exist only inside the scan; the recurrent layer's input projection, outside it, 
 
 from __future__ import annotations
 
-import concurrent.futures
-import functools
 import logging
 import time
 from typing import Any, Callable, NamedTuple
@@ -245,12 +243,6 @@ def build(apply: Callable, tx: optax.GradientTransformation, activation: str | N
   return Diagnostics(host_probe, curvature)
 
 
-@functools.cache
-def _background() -> concurrent.futures.ThreadPoolExecutor:
-  """The one thread that computes the diagnostics of runs' starting points (in order, one at a time)."""
-  return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="trainlab-diagnostics")
-
-
 def _due(every: int, last: int | None, step: int) -> bool:
   """True at step 0 and at the first boundary at or past each multiple of `every` since `last`."""
   return every > 0 and (last is None or step // every > last // every)
@@ -258,12 +250,6 @@ def _due(every: int, last: int | None, step: int) -> bool:
 
 class Monitor:
   """The host side: at chunk boundaries, calls the compiled diagnostics that are due and writes them.
-
-  The diagnostics of the starting point (`begin`) are computed in a thread of their own, on a copy of the state,
-  while the first chunk compiles and runs: the probe's first call, tracing and compiling it, is most of what
-  diagnostics cost a run (0.7 of 0.9 s for the default run on a 2-core CPU), and it need not wait for the chunk,
-  nor the chunk for it. Their values are written before anything after the starting point (`flush`, which
-  RunLog.chunk_done and every later call make first), so the logs read in order.
 
   Args:
     cfg: the `diagnostics` config (every, probe_size, histogram_every, hessian_every, hessian_iters).
@@ -282,74 +268,34 @@ class Monitor:
     # Only last // interval matters, and after any boundary it equals that boundary's: a resumed run's
     # schedule goes on exactly as it would have uninterrupted.
     self.last = dict.fromkeys(("every", "histogram_every", "hessian_every"), resumed_at)
-    self.seconds = 0.0  # host time the run spent here or waiting for `begin`'s thread, compilation included
-    self.pending: concurrent.futures.Future | None = None  # begin's computation, until flush writes it
+    self.seconds = 0.0  # host time spent here, compilation included
 
   def is_due(self, step: int) -> bool:
     """Whether any diagnostic is due at `step` (so a caller can skip producing the state when none is)."""
-    return any(self._due_now(step).values())
+    return any(_due(self.cfg[k], last, step) for k, last in self.last.items())
 
   def __call__(self, step: int, state: Any) -> None:
-    self.flush()
-    due = self._due_now(step)
-    if any(due.values()):
-      tick = time.perf_counter()
-      self._write(step, due, state, self._compute(due, state))
-      self.seconds += time.perf_counter() - tick
-
-  def begin(self, step: int, state: Any) -> None:
-    """The diagnostics due at the starting point `step`, computed in the background; `flush` writes them."""
-    due = self._due_now(step)
+    due = {k: _due(self.cfg[k], last, step) for k, last in self.last.items()}
     if not any(due.values()):
       return
     tick = time.perf_counter()
-    # A copy: the first chunk donates the state's buffers, and may run before the thread reads them.
-    state = jax.device_put(state, may_alias=False)
-    self.pending = _background().submit(lambda: (step, due, state, self._compute(due, state)))
-    self.seconds += time.perf_counter() - tick
-
-  def flush(self) -> None:
-    """Waits for `begin`'s diagnostics, if any, and writes them."""
-    if self.pending is not None:
-      tick = time.perf_counter()
-      pending, self.pending = self.pending, None
-      self._write(*pending.result())
-      self.seconds += time.perf_counter() - tick
-
-  def close(self) -> None:
-    """Waits for `begin`'s thread without writing: only a run that failed before its first chunk ended, whose
-    own error is the one to see, gets here with diagnostics pending."""
-    if self.pending is not None:
-      concurrent.futures.wait([self.pending])
-      self.pending = None
-
-  def _due_now(self, step: int) -> dict[str, bool]:
-    return {k: _due(self.cfg[k], last, step) for k, last in self.last.items()}
-
-  def _compute(self, due: dict[str, bool], state: Any) -> tuple[Any, Any, Any]:
-    """(probe statistics, probe gradients, top Hessian eigenvalue) of `state`, None where not due."""
-    stats = grads = eigenvalue = None
     if due["every"] or due["histogram_every"]:
       stats, grads = self.diagnostics.probe(state, self.x, self.y)
+      if due["every"]:
+        self.writer.write(step, {f"diag/{layer}/{q}": v for layer, d in stats.items() for q, v in d.items()
+                                 if q not in ("act_var", "grad_var")})
+      if step == 0:
+        self.writer.write(step, {f"step0/{layer}/{q}": d[q] for layer, d in stats.items()
+                                 for q in ("act_var", "grad_var") if q in d})
+      if due["histogram_every"]:
+        self._histograms(step, state.params, grads)
     if due["hessian_every"]:
-      eigenvalue = float(self.diagnostics.curvature(state, self.x, self.y, self.cfg.hessian_iters))
-    return stats, grads, eigenvalue
-
-  def _write(self, step: int, due: dict[str, bool], state: Any, computed: tuple[Any, Any, Any]) -> None:
-    stats, grads, eigenvalue = computed
-    if due["every"]:
-      self.writer.write(step, {f"diag/{layer}/{q}": v for layer, d in stats.items() for q, v in d.items()
-                               if q not in ("act_var", "grad_var")})
-    if stats is not None and step == 0:
-      self.writer.write(step, {f"step0/{layer}/{q}": d[q] for layer, d in stats.items()
-                               for q in ("act_var", "grad_var") if q in d})
-    if due["histogram_every"]:
-      self._histograms(step, state.params, grads)
-    if due["hessian_every"]:
-      self.writer.write(step, {"curvature/top_eigenvalue": eigenvalue})
+      eigenvalue = self.diagnostics.curvature(state, self.x, self.y, self.cfg.hessian_iters)
+      self.writer.write(step, {"curvature/top_eigenvalue": float(eigenvalue)})
     for k, is_due in due.items():
       if is_due:
         self.last[k] = step
+    self.seconds += time.perf_counter() - tick
 
   def _histograms(self, step: int, params: Any, grads: Any) -> None:
     params, grads = jax.device_get((params, grads))

@@ -375,11 +375,10 @@ class RunLog:
     self.monitor = diagnostics.Monitor(self.cfg.diagnostics, self.diagnostics, x_train, y_train, self.writer,
                                        resumed_at=self.step if self.step else None)
     if self.monitor.is_due(self.step):
-      self.monitor.begin(self.step, state())  # in the background, while the first chunk compiles and runs
+      self.monitor(self.step, state())
 
   def chunk_done(self, metrics: dict[str, np.ndarray], run_now: int, seconds: float) -> bool:
     """Walks the chunk's per-step metrics (on the host); returns True when the run diverged in it."""
-    self.monitor.flush()  # the starting point's diagnostics go first in the logs
     self.train_seconds += seconds
     for i in range(run_now):
       self.step += 1
@@ -464,8 +463,6 @@ class RunLog:
     }
 
   def close(self) -> None:
-    if self.monitor is not None:
-      self.monitor.close()
     if self.writer is not None:
       self.writer.close()
     self.checkpointer.close()
@@ -487,10 +484,10 @@ def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float |
     record.open(run.dataset.x_train, run.dataset.y_train, lambda: state)
     while record.step < record.steps:
       run_now = min(record.chunk_steps, record.steps - record.step)
-      tick, compiling = time.perf_counter(), compilation.thread_seconds()
+      tick, compiling = time.perf_counter(), compilation.seconds()
       state, metrics = program.train_chunk(state, x_train, y_train, np.int32(run_now))
       metrics = jax.device_get(metrics)  # the one host transfer of the chunk
-      seconds = time.perf_counter() - tick - (compilation.thread_seconds() - compiling)
+      seconds = time.perf_counter() - tick - (compilation.seconds() - compiling)
       if record.chunk_done(metrics, run_now, seconds):
         break
       if record.evaluated(program.evaluate(state, *val), run_now, lambda: state):

@@ -97,10 +97,10 @@ def train_group(members: list[Member], started: float | None = None) -> list[dic
       while any(active):
         run_now = np.array([min(r.chunk_steps, r.steps - r.step) if a else 0 for r, a in zip(records, active)],
                            np.int32)
-        tick, compiling = time.perf_counter(), compilation.thread_seconds()
+        tick, compiling = time.perf_counter(), compilation.seconds()
         states, metrics = vector.train_chunk(states, x_train, y_train, run_now)
         metrics = jax.device_get(metrics)  # the one host transfer of the chunk, for all members
-        seconds = time.perf_counter() - tick - (compilation.thread_seconds() - compiling)
+        seconds = time.perf_counter() - tick - (compilation.seconds() - compiling)
         val = jax.device_get(vector.evaluate(states, *val_split))
         for i, record in enumerate(records):
           if not active[i]:
