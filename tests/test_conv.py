@@ -202,3 +202,23 @@ def test_hessian_vector_products_agree_across_lowerings():
   hvp = lambda m: jax.jit(lambda params, v: jax.jvp(jax.grad(loss(m)), (params,), (v,))[1])(params, v)
   for a, b in zip(jax.tree.leaves(hvp(xla)), jax.tree.leaves(hvp(im2col))):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_row_patches_keep_their_gradients_and_hessian_vector_products_behind_the_barrier():
+  """The row patches' cotangent barrier (kept through fusion by compilation.KEEP_BARRIERS, as the training chunk
+  compiles) changes nothing computed: a resnet whose convolutions take the row patches agrees with XLA's
+  convolution in gradients and in forward-over-reverse Hessian-vector products."""
+  from trainlab import compilation
+
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 3))
+  overrides = [f"model.features=[{ROWS}]", "model.norm=none", "model.activation=tanh"]
+  xla, im2col = _model("resnet", "xla", overrides), _model("resnet", "im2col", overrides)
+  params = jax.jit(lambda x: xla.init(jax.random.PRNGKey(1), x, train=False))(x)["params"]
+  v = jax.tree.map(lambda p: jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
+  loss = lambda m: lambda p: jnp.sum(jnp.sin(m.apply({"params": p}, x, train=False)))
+  jit = functools.partial(jax.jit, compiler_options=compilation.KEEP_BARRIERS)
+  grad_and_hvp = lambda m: jit(lambda p, v: jax.jvp(jax.grad(loss(m)), (p,), (v,)))(params, v)
+  compiled = jit(jax.grad(loss(im2col))).lower(params).compile().as_text()
+  assert "opt-barrier" in compiled  # the barrier is there in the program XLA runs
+  for a, b in zip(jax.tree.leaves(grad_and_hvp(xla)), jax.tree.leaves(grad_and_hvp(im2col))):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)

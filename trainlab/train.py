@@ -201,8 +201,10 @@ def build_program(spec: Spec) -> Program:
     loss, metric = jax.lax.fori_loop(0, (n + size - 1) // size, one, jnp.zeros(2))
     return {"loss": loss / n, task.metric_name: metric / n}
 
-  # init runs once per run: compiled for compile speed (compilation.RUN_RARELY), the per-step programs for run speed.
-  return Program(jax.jit(init, compiler_options=compilation.RUN_RARELY), jax.jit(train_chunk, donate_argnums=0),
+  # init runs once per run: compiled for compile speed (compilation.RUN_RARELY), the per-step programs for run speed
+  # (the chunk keeping its optimization barriers: compilation.KEEP_BARRIERS).
+  return Program(jax.jit(init, compiler_options=compilation.RUN_RARELY),
+                 jax.jit(train_chunk, donate_argnums=0, compiler_options=compilation.KEEP_BARRIERS),
                  jax.jit(evaluate), diagnostics.build(apply, tx, structure["model"].get("activation"), task.loss))
 
 

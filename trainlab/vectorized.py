@@ -52,11 +52,12 @@ def build_vectorized(spec: train.Spec) -> train.Program:
   """The program of `spec` over a leading member axis: init(seeds, values), train_chunk(states, x, y, steps),
   evaluate(states, x, y, n). The data are shared (not batched); each member has its own number of steps."""
   program = train.build_program(spec)
-  # init runs once, compiled for compile speed as the single-run init is (that one's own jit options cannot be
-  # nested, so its function is vmapped).
+  # init runs once, compiled for compile speed as the single-run init is; the chunk keeps its barriers as the
+  # single-run chunk does (jit options cannot be nested, so those two vmap the functions the jits wrap).
   return train.Program(
       jax.jit(jax.vmap(program.init.__wrapped__), compiler_options=compilation.RUN_RARELY),
-      jax.jit(jax.vmap(program.train_chunk, in_axes=(0, None, None, 0)), donate_argnums=0),
+      jax.jit(jax.vmap(program.train_chunk.__wrapped__, in_axes=(0, None, None, 0)), donate_argnums=0,
+              compiler_options=compilation.KEEP_BARRIERS),
       jax.jit(jax.vmap(program.evaluate, in_axes=(0, None, None, None))),
       program.diagnostics)
 
