@@ -101,7 +101,7 @@ def test_other_calls_fall_back_to_xla_convolution():
 POOL_CASES = [((8,), (2,)), ((9,), (2,)), ((8, 8), (2, 2)), ((7, 9), (2, 2)), ((9, 9), (3, 3))]
 
 
-@pytest.mark.parametrize("channels,strides,rows", [(3, 1, False), (8, 1, True), (16, 1, True), (17, 1, False),
+@pytest.mark.parametrize("channels,strides,rows", [(3, 1, False), (8, 1, True), (64, 1, True), (65, 1, False),
                                                     (16, 2, False)])
 def test_row_patches_are_taken_by_narrow_2d_convolutions_of_stride_one(monkeypatch, channels, strides, rows):
   taken = []

@@ -11,8 +11,8 @@ The lowering here needs neither. A convolution becomes im2col: the input is padd
 taken as strided slices, concatenated on the channel axis into patches (N, *out, kh*kw*cin), and multiplied by
 the kernel reshaped to (kh*kw*cin, cout): one matmul, which runs near the matmul peak. Its gradient is again
 slices, pads and two matmuls. Where those patches, kh*kw times the input, are what the layer's time goes to
-(8-16 input channels: the resnet's first stage), a 2-D convolution takes patches over the width offsets only
-and sums the kh row offsets from its matmul's output instead (`_row_patches_conv`). A max pool with window ==
+(8-64 input channels), a 2-D convolution takes patches over the width offsets only and sums the kh row offsets
+from its matmul's output instead (`_row_patches_conv`). A max pool with window ==
 strides is a masked sum over each window, the mask marking the first maximum in row-major order (as
 `select_and_scatter` picks it), so its gradient is one elementwise select.
 
@@ -107,11 +107,14 @@ def _patches_times_kernel(patches, kernel, precision, preferred_element_type=Non
 
 # 2-D convolutions of stride 1 with this many input channels (inclusive range) take the row patches. Measured
 # per 3x3 layer on a 2-core CPU, forward and backward inside a scan at batch 128, row patches against full
-# patches: 16 channels in and out at 32x32 0.69-0.96x the time (the default resnet's first stage: its whole
-# step 0.83-0.88x the time in paired runs); 32 at 16x16 1.03x; 64 at 8x8 1.25x; 32 -> 64 at 14x14 1.42x. With 1
-# or 3 input channels the full patches are small and the row patches' matmul output, kh times the layer's, costs
-# more: 7.6x (1 -> 32 at 28x28), 3.0x (3 -> 16 at 32x32).
-ROW_PATCHES_CHANNELS = (8, 16)
+# patches, before their cotangent barrier: 16 channels in and out at 32x32 0.69-0.96x the time (the default
+# resnet's first stage: its whole step 0.83-0.88x the time in paired runs); 32 at 16x16 1.03x; 64 at 8x8 1.25x;
+# 32 -> 64 at 14x14 1.42x. With the barrier (_materialized_cotangent) the wider layers gain too: the default
+# resnet's step with row patches up to 64 channels 0.93x the time of up to 16 (two runs of 16 interleaved
+# rounds, paired), the cnn's (32 -> 64 at 14x14) 0.99-1.00x. With 1 or 3 input channels the full patches are
+# small and the row patches' matmul output, kh times the layer's, costs more: 7.6x (1 -> 32 at 28x28), 3.0x
+# (3 -> 16 at 32x32).
+ROW_PATCHES_CHANNELS = (8, 64)
 
 
 def _row_patches_conv(lhs, rhs, stride: int, pads, precision):
