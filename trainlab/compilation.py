@@ -1,5 +1,5 @@
-"""What XLA compiles, how, and how long it takes: the compile options of programs that run only a few times,
-the persistent compilation cache, and the compile-time accounting of a run's summary."""
+"""What XLA compiles, how, and how long it takes: the compile options of programs that run only a few times and
+of the training chunk, the persistent compilation cache, and the compile-time accounting of a run's summary."""
 
 from __future__ import annotations
 
