@@ -144,7 +144,7 @@ def _materialized_cotangent(x: jax.Array) -> jax.Array:
   elementwise ops over several inputs) into that fusion, so every one of its elements recomputes them, kh times
   over, behind per-element pad bounds; an optimization barrier on the tangent (transposed: on the cotangent)
   keeps them apart. Measured on the default resnet's 16-channel convolutions, 2-core CPU: that fusion 17.6 ->
-  5.2 ms per layer, the whole step 0.87-0.89x the time (paired, interleaved runs). The barrier only holds where
+  5.2 ms per layer, the whole step 0.85-0.89x the time (paired, interleaved runs). The barrier only holds where
   the program is compiled with compilation.KEEP_BARRIERS (XLA's CPU pipeline otherwise expands barriers before
   fusion); without it the function and its gradient are the same, only slower.
   """
