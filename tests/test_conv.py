@@ -11,6 +11,7 @@ import itertools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 import pytest
 from hydra.utils import instantiate
@@ -96,6 +97,25 @@ def test_other_calls_fall_back_to_xla_convolution():
     params = reference.init(jax.random.PRNGKey(1), x)
     assert "conv_general_dilated" in primitives(lambda p: ours.apply(p, x), params)
     np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), **TOL)
+
+
+@pytest.mark.parametrize("height,padding", [(5, "VALID"), (5, ((2, 0), (0, 1))), (5, ((0, 3), (1, 1))),
+                                            (5, ((4, 4), (1, 1))), (1, ((1, 1), (1, 1))), (1, ((4, 4), (0, 0)))])
+def test_row_patches_leave_out_padding_rows_at_any_padding(height, padding):
+  """The row patches skip the rows of zero padding in their matmul: any padding, even past the kernel's reach
+  (rows that meet only padding) or on a 1-row input, gives lax's values and gradients."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, height, 6, ROWS))
+  w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, ROWS, 5))
+  pads = padding if isinstance(padding, str) else [tuple(p) for p in padding]
+  numbers = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+  reference = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=numbers,
+                                                    precision="highest")
+  ours = lambda x, w: conv.im2col_conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=numbers,
+                                                       precision="highest")
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+  np.testing.assert_allclose(ours(x, w), reference(x, w), **TOL)
+  for a, b in zip(jax.grad(loss(reference), (0, 1))(x, w), jax.grad(loss(ours), (0, 1))(x, w)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)  # float32 sums of 2x5x6x8 terms, in another order
 
 
 POOL_CASES = [((8,), (2,)), ((9,), (2,)), ((8, 8), (2, 2)), ((7, 9), (2, 2)), ((9, 9), (3, 3))]

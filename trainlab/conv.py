@@ -120,19 +120,33 @@ ROW_PATCHES_CHANNELS = (8, 64)
 def _row_patches_conv(lhs, rhs, stride: int, pads, precision):
   """A 2-D convolution, stride 1 along the rows, with patches over the kernel's width offsets only.
 
-  The patches (N, Hp, Wo, kw*cin) are kw times the input rather than kh*kw times. One matmul against the kernel's
-  rows side by side, (kw*cin, kh*cout), gives every padded input row's contribution to each of the kh output rows
-  it reaches; the output sums those over the kh row offsets. The same products and sums as full patches, in
-  another order: a third of the patch memory for a 3x3 kernel, and (Hp / Ho) times the matmul rows.
+  The patches (N, H, Wo, kw*cin) are kw times the input rather than kh*kw times. One matmul against the kernel's
+  rows side by side, (kw*cin, kh*cout), gives every input row's contribution to each of the kh output rows it
+  reaches; the output sums those over the kh row offsets. The same products and sums as full patches, in
+  another order: a third of the patch memory for a 3x3 kernel, and H / Ho times the matmul rows.
+
+  The rows of zero padding add nothing, so they stay out of the patches and the matmul; each kernel row's
+  contributions are padded instead where they meet no input row. Measured on a 2-core CPU against padding the
+  rows too, forward and backward inside a scan at batch 128: per 3x3 layer 0.88x the time (32 -> 64 at 14x14),
+  0.91x (16 at 32x32), 0.78x (64 at 8x8); the cnn's step 0.96x, the default resnet's 0.92x (paired,
+  interleaved runs).
   """
   kh, kw, cin, cout = rhs.shape
-  x = jnp.pad(lhs, [(0, 0), *pads, (0, 0)])
-  n, hp, wp, _ = x.shape
-  ho, wo = hp - kh + 1, (wp - kw) // stride + 1
+  (top, bottom), width_pads = pads
+  x = jnp.pad(lhs, [(0, 0), (0, 0), width_pads, (0, 0)])
+  n, h, wp, _ = x.shape
+  ho, wo = h + top + bottom - kh + 1, (wp - kw) // stride + 1
   patches = _side_by_side([x[:, :, j:j + stride * (wo - 1) + 1:stride, :] for j in range(kw)])
   kernel = rhs.transpose(1, 2, 0, 3).reshape(kw * cin, kh * cout)  # [(j, c), (i, o)] = rhs[i, j, c, o]
-  z = _patches_times_kernel(patches, kernel, precision).reshape(n, hp, wo, kh, cout)
-  return _materialized_cotangent(sum(z[:, i:i + ho, :, i, :] for i in range(kh)))
+  z = _patches_times_kernel(patches, kernel, precision).reshape(n, h, wo, kh, cout)
+  # output row r takes input row r + i - top through kernel row i, where that row exists
+  out = jnp.zeros((n, ho, wo, cout), z.dtype)
+  for i in range(kh):
+    first, last = i - top, i - top + ho  # the input rows kernel row i meets, of which [start, stop) exist
+    start, stop = max(first, 0), min(last, h)
+    if start < stop:
+      out += jnp.pad(z[:, start:stop, :, i, :], [(0, 0), (start - first, last - stop), (0, 0), (0, 0)])
+  return _materialized_cotangent(out)
 
 
 @jax.custom_jvp
