@@ -37,12 +37,13 @@ def primitives(fn, *args) -> set[str]:
   return names
 
 
-# With conv.ROW_PATCHES_CHANNELS input channels, 2-D convolutions of stride 1 take the row patches; the other
-# cases, full patches.
+# With conv.ROW_PATCHES_CHANNELS input channels, 2-D convolutions of stride 1 take the row patches; with one
+# channel, 2-D convolutions take the elementwise sum; the other cases, full patches.
 ROWS = conv.ROW_PATCHES_CHANNELS[0]
 CONV_CASES = ([(spatial, k, s, 3) for spatial in [(9,), (7, 7)] for k in (1, 3, 5) for s in (1, 2)]
               + [(spatial, 3, s, 3) for spatial in [(8,), (8, 6)] for s in (1, 2)]
-              + [((7, 7), k, s, ROWS) for k in (1, 3, 5) for s in (1, 2)] + [((8, 6), 3, 1, ROWS)])
+              + [((7, 7), k, s, ROWS) for k in (1, 3, 5) for s in (1, 2)] + [((8, 6), 3, 1, ROWS)]
+              + [(spatial, k, s, 1) for spatial in [(9,), (7, 7)] for k in (1, 3) for s in (1, 2)])
 
 
 @pytest.mark.parametrize("spatial,k,stride,channels", CONV_CASES)
@@ -116,6 +117,37 @@ def test_row_patches_leave_out_padding_rows_at_any_padding(height, padding):
   np.testing.assert_allclose(ours(x, w), reference(x, w), **TOL)
   for a, b in zip(jax.grad(loss(reference), (0, 1))(x, w), jax.grad(loss(ours), (0, 1))(x, w)):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)  # float32 sums of 2x5x6x8 terms, in another order
+
+
+@pytest.mark.parametrize("channels,spatial,taken", [(1, (6, 6), True), (3, (6, 6), False), (1, (6,), False)])
+def test_single_channel_2d_convolutions_take_the_elementwise_sum(monkeypatch, channels, spatial, taken):
+  calls = []
+  elementwise = conv._elementwise_conv
+  monkeypatch.setattr(conv, "_elementwise_conv", lambda *a: calls.append(True) or elementwise(*a))
+  x = jnp.ones((1, *spatial, channels))
+  module = conv.Conv(4, (3,) * len(spatial), impl="im2col")
+  module.apply(module.init(jax.random.PRNGKey(0), x), x)
+  assert bool(calls) == taken
+
+
+def test_elementwise_sum_keeps_gradients_and_hessian_vector_products_behind_its_barrier():
+  """The elementwise sum's output barrier and its own jvp (patches for the kernel's tangent) change nothing
+  computed: values, gradients and forward-over-reverse Hessian-vector products equal XLA's convolution, as the
+  training chunk compiles it (compilation.KEEP_BARRIERS), with respect to the input and the kernel."""
+  from trainlab import compilation
+
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 6, 1))
+  kw = dict(features=3, kernel_size=(3, 3), strides=(2, 1), padding="SAME")
+  xla, ours = conv.Conv(**kw, impl="xla"), conv.Conv(**kw, impl="im2col")
+  params = xla.init(jax.random.PRNGKey(1), x)
+  v = jax.tree.map(lambda p: jax.random.normal(jax.random.PRNGKey(2), p.shape), (params, x))
+  loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))
+  jit = functools.partial(jax.jit, compiler_options=compilation.KEEP_BARRIERS)
+  grad_and_hvp = lambda m: jit(lambda p, x: jax.jvp(jax.grad(loss(m), (0, 1)), (p, x), v))(params, x)
+  assert "opt-barrier" in jit(jax.grad(loss(ours))).lower(params, x).compile().as_text()
+  np.testing.assert_allclose(jit(loss(ours))(params, x), jit(loss(xla))(params, x), **TOL)
+  for a, b in zip(jax.tree.leaves(grad_and_hvp(xla)), jax.tree.leaves(grad_and_hvp(ours))):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
 
 
 POOL_CASES = [((8,), (2,)), ((9,), (2,)), ((8, 8), (2, 2)), ((7, 9), (2, 2)), ((9, 9), (3, 3))]
