@@ -16,7 +16,7 @@ RUN_RARELY = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_p
               "xla_cpu_use_fusion_emitters": False}
 
 # The training chunk keeps its optimization barriers through fusion, where they mark buffers that XLA must
-# write out rather than recompute inside their consumers (conv._materialized_cotangent). XLA's CPU pipeline
+# write out rather than recompute inside their consumers (conv._materialized). XLA's CPU pipeline
 # otherwise expands every barrier early, in its "cse_barrier_expander" pass; programs without barriers are
 # unaffected, and other backends keep barriers anyway.
 KEEP_BARRIERS = {"xla_disable_hlo_passes": "cse_barrier_expander"}

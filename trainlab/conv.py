@@ -159,7 +159,7 @@ def _patches_times_kernel(patches, kernel, precision, preferred_element_type=Non
 # per 3x3 layer on a 2-core CPU, forward and backward inside a scan at batch 128, row patches against full
 # patches, before their cotangent barrier: 16 channels in and out at 32x32 0.69-0.96x the time (the default
 # resnet's first stage: its whole step 0.83-0.88x the time in paired runs); 32 at 16x16 1.03x; 64 at 8x8 1.25x;
-# 32 -> 64 at 14x14 1.42x. With the barrier (_materialized_cotangent) the wider layers gain too: the default
+# 32 -> 64 at 14x14 1.42x. With the cotangent barrier (_materialized) the wider layers gain too: the default
 # resnet's step with row patches up to 64 channels 0.93x the time of up to 16 (two runs of 16 interleaved
 # rounds, paired), the cnn's (32 -> 64 at 14x14) 0.99-1.00x. With 1 or 3 input channels the full patches are
 # small and the row patches' matmul output, kh times the layer's, costs more: 7.6x (1 -> 32 at 28x28), 3.0x
@@ -196,28 +196,32 @@ def _row_patches_conv(lhs, rhs, stride: int, pads, precision):
     start, stop = max(first, 0), min(last, h)
     if start < stop:
       out += jnp.pad(z[:, start:stop, :, i, :], [(0, 0), (start - first, last - stop), (0, 0), (0, 0)])
-  return _materialized_cotangent(out)
+  return _materialized(out)
 
 
 @jax.custom_jvp
-def _materialized_cotangent(x: jax.Array) -> jax.Array:
-  """x, unchanged; in the backward pass, x's cotangent is computed into a buffer of its own.
+def _materialized(x: jax.Array) -> jax.Array:
+  """x, unchanged, computed into a buffer of its own; in the backward pass, so is x's cotangent.
 
-  The row patches' backward builds the row-shifted cotangent (N, Hp, Wo, kh*cout) from the output's cotangent.
-  XLA fuses whatever produces that cotangent (in the resnet, the batch norm's and activation's backward, a dozen
-  elementwise ops over several inputs) into that fusion, so every one of its elements recomputes them, kh times
-  over, behind per-element pad bounds; an optimization barrier on the tangent (transposed: on the cotangent)
-  keeps them apart. Measured on the default resnet's 16-channel convolutions, 2-core CPU: that fusion 17.6 ->
-  5.2 ms per layer, the whole step 0.85-0.89x the time (paired, interleaved runs). The barrier only holds where
-  the program is compiled with compilation.KEEP_BARRIERS (XLA's CPU pipeline otherwise expands barriers before
-  fusion); without it the function and its gradient are the same, only slower.
+  The row patches' output is a sum of kh row-shifted slices of their matmul's output. XLA fuses that sum into
+  each of its consumers, and a max pool's mask reads every output several times: an optimization barrier on
+  the output writes it once (the cnn's step 0.92-0.94x the time; the resnet's, whose batch norm reads it
+  once, 0.99x). The backward builds the row-shifted cotangent (N, H, Wo, kh*cout) from the output's
+  cotangent, and XLA fuses whatever produces that cotangent (in the resnet, the batch norm's and activation's
+  backward, a dozen elementwise ops over several inputs) into that fusion, so every one of its elements
+  recomputes them, kh times over, behind per-element pad bounds; a barrier on the tangent (transposed: on the
+  cotangent) keeps them apart. Measured on the default resnet's 16-channel convolutions, 2-core CPU: that
+  fusion 17.6 -> 5.2 ms per layer, the whole step 0.85-0.89x the time (paired, interleaved runs). The
+  barriers only hold where the program is compiled with compilation.KEEP_BARRIERS (XLA's CPU pipeline
+  otherwise expands barriers before fusion); without it the function and its gradient are the same, only
+  slower.
   """
-  return x
+  return lax.optimization_barrier(x)
 
 
-@_materialized_cotangent.defjvp
-def _materialized_cotangent_jvp(primals, tangents):
-  return primals[0], lax.optimization_barrier(tangents[0])
+@_materialized.defjvp
+def _materialized_jvp(primals, tangents):
+  return lax.optimization_barrier(primals[0]), lax.optimization_barrier(tangents[0])
 
 
 def Conv(features: int, kernel_size: Sequence[int], strides: Any = 1, *, impl: str = "auto", **kwargs) -> nn.Conv:
