@@ -190,6 +190,27 @@ def test_slice_max_pool_equals_flax_max_pool_in_values_and_gradients(spatial, wi
     assert np.any(hits >= 2)
 
 
+def test_max_pool_keeps_values_gradients_and_hessian_vector_products_behind_its_barrier():
+  """The max pool's output barrier and its own jvp (the masked window sum) change nothing computed, as the
+  training chunk compiles it (compilation.KEEP_BARRIERS): values and gradients equal flax's max pool exactly,
+  forward-over-reverse Hessian-vector products to float tolerance (away from ties, where JAX's own forward mode
+  of reduce_window may take another maximum than its reverse mode)."""
+  from trainlab import compilation
+
+  ties = jnp.maximum(jnp.round(2 * jax.random.normal(jax.random.PRNGKey(0), (2, 7, 9, 3))), 0.0)
+  x = jax.random.normal(jax.random.PRNGKey(1), ties.shape)
+  v = jax.random.normal(jax.random.PRNGKey(2), x.shape)
+  loss_ref = lambda x: jnp.sum(jnp.sin(nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")))
+  loss_ours = lambda x: jnp.sum(jnp.sin(conv.max_pool(x, (2, 2), padding="SAME", impl="im2col")))
+  jit = functools.partial(jax.jit, compiler_options=compilation.KEEP_BARRIERS)
+  assert "opt-barrier" in jit(jax.grad(loss_ours)).lower(x).compile().as_text()
+  for inputs in (ties, x):
+    np.testing.assert_array_equal(jit(loss_ours)(inputs), jit(loss_ref)(inputs))
+    np.testing.assert_array_equal(jit(jax.grad(loss_ours))(inputs), jit(jax.grad(loss_ref))(inputs))
+  hvp = lambda f: jit(lambda x, v: jax.jvp(jax.grad(f), (x,), (v,))[1])(x, v)
+  np.testing.assert_allclose(hvp(loss_ours), hvp(loss_ref), rtol=1e-5, atol=1e-6)
+
+
 def test_auto_picks_im2col_on_cpu_and_xla_elsewhere(monkeypatch):
   assert jax.default_backend() == "cpu"
   assert conv.resolve("auto") == "im2col" and conv.resolve("xla") == "xla"
