@@ -17,6 +17,9 @@ Workloads:
          convolution and against a jitted single step fed by a Python loop; PyTorch eager when torch is installed.
   resnet the default resnet on synthetic 32x32x3 images, batch 128, Adam, the same comparisons (PyTorch: the
          same net, with BatchNorm2d; its stride-2 convolutions pad 1 on each side where SAME pads 0 and 1).
+  layers each convolution shape of the default resnet alone, batch 128: forward, input and kernel gradients
+         inside a `lax.scan` with the device's lowering, against PyTorch eager's when torch is installed (the
+         stem without an input gradient, as in the net); where a conv net's step goes, layer by layer.
 
 Usage:  python scripts/bench.py            (the full sizes; several minutes on 2 cores)
         python scripts/bench.py --tiny     (a smoke run of every path, seconds)
@@ -396,7 +399,11 @@ def bench_conv(workload: str, tiny: bool, tmp: pathlib.Path) -> dict:
   else:
     shape, model = ((8, 8, 3), ["model=resnet", "model.features=[4,8]"]) if tiny else ((32, 32, 3), ["model=resnet"])
   batch, n = (32, 256) if tiny else (128, 128 * 20)
-  steps, chunk, xla_steps, repeats = (4, 2, 2, 1) if tiny else (30, 10, 2, 5)
+  # Each compiled call of the chunk first touches fresh memory for its temporaries (XLA's CPU runtime allocates
+  # them per call): 57 MB for the cnn, 204 MB for the resnet, some 15 and 50 ms of page faults per call on
+  # 2 cores. A run's chunk is eval_every steps (250 by default, where that is 0.2 ms a step); the loop here runs
+  # chunks of 40 steps, where 10-step chunks charged the resnet 5 ms a step that no default run pays.
+  steps, chunk, xla_steps, repeats = (4, 2, 2, 1) if tiny else (40, 40, 2, 5)
   rng = np.random.default_rng(0)
   x = rng.normal(size=(n, *shape)).astype(np.float32)
   y = rng.integers(0, 10, n).astype(np.int32)
@@ -439,10 +446,87 @@ def bench_conv(workload: str, tiny: bool, tmp: pathlib.Path) -> dict:
   return result
 
 
+# (name, input size, channels in, out, kernel, stride) of the default resnet's convolutions, in order
+RESNET_LAYERS = [("stem_3_16", 32, 3, 16, 3, 1), ("conv_16", 32, 16, 16, 3, 1), ("conv_16_32_s2", 32, 16, 32, 3, 2),
+                 ("proj_16_32_s2", 32, 16, 32, 1, 2), ("conv_32", 16, 32, 32, 3, 1),
+                 ("conv_32_64_s2", 16, 32, 64, 3, 2), ("proj_32_64_s2", 16, 32, 64, 1, 2), ("conv_64", 8, 64, 64, 3, 1)]
+
+
+def conv_layer_ms(batch: int, size: int, cin: int, cout: int, kernel: int, stride: int, input_grad: bool,
+                  steps: int, repeats: int) -> float:
+  """ms per forward + backward of one convolution (trainlab's lowering for this device) inside a lax.scan, as
+  the training chunk runs it; its loss sum(y * c) needs the output, so the forward is computed too."""
+  from trainlab import compilation
+
+  x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, cin))
+  module = conv.Conv(cout, (kernel, kernel), stride, padding=[(kernel // 2, kernel // 2)] * 2, use_bias=False)
+  params = module.init(jax.random.PRNGKey(1), x[:1])
+  c = jax.random.normal(jax.random.PRNGKey(2), module.apply(params, x).shape)
+  loss = lambda p, x: jnp.sum(module.apply(p, x) * c)
+
+  def chunk(params, x):
+    def step(carry, _):
+      p, x = carry
+      if input_grad:
+        value, (dp, dx) = jax.value_and_grad(loss, argnums=(0, 1))(p, x)
+      else:  # x still changes from step to step, so that XLA cannot hoist its patches out of the loop
+        (value, dp), dx = jax.value_and_grad(loss)(p, x), -1e-3
+      return (jax.tree.map(lambda a, b: a - 1e-6 * b, p, dp), x - 1e-6 * dx + 1e-9 * value), None
+    return jax.lax.scan(step, (params, x), None, length=steps)[0]
+
+  run = jax.jit(chunk, compiler_options=compilation.KEEP_BARRIERS)
+  jax.block_until_ready(run(params, x))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(run(params, x))
+    times.append(1000 * (time.perf_counter() - start) / steps)
+  return _median(times)
+
+
+def torch_conv_layer_ms(batch: int, size: int, cin: int, cout: int, kernel: int, stride: int, input_grad: bool,
+                        steps: int, repeats: int) -> float | None:
+  """The same in PyTorch eager (NCHW, oneDNN), when torch is installed."""
+  try:
+    import torch
+  except ImportError:
+    return None
+  layer = torch.nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False)
+  x = torch.randn(batch, cin, size, size, requires_grad=input_grad)
+  c = torch.randn_like(layer(x))
+
+  def run(n):
+    for _ in range(n):
+      layer.zero_grad()
+      (layer(x) * c).sum().backward()
+
+  run(2)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    run(steps)
+    times.append(1000 * (time.perf_counter() - start) / steps)
+  return _median(times)
+
+
+def bench_layers(tiny: bool) -> dict:
+  """Each convolution of the default resnet alone, trainlab's lowering against PyTorch eager, interleaved."""
+  batch, steps, repeats = (8, 2, 1) if tiny else (128, 5, 5)
+  result = {}
+  for name, size, cin, cout, kernel, stride in RESNET_LAYERS:
+    args = (batch, size // 4 if tiny else size, cin, cout, kernel, stride, name != "stem_3_16", steps, repeats)
+    ours, theirs = conv_layer_ms(*args), None if tiny else torch_conv_layer_ms(*args)
+    result[f"{name}_ms"] = ours
+    if theirs is not None:
+      result[f"{name}_pytorch_ms"] = theirs
+      result[f"{name}_vs_pytorch"] = ours / theirs
+  return result
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--tiny", action="store_true", help="a smoke run of every path at tiny sizes")
-  parser.add_argument("--only", choices=["mlp", "sweep", "diagnostics", "vectorized", "cnn", "resnet"],
+  parser.add_argument("--only", choices=["mlp", "sweep", "diagnostics", "vectorized", "cnn", "resnet", "layers"],
                       help="one workload")
   parser.add_argument("--out", default=str(ROOT / "outputs" / "bench"), help="folder for the JSON result")
   args = parser.parse_args()
@@ -463,8 +547,10 @@ def main() -> None:
     for workload in ("cnn", "resnet"):
       if args.only in (None, workload):
         results[workload] = bench_conv(workload, args.tiny, pathlib.Path(tmp))
+    if args.only in (None, "layers"):
+      results["layers"] = bench_layers(args.tiny)
 
-  for workload in ("mlp", "sweep", "diagnostics", "vectorized", "cnn", "resnet"):
+  for workload in ("mlp", "sweep", "diagnostics", "vectorized", "cnn", "resnet", "layers"):
     for key, value in results.get(workload, {}).items():
       shown = f"{value:>10}" if isinstance(value, str) else f"{value:10.4g}"
       print(f"{workload:11} {key:36} {shown}")

@@ -34,3 +34,14 @@ def test_bench_runs_at_a_tiny_size(tmp_path):
     assert table[workload]["trainlab_loop_ms"] > 0 and table[workload]["trainlab_loop_xla_conv_ms"] > 0
     assert table[workload]["loop_speedup_vs_xla_conv_loop"] == pytest.approx(
         table[workload]["trainlab_loop_xla_conv_ms"] / table[workload]["trainlab_loop_ms"])
+  assert len([k for k in table["layers"] if k.endswith("_ms") and "pytorch" not in k]) == 8
+
+
+def test_bench_layers_runs_at_a_tiny_size(tmp_path):
+  proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--tiny", "--only", "layers", "--out",
+                         str(tmp_path)], capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  (result,) = tmp_path.glob("bench-*.json")
+  layers = json.loads(result.read_text())["layers"]
+  ours = {k: v for k, v in layers.items() if k.endswith("_ms") and "pytorch" not in k}
+  assert len(ours) == 8 and all(v > 0 for v in ours.values())  # every convolution shape of the default resnet
