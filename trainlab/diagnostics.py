@@ -43,7 +43,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from trainlab import compilation, losses
+from trainlab import compilation, losses, program_store
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +206,9 @@ class Diagnostics(NamedTuple):
 
 
 def build(apply: Callable, tx: optax.GradientTransformation, activation: str | None,
-          loss: Callable = losses.cross_entropy) -> Diagnostics:
+          loss: Callable = losses.cross_entropy, store_key: str | None = None) -> Diagnostics:
   """The jitted diagnostics of a program, given its `apply(state, params, x, train=False)`, optimizer and
-  per-example loss."""
+  per-example loss; `store_key`: the program's key in program_store (None: traced in every process)."""
 
   def forward(state):
     return lambda params, x: apply(state, params, x, train=False)[0]
@@ -230,7 +230,8 @@ def build(apply: Callable, tx: optax.GradientTransformation, activation: str | N
     loss_fn = lambda params: loss(forward(state)(params, x), y).mean()
     return top_hessian_eigenvalue(loss_fn, state.params, jax.random.fold_in(state.key, 3), iters)
 
-  jitted_probe = jax.jit(probe, compiler_options=compilation.RUN_RARELY)
+  jitted_probe = program_store.Stored(probe, "probe", store_key, record=names,
+                                      compiler_options=compilation.RUN_RARELY)
 
   def host_probe(state, x, y):
     values, grads = jitted_probe(state, x, y)

@@ -32,7 +32,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from trainlab import (checkpoint, compilation, config, data, diagnostics, initializers, losses, models, optim,
-                      regularizers, signals, writers)
+                      program_store, regularizers, signals, writers)
 
 log = logging.getLogger(__name__)
 
@@ -202,10 +202,14 @@ def build_program(spec: Spec) -> Program:
     return {"loss": loss / n, task.metric_name: metric / n}
 
   # init runs once per run: compiled for compile speed (compilation.RUN_RARELY), the per-step programs for run speed
-  # (the chunk keeping its optimization barriers: compilation.KEEP_BARRIERS).
-  return Program(jax.jit(init, compiler_options=compilation.RUN_RARELY),
-                 jax.jit(train_chunk, donate_argnums=0, compiler_options=compilation.KEEP_BARRIERS),
-                 jax.jit(evaluate), diagnostics.build(apply, tx, structure["model"].get("activation"), task.loss))
+  # (the chunk keeping its optimization barriers: compilation.KEEP_BARRIERS). Their traces are kept on disk for
+  # later processes (program_store), where the structure names no code of the user's.
+  key = repr(spec) if program_store.trusted(structure) else None
+  return Program(program_store.Stored(init, "init", key, compiler_options=compilation.RUN_RARELY),
+                 program_store.Stored(train_chunk, "train_chunk", key, donate_argnums=(0,),
+                                      compiler_options=compilation.KEEP_BARRIERS),
+                 program_store.Stored(evaluate, "evaluate", key),
+                 diagnostics.build(apply, tx, structure["model"].get("activation"), task.loss, key))
 
 
 # --- the host loop -----------------------------------------------------------------------------------------
