@@ -150,8 +150,13 @@ class Stored:
     return jax.tree.unflatten(out_tree, call(*leaves))
 
   def _load_or_export(self, directory: pathlib.Path, args, in_tree, types):
+    try:
+      environment = _environment()
+    except Exception as e:  # a JAX whose configuration or devices read differently: no key, so no store
+      log.debug("program store: off (%s)", e)
+      return None, None
     digest = hashlib.sha256(repr((self.name, self.key, str(in_tree), types, self.donate_argnums,
-                                  sorted(self.jit_kwargs.items()), _environment())).encode()).hexdigest()
+                                  sorted(self.jit_kwargs.items()), environment)).encode()).hexdigest()
     path = directory / f"{self.name}-{digest[:32]}.bin"
     exported = None
     if path.exists():
@@ -170,7 +175,7 @@ class Stored:
         return None, None
       try:
         _write(path, exported, out_tree, None if self.record is None else list(self.record))
-      except OSError as e:
+      except Exception as e:  # a full or read-only disk, a tree node that does not pickle
         log.debug("program store: %s not written (%s)", path, e)
     # The donated arguments' leaves, in the flat call.
     counts = [len(jax.tree.leaves(a)) for a in args]
