@@ -249,3 +249,17 @@ def test_trainlab_tb_serves_the_hparams_dashboard(real_sweep):
   finally:
     proc.terminate()
     proc.wait(timeout=30)
+  # Stopping `trainlab tb` stopped TensorBoard and its data server: no process still serves the sweep.
+  serving = lambda: [p for p in pathlib.Path("/proc").glob("[0-9]*")
+                     if str(real_sweep) in _cmdline(p)] if pathlib.Path("/proc/self").exists() else []
+  deadline = time.time() + 30
+  while serving() and time.time() < deadline:
+    time.sleep(0.5)
+  assert not serving(), "TensorBoard outlived trainlab tb"
+
+
+def _cmdline(proc: pathlib.Path) -> str:
+  try:
+    return proc.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+  except OSError:  # the process ended meanwhile
+    return ""

@@ -6,6 +6,7 @@ This file is intentionally thin: training lives in train.py, the sweep table in 
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
 import signal
 import sys
@@ -173,7 +174,6 @@ def _print_table(summary: dict, logger: logging.Logger = log) -> None:
 def tensorboard(argv: list[str]) -> int:
   """`trainlab tb [DIR] [--port P]`: TensorBoard on DIR (default outputs/), on 127.0.0.1 only."""
   import argparse
-  import subprocess
 
   parser = argparse.ArgumentParser(prog="trainlab tb", description=tensorboard.__doc__)
   parser.add_argument("dir", nargs="?", default="outputs")
@@ -185,12 +185,9 @@ def tensorboard(argv: list[str]) -> int:
   command = [sys.executable, "-m", "tensorboard.main", "--logdir", args.dir, "--host", "127.0.0.1",
              "--port", str(args.port)]
   print(f"TensorBoard on {args.dir}: http://127.0.0.1:{args.port}/  (Ctrl-C stops it)", flush=True)
-  proc = subprocess.Popen(command)
-  try:
-    return proc.wait()
-  except KeyboardInterrupt:
-    proc.terminate()
-    return proc.wait()
+  # TensorBoard takes this process's place rather than running as its child: a SIGTERM (a job system, a closed
+  # terminal, `kill`) that stops `trainlab tb` stops TensorBoard, where a child would be left serving.
+  os.execv(sys.executable, command)
 
 
 def main(argv: list[str] | None = None) -> None:
