@@ -136,20 +136,20 @@ class Stored:
     leaves, in_tree = jax.tree.flatten(args)
     if self.key is None or any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
       return self.jitted(*args)
-    types = tuple(jax.ShapeDtypeStruct(np.shape(leaf), jax.typeof(leaf).dtype,
-                                       weak_type=jax.typeof(leaf).weak_type) for leaf in leaves)
+    types = tuple(jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=aval.weak_type)
+                  for aval in map(jax.typeof, leaves))
     signature = (in_tree, types)
     if signature not in self._calls:
       directory = _directory()
       if directory is None:
         return self.jitted(*args)
-      self._calls[signature] = self._load_or_export(directory, args, in_tree, types)
+      self._calls[signature] = self._load_or_export(directory, in_tree, types)
     call, out_tree = self._calls[signature]
     if call is None:
       return self.jitted(*args)
     return jax.tree.unflatten(out_tree, call(*leaves))
 
-  def _load_or_export(self, directory: pathlib.Path, args, in_tree, types):
+  def _load_or_export(self, directory: pathlib.Path, in_tree, types):
     try:
       environment = _environment()
     except Exception as e:  # a JAX whose configuration or devices read differently: no key, so no store
@@ -178,8 +178,7 @@ class Stored:
       except Exception as e:  # a full or read-only disk, a tree node that does not pickle
         log.debug("program store: %s not written (%s)", path, e)
     # The donated arguments' leaves, in the flat call.
-    counts = [len(jax.tree.leaves(a)) for a in args]
-    starts = np.cumsum([0, *counts])
+    starts = np.cumsum([0, *(arg.num_leaves for arg in in_tree.children())])
     donated = tuple(i for a in self.donate_argnums for i in range(starts[a], starts[a + 1]))
     call = jax.jit(exported.call, donate_argnums=donated, **self.jit_kwargs)
     return call, out_tree
