@@ -35,3 +35,24 @@ def test_tensorboard_writers_leave_an_installed_torch_unimported(tmp_path):
   proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr
   assert list(run.glob("events.out.tfevents.*")), "no TensorBoard events written"
+
+
+def test_a_resumed_runs_hparams_session_survives_its_purge_within_one_second(tmp_path):
+  """A resumed run that finishes in the second it started: its HParams session file and its own event file carry
+  the same second, and TensorBoard must read the session's points after the purge, not before it."""
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+  from trainlab import writers
+
+  first = writers.RunWriter(tmp_path)
+  first.write(200, {"val/loss": 2.0})
+  first.close()
+  resumed = writers.RunWriter(tmp_path, purge_step=100)
+  resumed.write(300, {"val/loss": 1.0})
+  resumed.close()
+  writers.write_hparams_session(tmp_path, {"optimizer.lr": 0.1},
+                                {"status": "completed", "steps_run": 300, "best_val/loss": 1.0})
+  events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+  events.Reload()
+  assert [(e.step, e.value) for e in events.Scalars("best_val/loss")] == [(300, 1.0)]
+  assert [(e.step, e.value) for e in events.Scalars("val/loss")] == [(300, 1.0)]

@@ -204,8 +204,10 @@ def write_hparams_session(workdir: pathlib.Path, hparams: dict, summary: dict) -
   status = "STATUS_SUCCESS" if summary.get("status") == "completed" else "STATUS_FAILURE"
   # At the run's last step: TensorBoard reads a step that goes back as a restart and drops the later points.
   step = summary.get("steps_run") or 0
-  # The suffix: tensorboardX names files by the second, and a second writer in that second would overwrite.
-  with SummaryWriter(logdir=str(workdir), filename_suffix=".hparams") as tb:
+  # The suffix: tensorboardX names files by the second, and a second writer in that second would overwrite. It
+  # also orders this file after the run's own files of that second (".session" > ".resumed..."): TensorBoard
+  # reads files by name, and a resumed run's file, read later, would purge the points written here.
+  with SummaryWriter(logdir=str(workdir), filename_suffix=".session.hparams") as tb:
     tb.file_writer.add_summary(_hparams_summary(session_start_info=start), global_step=step)
     for name in _SUMMARY_ONLY:
       if isinstance(summary.get(name), (int, float)):
