@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 
+import jax
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
@@ -56,6 +58,31 @@ def test_same_seed_same_metrics_bit_for_bit(tmp_path):
   assert first["test/loss"] == second["test/loss"]
   other_seed = train_in_process(QUICK + ["seed=4", "regularizer=[dropout]"], tmp_path / "c")
   assert other_seed["test/loss"] != first["test/loss"]
+
+
+def test_the_first_chunk_compiles_while_the_starting_diagnostics_run(tmp_path, monkeypatch):
+  """With diagnostics due at step 0, the first chunk and the evaluation are traced and compiled in a background
+  thread, each once, and the run is the one that compiling them when called gives."""
+  run = [*QUICK, "model.widths=[20]", "diagnostics=default", "diagnostics.every=100"]
+  traced = []
+  listener = lambda event, seconds, **kw: traced.append((kw.get("fun_name"), threading.current_thread().name)) if (
+      event.endswith("jaxpr_trace_duration")) else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    ahead = train_in_process(run, tmp_path / "ahead")
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  # (From an earlier session's program store, "call" is what is traced: the stored program's call.)
+  assert any(thread == "trainlab-compile" for _, thread in traced)
+  assert {thread for name, thread in traced if name in ("train_chunk", "evaluate")} <= {"trainlab-compile"}
+  assert [name for name, _ in traced].count("train_chunk") <= 1
+
+  train.build_program.cache_clear()
+  jax.clear_caches()
+  monkeypatch.setattr(train, "_compile_ahead", lambda *args: None)
+  when_called = train_in_process(run, tmp_path / "when_called")
+  assert (tmp_path / "ahead" / "metrics.jsonl").read_text() == (tmp_path / "when_called" / "metrics.jsonl").read_text()
+  assert ahead["test/loss"] == when_called["test/loss"]
 
 
 def test_values_change_results_without_recompiling(tmp_path):

@@ -3,6 +3,8 @@ of the training chunk, the persistent compilation cache, and the compile-time ac
 
 from __future__ import annotations
 
+import threading
+
 import jax
 
 from trainlab import data
@@ -22,13 +24,15 @@ RUN_RARELY = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_p
 KEEP_BARRIERS = {"xla_disable_hlo_passes": "cse_barrier_expander"}
 
 _COMPILE = {"seconds": 0.0, "count": 0}
+_LOCK = threading.Lock()  # programs also compile in a background thread (train._compile_ahead)
 
 
 def _on_event(event: str, seconds: float, **kwargs) -> None:
-  if event.startswith("/jax/core/compile/"):
-    _COMPILE["seconds"] += seconds
-  if event == "/jax/core/compile/backend_compile_duration":
-    _COMPILE["count"] += 1
+  with _LOCK:
+    if event.startswith("/jax/core/compile/"):
+      _COMPILE["seconds"] += seconds
+    if event == "/jax/core/compile/backend_compile_duration":
+      _COMPILE["count"] += 1
 
 
 jax.monitoring.register_event_duration_secs_listener(_on_event)

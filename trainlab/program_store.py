@@ -134,20 +134,33 @@ class Stored:
 
   def __call__(self, *args):
     leaves, in_tree = jax.tree.flatten(args)
-    if self.key is None or any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+    call, out_tree = self._stored_call(leaves, in_tree)
+    if call is None:
       return self.jitted(*args)
+    return jax.tree.unflatten(out_tree, call(*leaves))
+
+  def prepare(self, *args) -> None:
+    """Gets the program ready for arguments of these types without running it: loaded or traced, lowered and
+    compiled, so that the call that follows only runs it. Safe in another thread (train.py compiles the first
+    chunk in one while the host takes the step-0 diagnostics)."""
+    leaves, in_tree = jax.tree.flatten(args)
+    call, _ = self._stored_call(leaves, in_tree)
+    (self.jitted.lower(*args) if call is None else call.lower(*leaves)).compile()
+
+  def _stored_call(self, leaves: list, in_tree) -> tuple[Callable | None, Any]:
+    """(the jitted call of the stored program, its output tree) for these arguments; (None, None) where the
+    plain jitted function serves: under a transformation, with no key, or with the store off."""
+    if self.key is None or any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+      return None, None
     types = tuple(jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=aval.weak_type)
                   for aval in map(jax.typeof, leaves))
     signature = (in_tree, types)
     if signature not in self._calls:
       directory = _directory()
       if directory is None:
-        return self.jitted(*args)
+        return None, None
       self._calls[signature] = self._load_or_export(directory, in_tree, types)
-    call, out_tree = self._calls[signature]
-    if call is None:
-      return self.jitted(*args)
-    return jax.tree.unflatten(out_tree, call(*leaves))
+    return self._calls[signature]
 
   def _load_or_export(self, directory: pathlib.Path, in_tree, types):
     try:

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import pathlib
+import threading
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -332,9 +333,9 @@ class RunLog:
   checkpoints, status and summary.
 
   The single-run loop below and the vectorized loop (vectorized.py, one member per run) drive it the same way:
-  `open`, then per chunk `chunk_done` (the per-step metrics: divergence and the training windows) and, unless
-  that ended the run, `evaluated` (validation, best, diagnostics, early stopping, checkpoint, interruption);
-  then `finish` (the test metrics and the summary) and `close`. Methods that may need the run's state take a
+  `open` and `diagnose_start`, then per chunk `chunk_done` (the per-step metrics: divergence and the training
+  windows) and, unless that ended the run, `evaluated` (validation, best, diagnostics, early stopping,
+  checkpoint, interruption); then `finish` (the test metrics and the summary) and `close`. Methods that may need the run's state take a
   function returning it, so that the vectorized loop slices a member's state out only when it is needed.
   """
 
@@ -373,13 +374,16 @@ class RunLog:
     self.first_step = self.step
     return state
 
-  def open(self, x_train: np.ndarray, y_train: np.ndarray, state: Callable[[], TrainState]) -> None:
-    """Opens the run's writers and takes the diagnostics of the starting point (x_train, y_train: the training
-    split on the host, from which the diagnostics take their probe batch)."""
+  def open(self, x_train: np.ndarray, y_train: np.ndarray) -> None:
+    """Opens the run's writers and its diagnostics (x_train, y_train: the training split on the host, from
+    which the diagnostics take their probe batch)."""
     self.writer = writers.RunWriter(self.workdir, purge_step=self.step + 1 if self.cfg.resume else None)
     self.writer.text("config", OmegaConf.to_yaml(self.cfg, resolve=True))
     self.monitor = diagnostics.Monitor(self.cfg.diagnostics, self.diagnostics, x_train, y_train, self.writer,
                                        resumed_at=self.step if self.step else None)
+
+  def diagnose_start(self, state: Callable[[], TrainState]) -> None:
+    """Takes the diagnostics of the starting point, where they are due (a run from step 0)."""
     if self.monitor.is_due(self.step):
       self.monitor(self.step, state())
 
@@ -474,6 +478,25 @@ class RunLog:
     self.checkpointer.close()
 
 
+def _compile_ahead(program: Program, state: TrainState, x_train: jax.Array, y_train: jax.Array, val: tuple,
+                   run_now: int) -> threading.Thread:
+  """Compiles the first chunk and the evaluation in a background thread, while the host takes the starting
+  point's diagnostics: XLA compiles without holding the GIL, and a compile leaves part of the second core idle,
+  which the diagnostics' own tracing, compiling and running take instead of adding to the run's wall time.
+  A program that fails to compile here is compiled again, and reports its error, when it is called."""
+
+  def compile_programs():
+    try:
+      program.train_chunk.prepare(state, x_train, y_train, np.int32(run_now))
+      program.evaluate.prepare(state, *val)
+    except Exception as e:  # noqa: BLE001 - the call that follows raises it, in the run's own thread
+      log.debug("compiling ahead failed (%s); the programs compile when called", e)
+
+  thread = threading.Thread(target=compile_programs, name="trainlab-compile", daemon=True)
+  thread.start()
+  return thread
+
+
 def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | None, stop: StopRequest,
                         logger: logging.Logger) -> dict:
   started = time.perf_counter() if started is None else started
@@ -487,7 +510,13 @@ def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float |
   record.startup_seconds = time.perf_counter() - started
   try:
     state = record.resume(state)
-    record.open(run.dataset.x_train, run.dataset.y_train, lambda: state)
+    record.open(run.dataset.x_train, run.dataset.y_train)
+    ahead = None
+    if record.step < record.steps and record.monitor.is_due(record.step):
+      ahead = _compile_ahead(program, state, x_train, y_train, val, min(record.chunk_steps, record.steps - record.step))
+    record.diagnose_start(lambda: state)
+    if ahead is not None:
+      ahead.join()  # before the first chunk donates the state that the thread lowers against
     while record.step < record.steps:
       run_now = min(record.chunk_steps, record.steps - record.step)
       tick, compiling = time.perf_counter(), compilation.seconds()

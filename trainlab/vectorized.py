@@ -93,7 +93,8 @@ def train_group(members: list[Member], started: float | None = None) -> list[dic
     try:
       for i, record in enumerate(records):
         record.startup_seconds = startup
-        record.open(run.dataset.x_train, run.dataset.y_train, lambda i=i: member_state(states, i))
+        record.open(run.dataset.x_train, run.dataset.y_train)
+        record.diagnose_start(lambda i=i: member_state(states, i))
       active = [True] * len(members)
       while any(active):
         run_now = np.array([min(r.chunk_steps, r.steps - r.step) if a else 0 for r, a in zip(records, active)],
