@@ -335,8 +335,9 @@ class RunLog:
   The single-run loop below and the vectorized loop (vectorized.py, one member per run) drive it the same way:
   `open` and `diagnose_start`, then per chunk `chunk_done` (the per-step metrics: divergence and the training
   windows) and, unless that ended the run, `evaluated` (validation, best, diagnostics, early stopping,
-  checkpoint, interruption); then `finish` (the test metrics and the summary) and `close`. Methods that may need the run's state take a
-  function returning it, so that the vectorized loop slices a member's state out only when it is needed.
+  checkpoint, interruption); then `finish` (the test metrics and the summary) and `close`. Methods that may
+  need the run's state take a function returning it, so that the vectorized loop slices a member's state out
+  only when it is needed.
   """
 
   def __init__(self, cfg: DictConfig, workdir: pathlib.Path, run: Setup, stop: StopRequest,
