@@ -135,6 +135,20 @@ def test_epochs_set_the_number_of_steps(tmp_path):
   assert summary["steps_run"] == 2 * (3600 // 360)
 
 
+def test_the_batches_depend_on_the_step_alone_whatever_the_chunks(tmp_path):
+  """9 steps an epoch: chunks of 7 start at every offset in an epoch and most reach into two more epochs, whose
+  last order is drawn only then; one chunk of 36 covers the 4 epochs. Every step trains on the same batch."""
+  losses = {}
+  for chunk in (7, 36):
+    workdir = tmp_path / str(chunk)
+    train_in_process(QUICK + ["steps=36", f"eval_every={chunk}", "log_every=1", "batch_size=400",
+                              "model.widths=[16]"], workdir)
+    points = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    losses[chunk] = [p["train/loss"] for p in points if "train/loss" in p]
+  assert len(losses[7]) == 36
+  assert losses[7] == pytest.approx(losses[36], rel=1e-5)
+
+
 def test_chunks_cover_every_step_when_steps_is_not_a_multiple(tmp_path):
   summary = train_in_process(QUICK + ["steps=130", "eval_every=50", "log_every=20"], tmp_path)
   points = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
