@@ -8,8 +8,11 @@ import subprocess
 import sys
 
 # Tests compile hundreds of small programs and time none of them: XLA's cheapest optimization level compiles
-# them in about two thirds of the time (subprocesses inherit it; set before JAX starts). A user's own XLA_FLAGS win.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+# them in about two thirds of the time, and the CPU's classic loop emitters instead of its MLIR fusion emitters
+# take a sixth off what is left (tests/test_configs.py 166 -> 138 s on 2 cores), as compilation.RUN_RARELY does
+# for a run's rarely called programs. Subprocesses inherit it (set before JAX starts); a user's own XLA_FLAGS win.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+                      "--xla_cpu_use_fusion_emitters=false")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
