@@ -28,8 +28,9 @@ def test_bench_runs_at_a_tiny_size(tmp_path):
   assert table["mlp"]["trainlab_epoch_s"] > 0 and table["mlp"]["matmul_peak_gflops"] > 0
   assert table["sweep"]["jobs"] == 2 and table["sweep"]["fresh_processes_s"] > 0
   assert table["sweep"]["multirun_command_s"] > 0
-  for mode in ("cold", "warm", "sweep"):  # the best-of estimate, the paired median and the runs' own account
+  for mode in ("cold", "warm", "sweep"):  # the best-of estimate, the paired medians and the runs' own account
     assert {f"{mode}_diagnostics_cost_pct", f"{mode}_diagnostics_cost_pct_paired_median",
+            f"{mode}_diagnostics_cost_pct_outside_chunks", f"{mode}_chunks_time_ratio_paired_median",
             f"{mode}_diagnostics_share_pct_median"} <= set(table["diagnostics"])
   assert table["vectorized"]["jobs"] == 2 and table["vectorized"]["vectorized_s"] > 0
   for workload in ("cnn", "resnet"):  # the loop with the device's convolution, XLA's in the loop, a jitted step
