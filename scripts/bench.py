@@ -168,6 +168,8 @@ def bench_mlp(tiny: bool, tmp: pathlib.Path) -> dict:
       "bare_pct_of_peak": 100 * flops_per_epoch / bare / 1e9 / peak,
       "trainlab_pct_of_peak": 100 * flops_per_epoch / ours_best / 1e9 / peak,
       "trainlab_samples_per_s": (n // batch) * batch / ours_best,
+      "bare_scan_epochs_s": bares,  # every round, in order: how the machine drifted through them
+      "trainlab_epochs_s": ours,
   }
 
 
@@ -592,6 +594,8 @@ def main() -> None:
 
   for workload in ("mlp", "sweep", "diagnostics", "vectorized", "cnn", "resnet", "layers"):
     for key, value in results.get(workload, {}).items():
+      if isinstance(value, list):
+        value = " ".join(f"{v:.3g}" for v in value)
       shown = f"{value:>10}" if isinstance(value, str) else f"{value:10.4g}"
       print(f"{workload:11} {key:36} {shown}")
   out = pathlib.Path(args.out)
