@@ -267,10 +267,12 @@ def bench_diagnostics(tiny: bool, tmp: pathlib.Path) -> dict:
         f"{mode}_diagnostics_cost_pct": 100 * (_best(on) - _best(off)) / _best(off),
         # Paired: each run with diagnostics against the run without them just before it, the median pair.
         f"{mode}_diagnostics_cost_pct_paired_median": float(100 * np.median((on - off) / off)),
-        # The same pairs (their median) outside the training chunks: diagnostics run between chunks, and the chunks are one
-        # compiled program either way, so their time (half of a run or more, and most of its noise: the same
-        # chunks took 3.2 to 6.0 s in one process) is left out of both sides; the ratio of the chunks' own
-        # times shows that diagnostics do not slow them.
+        # The same pairs (their median) outside the training chunks: diagnostics run between chunks, and the
+        # chunks are one compiled program either way, so their time (half of a run or more, and most of its
+        # noise: the same chunks took 3.2 to 6.0 s in one process) is left out of both sides; the ratio of the
+        # chunks' own times shows whether diagnostics slow them. Cold, this leans against diagnostics: the run
+        # without them compiles its first chunk when calling it, and what that call costs beyond the compile
+        # stays in its chunk time.
         f"{mode}_diagnostics_cost_pct_outside_chunks": float(
             100 * np.median(((on - chunks_on) - (off - chunks_off)) / off)),
         f"{mode}_chunks_time_ratio_paired_median": float(np.median(chunks_on / chunks_off)),
