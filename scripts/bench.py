@@ -107,12 +107,13 @@ def bare_scan_epoch(x, y, widths, batch) -> Callable[[int], float]:
 
     return jax.lax.scan(step, (params, opt_state), perm)[0]
 
-  state = [(params, tx.init(params))]
-  compiled = epoch.lower(*state[0], jax.random.PRNGKey(0)).compile()
+  state = (params, tx.init(params))
+  compiled = epoch.lower(*state, jax.random.PRNGKey(0)).compile()
 
   def run_epoch(e: int) -> float:
+    nonlocal state
     start = time.perf_counter()
-    state[0] = jax.block_until_ready(compiled(*state[0], jax.random.PRNGKey(e)))
+    state = jax.block_until_ready(compiled(*state, jax.random.PRNGKey(e)))
     return time.perf_counter() - start
 
   return run_epoch
