@@ -8,15 +8,14 @@ them as naive loop nests: a CNN step inside trainlab's chunked loop ran some 50x
 jitted alone. `reduce_window` max pooling has a second slow path, its gradient `select_and_scatter`.
 
 The lowering here needs neither. A convolution becomes im2col: the input is padded, the kernel_size windows are
-taken as strided slices, concatenated on the channel axis into patches (N, *out, kh*kw*cin), and multiplied by
-the kernel reshaped to (kh*kw*cin, cout): one matmul, which runs near the matmul peak. Its gradient is again
-slices, pads and two matmuls. Where those patches, kh*kw times the input, are what the layer's time goes to
-(8-64 input channels), a 2-D convolution takes patches over the width offsets only and sums the kh row offsets
+taken as strided slices, placed side by side on the channel axis into patches (N, *out, kh*kw*cin), and
+multiplied by the kernel reshaped to (kh*kw*cin, cout): one matmul, which runs near the matmul peak. Its gradient
+is again slices, pads and two matmuls. Where those patches, kh*kw times the input, are what the layer's time goes
+to (8-64 input channels), a 2-D convolution takes patches over the width offsets only and sums the kh row offsets
 from its matmul's output instead (`_row_patches_conv`); with a single input channel, where the matmul would be
-only kh*kw deep, it is a sum of scaled input windows (`_elementwise_conv`). A max pool with window ==
-strides is the maximum over each window's offsets, whose tangent is a masked sum over the window, the mask
-marking the first maximum in row-major order (as `select_and_scatter` picks it), so its gradient is one
-elementwise select.
+only kh*kw deep, it is a sum of scaled input windows (`_elementwise_conv`). A max pool with window == strides is
+the maximum over each window's offsets, whose tangent is a masked sum over the window, the mask marking the first
+maximum in row-major order (as `select_and_scatter` picks it), so its gradient is one elementwise select.
 
 Both compute what flax's nn.Conv and nn.max_pool compute (tests/test_conv.py holds values and gradients equal).
 The convolution plugs into nn.Conv through its `conv_general_dilated` hook, so the module, its parameter names
@@ -83,11 +82,10 @@ def im2col_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=
   x = jnp.pad(lhs, [(0, 0), *pads, (0, 0)])
   out = [(size - k) // s + 1 for size, k, s in zip(x.shape[1:-1], kernel_size, window_strides)]
   windows = _windows(x, kernel_size, window_strides, out)
-  # Strided windows are the exception to _side_by_side: for them XLA's concatenate is the faster pass. Measured
-  # on a 2-core CPU: the patches of the default resnet's 16 -> 32 stride-2 layer alone 4.3 against 7.8 ms; its
-  # whole step 0.957x the time (paired median of 30 interleaved rounds of the chunk in one process). The
-  # stride-1 stem measured the same either way (1.00x), so it keeps the sum of pads.
-  patches = jnp.concatenate(windows, axis=-1) if max(window_strides) > 1 else _side_by_side(windows)
+  # Strided windows are the exception to _side_by_side: for them a concatenate is the faster pass (the patches
+  # of the default resnet's 16 -> 32 stride-2 layer alone 4.3 against 7.8 ms), stacked one kernel axis at a
+  # time (_stacked_windows). The stride-1 stem measured the same either way (1.00x), so it keeps the sum of pads.
+  patches = _stacked_windows(windows, kernel_size) if max(window_strides) > 1 else _side_by_side(windows)
   return _patches_times_kernel(patches, rhs.reshape(-1, rhs.shape[-1]), precision, preferred_element_type)
 
 
@@ -96,6 +94,26 @@ def _windows(x, kernel_size, strides, out) -> list[jax.Array]:
   patches[..., (i, j, c)] lines up with kernel.reshape(-1, cout)[(i, j, c)]."""
   return [x[(slice(None), *(slice(o, o + s * (n - 1) + 1, s) for o, s, n in zip(offset, strides, out)))]
           for offset in itertools.product(*map(range, kernel_size))]
+
+
+def _stacked_windows(windows: list[jax.Array], kernel_size: Sequence[int]) -> jax.Array:
+  """The patches (N, *out, prod(kernel_size) * C) of windows (N, *out, C) given in row-major kernel order, the
+  same as their concatenate on the channel axis, built as stacks of at most max(kernel_size) windows each.
+
+  XLA's CPU backend fuses a concatenate into the pass that computes its operands only where it has at most 8
+  operands and, on the minor axis, fewer than 128 elements there; a 3x3 kernel's flat concatenate has 9 of 16+
+  channels. Left unfused, each window was first copied out on its own, recomputing the batch norm, activation
+  and residual sum that produce the input at every read, and then concatenated: 15.5 ms of the default resnet's
+  16 -> 32 stride-2 patches, against 6.1 for the stacks (the padded input written once and one fused pass
+  writing the patches; XLA's trace of the chunk, 2-core CPU). Stacking on a new axis per kernel axis keeps
+  every concatenate to kw or kh operands, off the minor axis, and the final reshape is free. The resnet's
+  step 0.955x the time (paired median of 14 interleaved rounds of the chunk in one process; best 0.86x).
+  """
+  level = windows
+  for depth, k in enumerate(reversed(kernel_size)):  # innermost kernel axis first: axis -2, then -3, ...
+    level = [jnp.stack(level[g:g + k], axis=-2 - depth) for g in range(0, len(level), k)]
+  (stacked,) = level  # (N, *out, *kernel_size, C)
+  return stacked.reshape(*stacked.shape[:-1 - len(kernel_size)], -1)
 
 
 # 2-D convolutions with at most this many input channels take the elementwise sum (_elementwise_conv). Measured
