@@ -139,13 +139,13 @@ class Stored:
       return self.jitted(*args)
     return jax.tree.unflatten(out_tree, call(*leaves))
 
-  def prepare(self, *args) -> None:
-    """Gets the program ready for arguments of these types without running it: loaded or traced, lowered and
-    compiled, so that the call that follows only runs it. Safe in another thread (train.py compiles the first
-    chunk in one while the host takes the step-0 diagnostics)."""
+  def lower(self, *args) -> jax.stages.Lowered:
+    """The program for arguments of these types, loaded or traced, and lowered: `.compile()` on it gets it
+    ready without running it, so that the call that follows only runs it. The compile is safe in another
+    thread (train.py compiles the first chunk in one while the host takes the step-0 diagnostics)."""
     leaves, in_tree = jax.tree.flatten(args)
     call, _ = self._stored_call(leaves, in_tree)
-    (self.jitted.lower(*args) if call is None else call.lower(*leaves)).compile()
+    return self.jitted.lower(*args) if call is None else call.lower(*leaves)
 
   def _stored_call(self, leaves: list, in_tree) -> tuple[Callable | None, Any]:
     """(the jitted call of the stored program, its output tree) for these arguments; (None, None) where the
