@@ -82,9 +82,9 @@ def im2col_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=
   x = jnp.pad(lhs, [(0, 0), *pads, (0, 0)])
   out = [(size - k) // s + 1 for size, k, s in zip(x.shape[1:-1], kernel_size, window_strides)]
   windows = _windows(x, kernel_size, window_strides, out)
-  # Strided windows are the exception to _side_by_side: for them a concatenate is the faster pass (the patches
-  # of the default resnet's 16 -> 32 stride-2 layer alone 4.3 against 7.8 ms), stacked one kernel axis at a
-  # time (_stacked_windows). The stride-1 stem measured the same either way (1.00x), so it keeps the sum of pads.
+  # Strided windows are the exception to _side_by_side: for them XLA's concatenate is the faster pass (the
+  # patches of the default resnet's 16 -> 32 stride-2 layer alone 4.3 against 7.8 ms), given as stacks that it
+  # fuses (_stacked_windows). The stride-1 stem measured the same either way (1.00x): it keeps the sum of pads.
   patches = _stacked_windows(windows, kernel_size) if max(window_strides) > 1 else _side_by_side(windows)
   return _patches_times_kernel(patches, rhs.reshape(-1, rhs.shape[-1]), precision, preferred_element_type)
 
@@ -101,13 +101,13 @@ def _stacked_windows(windows: list[jax.Array], kernel_size: Sequence[int]) -> ja
   same as their concatenate on the channel axis, built as stacks of at most max(kernel_size) windows each.
 
   XLA's CPU backend fuses a concatenate into the pass that computes its operands only where it has at most 8
-  operands and, on the minor axis, fewer than 128 elements there; a 3x3 kernel's flat concatenate has 9 of 16+
-  channels. Left unfused, each window was first copied out on its own, recomputing the batch norm, activation
-  and residual sum that produce the input at every read, and then concatenated: 15.5 ms of the default resnet's
-  16 -> 32 stride-2 patches, against 6.1 for the stacks (the padded input written once and one fused pass
-  writing the patches; XLA's trace of the chunk, 2-core CPU). Stacking on a new axis per kernel axis keeps
-  every concatenate to kw or kh operands, off the minor axis, and the final reshape is free. The resnet's
-  step 0.955x the time (paired median of 14 interleaved rounds of the chunk in one process; best 0.86x).
+  operands and, on the minor axis, fewer than 128 elements there; a 3x3 kernel's flat concatenate has 9 operands,
+  and 144 elements for 16 channels. Left unfused, each window was first copied out on its own, recomputing the
+  batch norm, activation and residual sum that produce the input at every read, and then concatenated: 15.5 ms of
+  the default resnet's 16 -> 32 stride-2 patches, against 6.1 for the stacks (the padded input written once and
+  one fused pass writing the patches; XLA's trace of the chunk, 2-core CPU). Stacking on a new axis per kernel
+  axis keeps every concatenate to kw or kh operands, off the minor axis, and the final reshape is free. The
+  resnet's step 0.955x the time (paired median of 14 interleaved rounds of the chunk in one process; best 0.86x).
   """
   level = windows
   for depth, k in enumerate(reversed(kernel_size)):  # innermost kernel axis first: axis -2, then -3, ...
