@@ -214,13 +214,19 @@ def _row_patches_conv(lhs, rhs, stride: int, pads, precision):
   patches = _side_by_side([x[:, :, j:j + stride * (wo - 1) + 1:stride, :] for j in range(kw)])
   kernel = rhs.transpose(1, 2, 0, 3).reshape(kw * cin, kh * cout)  # [(j, c), (i, o)] = rhs[i, j, c, o]
   z = _patches_times_kernel(patches, kernel, precision).reshape(n, h, wo, kh, cout)
+  # Each kernel row's contributions are split off z rather than indexed out of it: the transpose of an index is
+  # a pad back to z's full shape, so the backward built the row-shifted cotangent as a sum of kh pads, every
+  # element reading all kh behind bounds checks; split's transpose is one concatenate, which XLA fuses into a
+  # single pass writing each element once. Measured on a 2-core CPU, paired and interleaved rounds of the chunk
+  # in one process: the default resnet's step 0.90x and 0.93x the time (10 and 14 rounds), the cnn's 0.86x.
+  rows = lax.split(z, [1] * kh, axis=3)
   # output row r takes input row r + i - top through kernel row i, where that row exists
   out = jnp.zeros((n, ho, wo, cout), z.dtype)
   for i in range(kh):
     first, last = i - top, i - top + ho  # the input rows kernel row i meets, of which [start, stop) exist
     start, stop = max(first, 0), min(last, h)
     if start < stop:
-      out += jnp.pad(z[:, start:stop, :, i, :], [(0, 0), (start - first, last - stop), (0, 0), (0, 0)])
+      out += jnp.pad(rows[i][:, start:stop, :, 0, :], [(0, 0), (start - first, last - stop), (0, 0), (0, 0)])
   return _materialized(out)
 
 
