@@ -57,7 +57,8 @@ sys.path.insert(0, str(ROOT))
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
-from trainlab import config, conv, train  # noqa: E402
+from trainlab import config, train
+from trainlab.fast import conv  # noqa: E402
 
 
 def matmul_peak_gflops(n: int, repeats: int) -> float:
@@ -506,7 +507,7 @@ def conv_layer_ms(batch: int, size: int, cin: int, cout: int, kernel: int, strid
                   steps: int, repeats: int) -> float:
   """ms per forward + backward of one convolution (trainlab's lowering for this device) inside a lax.scan, as
   the training chunk runs it; its loss sum(y * c) needs the output, so the forward is computed too."""
-  from trainlab import compilation
+  from trainlab.fast import compilation
 
   x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, cin))
   module = conv.Conv(cout, (kernel, kernel), stride, padding=[(kernel // 2, kernel // 2)] * 2, use_bias=False)

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from trainlab import activations, models
+from trainlab import models
+from trainlab.models import activations
 
 X = np.linspace(-4, 4, 81).astype(np.float32)
 

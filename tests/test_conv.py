@@ -18,7 +18,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 from conftest import compose_config
-from trainlab import config, conv
+from trainlab import config
+from trainlab.fast import conv
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -134,7 +135,7 @@ def test_elementwise_sum_keeps_gradients_and_hessian_vector_products_behind_its_
   """The elementwise sum's output barrier and its own jvp (patches for the kernel's tangent) change nothing
   computed: values, gradients and forward-over-reverse Hessian-vector products equal XLA's convolution, as the
   training chunk compiles it (compilation.KEEP_BARRIERS), with respect to the input and the kernel."""
-  from trainlab import compilation
+  from trainlab.fast import compilation
 
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 6, 1))
   kw = dict(features=3, kernel_size=(3, 3), strides=(2, 1), padding="SAME")
@@ -195,7 +196,7 @@ def test_max_pool_keeps_values_gradients_and_hessian_vector_products_behind_its_
   training chunk compiles it (compilation.KEEP_BARRIERS): values and gradients equal flax's max pool exactly,
   forward-over-reverse Hessian-vector products to float tolerance (away from ties, where JAX's own forward mode
   of reduce_window may take another maximum than its reverse mode)."""
-  from trainlab import compilation
+  from trainlab.fast import compilation
 
   ties = jnp.maximum(jnp.round(2 * jax.random.normal(jax.random.PRNGKey(0), (2, 7, 9, 3))), 0.0)
   x = jax.random.normal(jax.random.PRNGKey(1), ties.shape)
@@ -281,7 +282,7 @@ def test_row_patches_keep_their_gradients_and_hessian_vector_products_behind_the
   """The row patches' cotangent barrier (kept through fusion by compilation.KEEP_BARRIERS, as the training chunk
   compiles) changes nothing computed: a resnet whose convolutions take the row patches agrees with XLA's
   convolution in gradients and in forward-over-reverse Hessian-vector products."""
-  from trainlab import compilation
+  from trainlab.fast import compilation
 
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 3))
   overrides = [f"model.features=[{ROWS}]", "model.norm=none", "model.activation=tanh"]

@@ -19,7 +19,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from conftest import train_in_process
-from trainlab import data, datasets_images as images, datasets_synthetic as synthetic, download
+from trainlab import data
+from trainlab.data import images, synthetic, download
 
 MNIST_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
                "t10k-labels-idx1-ubyte.gz"]
@@ -286,7 +287,7 @@ def test_cifar_parser_fuzz(raw, label):
 def test_data_larger_than_memory_is_refused_naming_the_limit(tmp_path, monkeypatch, write_npz):
   write_mnist(tmp_path / "mnist")
   npz_path = write_npz()
-  monkeypatch.setattr(data, "available_memory", lambda: 2 * 1000)  # a limit of 1,000 bytes
+  monkeypatch.setattr(data.core, "available_memory", lambda: 2 * 1000)  # a limit of 1,000 bytes
   # The header promises 30 images of 28x28 bytes, 4 bytes each as float32; nothing is read past the header.
   with pytest.raises(data.DataError, match=r"needs 94,080 bytes \(0\.00 GiB\) in memory, more than the limit of "
                      r"1,000 bytes \(0\.00 GiB\) \(half the memory available now\)"):

@@ -16,7 +16,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import ROOT, run_cli
-from trainlab import checkpoint, sweep, writers
+from trainlab.rundir import checkpoint, sweep, writers
 
 SMALL = ["steps=40", "eval_every=10", "log_every=5", "batch_size=16", "model.widths=[16]", "checkpoint.every=10",
          "checkpoint.keep=null"]

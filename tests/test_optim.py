@@ -13,7 +13,8 @@ import numpy as np
 import optax
 import pytest
 
-from trainlab import compilation, optim, train
+from trainlab import optim, train
+from trainlab.fast import compilation
 
 STEPS = 6
 TOTAL = 10

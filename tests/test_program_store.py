@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import QUICK, train_in_process
-from trainlab import program_store, train
+from trainlab import train
+from trainlab.fast import program_store
 
 RUN = [*QUICK, "model.widths=[24]"]  # a structure of its own, so that this file's first run stores it
 

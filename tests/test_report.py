@@ -15,7 +15,7 @@ import pytest
 from conftest import run_cli
 from omegaconf import OmegaConf
 
-from trainlab import report, sweep, writers
+from trainlab.rundir import report, sweep, writers
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

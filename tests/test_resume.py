@@ -20,7 +20,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import ROOT, run_cli, train_in_process
-from trainlab import checkpoint, writers
+from trainlab.rundir import checkpoint, writers
 
 # 60 steps in chunks of 10; checkpoints every 20; log windows of 7 steps straddle every chunk boundary;
 # diagnostics every 20 and histograms every 40 go on after a resume as they would have.

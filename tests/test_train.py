@@ -10,7 +10,8 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import QUICK, train_in_process
-from trainlab import compilation, train
+from trainlab import train
+from trainlab.fast import compilation
 
 
 @pytest.fixture(scope="module")

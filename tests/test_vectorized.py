@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from trainlab import writers
+from trainlab.rundir import writers
 
 # 3 learning rates (one diverges at once) x 2 seeds x 3 batch sizes (4000 > the 3600 training examples: those
 # jobs fail at setup) = 18 jobs: two groups of 6 trained as one vmapped program each, and 6 failed jobs.

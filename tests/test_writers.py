@@ -20,7 +20,7 @@ def test_tensorboard_writers_leave_an_installed_torch_unimported(tmp_path):
   script = textwrap.dedent(f"""
       import pathlib, sys
       sys.path[:0] = [{str(tmp_path / 'site')!r}, {str(ROOT)!r}]
-      from trainlab import writers
+      from trainlab.rundir import writers
       writer = writers.RunWriter({str(run)!r})
       writer.write(1, {{"train/loss": 0.5}})
       writer.histogram(1, "h", [0.0, 1.0, 2.0])
@@ -42,7 +42,7 @@ def test_a_resumed_runs_hparams_session_survives_its_purge_within_one_second(tmp
   the same second, and TensorBoard must read the session's points after the purge, not before it."""
   from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-  from trainlab import writers
+  from trainlab.rundir import writers
 
   first = writers.RunWriter(tmp_path)
   first.write(200, {"val/loss": 2.0})

@@ -43,7 +43,8 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from trainlab import compilation, losses, program_store
+from trainlab import losses
+from trainlab.fast import compilation, program_store
 
 log = logging.getLogger(__name__)
 

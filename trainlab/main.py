@@ -17,7 +17,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from trainlab import checkpoint, config, data, writers
+from trainlab import config, data
+from trainlab.rundir import checkpoint, writers
 
 log = logging.getLogger("trainlab")
 
@@ -131,7 +132,7 @@ def stop_interrupted(summary: dict, workdir: pathlib.Path, multirun: bool, hydra
   log.warning("interrupted at step %d; continue with the same command and resume=true%s", summary["steps_run"],
               f" hydra.run.dir={workdir}" if not multirun else f" hydra.sweep.dir={hydra_cfg.sweep.dir}")
   if multirun:  # the sweep stops here: list the jobs run so far
-    from trainlab import sweep
+    from trainlab.rundir import sweep
     sweep.write_results(pathlib.Path(hydra_cfg.sweep.dir), sweep.collect(pathlib.Path(hydra_cfg.sweep.dir)))
   raise SystemExit(128 + signal.Signals[summary["interrupted_by"]])
 
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     train_app()
     return
   if command == "report":
-    from trainlab import report  # matplotlib is imported only for reports
+    from trainlab.rundir import report  # matplotlib is imported only for reports
 
     raise SystemExit(report.main(rest))
   if command == "tb":

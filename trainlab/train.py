@@ -32,8 +32,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab import (checkpoint, compilation, config, data, diagnostics, initializers, losses, models, optim,
-                      program_store, regularizers, signals, writers)
+from trainlab import config, data, diagnostics, initializers, losses, models, optim, regularizers, signals
+from trainlab.rundir import checkpoint, writers
+from trainlab.fast import compilation, program_store
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,8 @@ import jax
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab import compilation, train
+from trainlab import train
+from trainlab.fast import compilation
 
 log = logging.getLogger(__name__)
 

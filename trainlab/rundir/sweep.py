@@ -16,7 +16,8 @@ import time
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from trainlab import signals, writers
+from trainlab import signals
+from trainlab.rundir import writers
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def _write_views(sweep_dir: pathlib.Path, config: DictConfig) -> None:
   except Exception as e:
     log.warning("could not write the HParams columns: %s: %s", type(e).__name__, e)
   try:
-    from trainlab import report  # matplotlib is imported only here
+    from trainlab.rundir import report  # matplotlib is imported only here
 
     report.write_report(sweep_dir, metric=config.report.metric, target=config.report.target)
   except Exception as e:

@@ -12,7 +12,8 @@ from hydra.utils import get_class
 
 from trainlab.config import ConfigError
 
-from trainlab import activations, conv as conv_ops
+from trainlab.models import activations
+from trainlab.fast import conv as conv_ops
 
 Initializer = Callable[..., jax.Array]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainlab.data import Dataset, check_fits_in_memory
+from trainlab.data.core import Dataset, check_fits_in_memory
 
 
 def _sizes(n_train: int, n_val: int, n_test: int) -> np.ndarray:

@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 from typing import NamedTuple
 
-from trainlab.data import DataError
+from trainlab.data.core import DataError
 
 TIMEOUT_S = 30.0  # per network operation: a dead mirror fails the run instead of hanging it
 

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from trainlab import writers
+from trainlab.rundir import writers
 
 
 def table_metrics(task_metric: str) -> tuple[str, ...]:

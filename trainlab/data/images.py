@@ -17,8 +17,8 @@ import zlib
 
 import numpy as np
 
-from trainlab import download as dl
-from trainlab.data import DataError, Dataset, check_fits_in_memory, hold_out, standardize
+from trainlab.data import download as dl
+from trainlab.data.core import DataError, Dataset, check_fits_in_memory, hold_out, standardize
 
 IDX_UBYTE = 0x08  # the IDX type code of unsigned bytes, the only one the MNIST files use
 CIFAR_RECORD = 1 + 32 * 32 * 3  # one label byte, then 1,024 red, 1,024 green, 1,024 blue bytes

@@ -1,0 +1,1 @@
+"""The run directory contract: metrics.jsonl, summary.json, TensorBoard events, checkpoints, results.csv and reports."""
