@@ -16,7 +16,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import ROOT, run_cli
-from trainlab.rundir import checkpoint, sweep, writers
+from trainlab.rundir import atomic, checkpoint, sweep, writers
 
 SMALL = ["steps=40", "eval_every=10", "log_every=5", "batch_size=16", "model.widths=[16]", "checkpoint.every=10",
          "checkpoint.keep=null"]
@@ -143,7 +143,7 @@ def test_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
   monkeypatch.setattr(os, "fsync", full_disk)  # the disk fills up after part of the new file was written
-  with pytest.raises(writers.WriteError) as caught:
+  with pytest.raises(atomic.WriteError) as caught:
     writers.write_summary(tmp_path, {"status": "failed", "error": "x" * 100_000})
   assert str(caught.value) == (f"cannot write {tmp_path / writers.SUMMARY_FILE}: No space left on device; "
                                "its previous contents are unchanged")
@@ -158,7 +158,7 @@ def test_failed_results_table_leaves_the_old_table(tmp_path, monkeypatch):
   before = (tmp_path / sweep.RESULTS_FILE).read_text()
   writers.write_summary(job, {"status": "completed", "overrides": ["seed=1"]})
   monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(errno.EIO, "Input/output error")))
-  with pytest.raises(writers.WriteError, match="results.csv: Input/output error"):
+  with pytest.raises(atomic.WriteError, match="results.csv: Input/output error"):
     sweep.write_results(tmp_path, sweep.collect(tmp_path))
   assert (tmp_path / sweep.RESULTS_FILE).read_text() == before
   assert [row["seed"] for row in read_results(tmp_path)] == ["0"]
@@ -167,9 +167,25 @@ def test_failed_results_table_leaves_the_old_table(tmp_path, monkeypatch):
 def test_unwritable_run_directory_is_one_clear_error(tmp_path):
   blocker = tmp_path / "not_a_folder"
   blocker.write_text("a file where the run directory should be")
-  with pytest.raises(writers.WriteError, match=f"cannot write {blocker / 'run' / writers.SUMMARY_FILE}: "):
+  with pytest.raises(atomic.WriteError) as caught:
     writers.write_summary(blocker / "run", {"status": "completed"})
+  assert str(caught.value) == f"cannot write {blocker / 'run' / writers.SUMMARY_FILE}: Not a directory"
   assert blocker.read_text() == "a file where the run directory should be"
+
+
+def test_a_streamed_write_that_raises_leaves_the_old_file_and_its_own_error(tmp_path):
+  """A download cut off mid-stream: the error is the caller's, unchanged, and the old file stays whole."""
+  path = tmp_path / "data.bin"
+  atomic.write_text(path, "old")
+  with pytest.raises(ConnectionResetError, match="^cut off$"):
+    with atomic.replacing(path) as f:
+      f.write(b"half of the new file")
+      raise ConnectionResetError("cut off")
+  assert path.read_text() == "old"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["data.bin"]  # no temporary file left
+  with atomic.replacing(path) as f:
+    f.write(b"new")
+  assert path.read_bytes() == b"new" and path.stat().st_mode & 0o777 == 0o644
 
 
 def test_sigterm_to_a_joblib_sweep_stops_every_job_and_resume_finishes_them(write_npz, tmp_path):

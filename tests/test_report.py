@@ -15,7 +15,7 @@ import pytest
 from conftest import run_cli
 from omegaconf import OmegaConf
 
-from trainlab.rundir import report, sweep, writers
+from trainlab.rundir import jobs, report, sweep, writers
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -130,6 +130,31 @@ def test_a_sweep_of_regressions_is_judged_by_mse_lower_first(tmp_path):
   header = (tmp_path / sweep.RESULTS_FILE).read_text().splitlines()[0].split(",")
   assert {"test/mse", "best_val/mse"} <= set(header) and "test/accuracy" not in header
   assert writers.hparams_metrics(writers.task_metric([{"best_val/mse": 0.1}]))[0] == "test/mse"
+
+
+def test_jobs_are_read_in_job_order_10_after_2(tmp_path):
+  """Twelve jobs without a test metric (their table order is their job order): the report, results.csv and
+  the job listing all put job 10 after job 2, and folders that are not job numbers last."""
+  for job in range(12):
+    writers.write_summary(tmp_path / str(job), {"status": "failed", "overrides": [f"optimizer.lr={job}"]})
+  (tmp_path / ".hydra").mkdir()
+  assert [p.name for p in jobs.job_dirs(tmp_path)] == [str(job) for job in range(12)] + [".hydra"]
+  assert [r.job for r in report.load_runs(tmp_path)] == [str(job) for job in range(12)]
+  rows = list(csv.DictReader(open(report.write_report(tmp_path)["report.csv"])))
+  assert [r["optimizer.lr"] for r in rows] == [str(job) for job in range(12)]
+  sweep.write_results(tmp_path, sweep.collect(tmp_path))
+  assert [r["job"] for r in csv.DictReader(open(tmp_path / sweep.RESULTS_FILE))] == [str(job) for job in range(12)]
+
+
+def test_overrides_are_keyed_without_hydras_prefixes(tmp_path):
+  overrides = ["+extra=1", "++optimizer.lr=0.1", "~scheduler", "model.widths=[16,16]", "name=a=b"]
+  assert jobs.parse_overrides(overrides) == {"extra": "1", "optimizer.lr": "0.1", "scheduler": "",
+                                             "model.widths": "[16,16]", "name": "a=b"}
+  assert writers.hparam_values(overrides) == {"extra": 1.0, "optimizer.lr": 0.1, "scheduler": "",
+                                              "model.widths": "[16,16]", "name": "a=b"}
+  writers.write_summary(tmp_path / "0", {"status": "completed", "overrides": overrides})
+  (row,) = sweep.collect(tmp_path)
+  assert {k: row[k] for k in jobs.parse_overrides(overrides)} == jobs.parse_overrides(overrides)
 
 
 # --- one small real sweep: the automatic report, its plots, and the HParams dashboard ---------------------------

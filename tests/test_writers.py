@@ -11,7 +11,7 @@ from conftest import ROOT
 
 def test_tensorboard_writers_leave_an_installed_torch_unimported(tmp_path):
   # A stand-in `torch` package on the path leaves a mark when imported. tensorboardX's writer module tries
-  # `import torch` as it is imported, and a real torch costs every run ~1.5 s of start-up.
+  # `import torch` as it is imported, which would slow every run's start (docs/speed.md).
   fake = tmp_path / "site" / "torch"
   fake.mkdir(parents=True)
   (fake / "__init__.py").write_text("import pathlib\npathlib.Path(__file__).with_name('imported').touch()\n"

@@ -17,8 +17,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from trainlab import config, data
-from trainlab.rundir import checkpoint, writers
+from trainlab import config, data, metrics
+from trainlab.rundir import atomic, checkpoint, jobs, writers
 
 log = logging.getLogger("trainlab")
 
@@ -85,7 +85,7 @@ def job_record(hydra_cfg: DictConfig) -> tuple[pathlib.Path, dict]:
   """A job's run directory, and what its summary.json records about how it was asked for."""
   workdir = pathlib.Path(hydra_cfg.runtime.output_dir)
   # `resume` says how to run the job, not what it is: it stays out of the overrides that results.csv lists.
-  overrides = [o for o in hydra_cfg.overrides.task if o.partition("=")[0].lstrip("+~") != "resume"]
+  overrides = [o for o in hydra_cfg.overrides.task if jobs.parse_override(o)[0] != "resume"]
   return workdir, {"overrides": overrides, "run_dir": str(workdir)}
 
 
@@ -124,7 +124,8 @@ def record_result(workdir: pathlib.Path, record: dict, summary: dict, logger: lo
 
 def best_val(summary: dict) -> float | None:
   """The job's return value (what a Hydra sweeper optimizes): its best validation accuracy, or mse."""
-  return summary.get("best_val/accuracy", summary.get("best_val/mse"))
+  names = [f"best_val/{name}" for name in metrics.TASK_METRIC.values() if f"best_val/{name}" in summary]
+  return summary[names[0]] if names else None
 
 
 def stop_interrupted(summary: dict, workdir: pathlib.Path, multirun: bool, hydra_cfg: DictConfig) -> None:
@@ -149,7 +150,7 @@ def _write_summary(workdir: pathlib.Path, summary: dict) -> None:
   """summary.json, or one clear error and exit when it cannot be written (a full disk stops a sweep too)."""
   try:
     writers.write_summary(workdir, summary)
-  except writers.WriteError as e:
+  except atomic.WriteError as e:
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(1) from None
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 import zipfile
 from typing import NamedTuple
 
 import numpy as np
+
+from trainlab.rundir import atomic
 
 
 class DataError(ValueError):
@@ -150,11 +151,9 @@ def standardize(x_train, *others):
 
 
 def _save_npz_atomically(path: pathlib.Path, **arrays) -> None:
-  """Writes beside the target and renames, so that a reader never sees half a file."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
-    np.savez(tmp, **arrays)
-  os.replace(tmp.name, path)
+  """Writes the cache whole or not at all, so that a reader never sees half a file."""
+  with atomic.replacing(path) as f:
+    np.savez(f, **arrays)
 
 
 def available_memory() -> int:

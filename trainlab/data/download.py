@@ -11,12 +11,12 @@ import hashlib
 import http.client
 import os
 import pathlib
-import tempfile
 import urllib.error
 import urllib.request
 from typing import NamedTuple
 
 from trainlab.data.core import DataError
+from trainlab.rundir import atomic
 
 TIMEOUT_S = 30.0  # per network operation: a dead mirror fails the run instead of hanging it
 
@@ -96,22 +96,15 @@ def _missing_message(name: str, folder: pathlib.Path, files: list[str], base: st
 
 def _download(url: str, path: pathlib.Path, md5: str) -> None:
   """Streams `url` to a temporary file beside `path`, checks its MD5, then renames it into place."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".part", delete=False)
-  try:
-    digest = hashlib.md5(usedforsecurity=False)
-    with tmp, urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
-      size, promised = 0, response.headers.get("Content-Length")
-      for block in iter(lambda: response.read(1 << 20), b""):
-        digest.update(block)
-        tmp.write(block)
-        size += len(block)
-      if promised is not None and size != int(promised):  # the server hung up early
-        raise http.client.IncompleteRead(b"", int(promised) - size)
-    if digest.hexdigest() != md5:
+  digest = hashlib.md5(usedforsecurity=False)
+  with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, atomic.replacing(path) as f:
+    size, promised = 0, response.headers.get("Content-Length")
+    for block in iter(lambda: response.read(1 << 20), b""):
+      digest.update(block)
+      f.write(block)
+      size += len(block)
+    if promised is not None and size != int(promised):  # the server hung up early
+      raise http.client.IncompleteRead(b"", int(promised) - size)
+    if digest.hexdigest() != md5:  # raised inside the block: nothing is renamed into place
       raise DataError(f"the download of {url} is corrupt: its MD5 is {digest.hexdigest()}, the published one "
                       f"is {md5}; nothing was kept, try again later or put the file into {path.parent}/ yourself")
-    os.replace(tmp.name, path)
-  finally:
-    if os.path.exists(tmp.name):
-      os.unlink(tmp.name)

@@ -20,17 +20,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
-import io
 import logging
-import os
 import pathlib
 import pickle
-import tempfile
 from importlib import metadata
 from typing import Any, Callable
 
 import jax
 import numpy as np
+
+from trainlab.rundir import atomic
 
 log = logging.getLogger(__name__)
 
@@ -103,18 +102,9 @@ def _read(path: pathlib.Path):
 def _write(path: pathlib.Path, exported, out_tree, record) -> None:
   """Writes an entry whole or not at all (a temporary file renamed over it): a process that reads it
   meanwhile, or two jobs that write it at once, never see half of one."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  buffer = io.BytesIO()
-  pickle.dump((out_tree, record), buffer)
-  buffer.write(exported.serialize())
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(buffer.getvalue())
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
+  with atomic.replacing(path) as f:
+    pickle.dump((out_tree, record), f)
+    f.write(exported.serialize())
 
 
 class Stored:

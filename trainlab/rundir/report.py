@@ -27,15 +27,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from trainlab.rundir import writers
+from trainlab import metrics
+from trainlab.rundir import atomic, jobs, writers
 
 
 def table_metrics(task_metric: str) -> tuple[str, ...]:
   return (f"test/{task_metric}", "test/loss", f"best_val/{task_metric}", "best_val/loss")
-
-
-def lower_is_better(metric: str) -> bool:
-  return "loss" in metric or "mse" in metric
 
 
 class Run(NamedTuple):
@@ -58,7 +55,7 @@ class Group(NamedTuple):
 def find_sweep(path: pathlib.Path) -> pathlib.Path:
   """`path` itself when it holds job directories, else the newest sweep below it (by its multirun.yaml)."""
   path = pathlib.Path(path)
-  if any((p / writers.SUMMARY_FILE).is_file() for p in path.iterdir() if p.is_dir()):
+  if any((p / writers.SUMMARY_FILE).is_file() for p in jobs.job_dirs(path)):
     return path
   marks = list(path.rglob("multirun.yaml")) + list(path.rglob("results.csv"))
   if not marks:
@@ -67,17 +64,10 @@ def find_sweep(path: pathlib.Path) -> pathlib.Path:
 
 
 def load_runs(sweep_dir: pathlib.Path) -> list[Run]:
-  runs = []
-  for job_dir in sorted(p for p in pathlib.Path(sweep_dir).iterdir() if p.is_dir()):
-    summary = writers.read_summary(job_dir)
-    if summary is None:
-      continue
-    overrides = {}
-    for override in summary.get("overrides", []):
-      key, _, value = override.partition("=")
-      overrides[key.lstrip("+~")] = value
-    runs.append(Run(job_dir.name, job_dir, overrides, summary))
-  return runs
+  """The runs of the job directories that hold a summary.json, in job order."""
+  summaries = ((job_dir, writers.read_summary(job_dir)) for job_dir in jobs.job_dirs(sweep_dir))
+  return [Run(job_dir.name, job_dir, jobs.parse_overrides(summary.get("overrides", [])), summary)
+          for job_dir, summary in summaries if summary is not None]
 
 
 def swept_keys(runs: list[Run]) -> list[str]:
@@ -109,10 +99,10 @@ def curve(points: list[dict], name: str) -> dict[int, float]:
 
 
 def steps_to_target(points: list[dict], metric: str, target: float) -> int | None:
-  """The first step at which `metric` reaches `target` (<= for losses and mse, >= otherwise); None if never."""
-  lower = lower_is_better(metric)
+  """The first step at which `metric` reaches `target` (>= where higher is better, else <=); None if never."""
+  higher = metrics.higher_is_better(metric)
   for step, x in sorted(curve(points, metric).items()):
-    if (x <= target) if lower else (x >= target):
+    if (x >= target) if higher else (x <= target):
       return step
   return None
 
@@ -143,7 +133,7 @@ def table(groups: list[Group], metric: str = "val/accuracy", target: float | Non
       row[f"{key} mean"], row[f"{key} std"] = _mean_std([s for s in steps if s is not None])
       row[f"{key} reached"] = sum(s is not None for s in steps)
     rows.append(row)
-  sort, sign = f"test/{task_metric} mean", 1.0 if lower_is_better(task_metric) else -1.0
+  sort, sign = f"test/{task_metric} mean", -1.0 if metrics.higher_is_better(task_metric) else 1.0
   rows.sort(key=lambda r: (r[sort] is None, sign * (r[sort] or 0.0)))
   return rows
 
@@ -315,15 +305,16 @@ def write_report(sweep_dir: pathlib.Path, metric: str | None = None, target: flo
               f"{' '.join(common) or '(nothing)'}\n\n" + to_markdown(rows))
   out = {"markdown": markdown}
   out["report.md"] = sweep_dir / "report.md"
-  writers.write_text_atomically(out["report.md"], f"# Report: {sweep_dir}\n\n" + markdown)
+  atomic.write_text(out["report.md"], f"# Report: {sweep_dir}\n\n" + markdown)
   out["report.csv"] = sweep_dir / "report.csv"
-  writers.write_text_atomically(out["report.csv"], to_csv(rows))
+  atomic.write_text(out["report.csv"], to_csv(rows))
   figures = {"curves.png": plot_curves(groups), "init_layers.png": plot_init_layers(groups)}
   for key in numeric_keys(groups):
     figures[f"sensitivity_{_slug(key)}.png"] = plot_sensitivity(groups, key, f"test/{task_metric}")
   for name, fig in figures.items():
     if fig is not None:
-      fig.savefig(sweep_dir / name, dpi=100)
+      with atomic.replacing(sweep_dir / name) as f:
+        fig.savefig(f, format="png", dpi=100)
       out[name] = sweep_dir / name
   return out
 
@@ -333,8 +324,8 @@ def main(argv: list[str]) -> int:
   settings = {"metric": None, "target": None}
   paths = []
   for arg in argv:
-    key, eq, value = arg.partition("=")
-    if eq and key in ("report.target", "report.metric"):
+    key, value = jobs.parse_override(arg)
+    if "=" in arg and key in ("report.target", "report.metric"):
       settings[key.split(".")[1]] = float(value) if key == "report.target" else value
     elif arg.startswith("-"):
       print(f"usage: trainlab report [DIR] [report.target=X] [report.metric=NAME]", file=sys.stderr)

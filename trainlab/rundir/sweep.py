@@ -16,8 +16,8 @@ import time
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from trainlab import signals
-from trainlab.rundir import writers
+from trainlab import metrics, signals
+from trainlab.rundir import atomic, jobs, writers
 
 log = logging.getLogger(__name__)
 
@@ -26,24 +26,17 @@ METRIC_COLUMNS = ("status", "test/accuracy", "test/mse", "test/loss", "best_val/
                   "best_val/loss", "best_val/step", "steps_run", "diverged_at_step", "wall_time_s", "compile_time_s",
                   "steps_per_second", "error")
 # The task's metric (accuracy for classification, mse for regression): a column only where some job has it.
-TASK_COLUMNS = ("test/accuracy", "test/mse", "best_val/accuracy", "best_val/mse")
-
-
-def _job_order(path: pathlib.Path):
-  return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
+TASK_COLUMNS = tuple(f"{split}/{name}" for split in ("test", "best_val") for name in metrics.TASK_METRIC.values())
 
 
 def collect(sweep_dir: pathlib.Path) -> list[dict]:
   """One row per job directory holding a summary.json: the job's overrides as columns, then its results."""
   rows = []
-  for job_dir in sorted((p for p in pathlib.Path(sweep_dir).iterdir() if p.is_dir()), key=_job_order):
+  for job_dir in jobs.job_dirs(sweep_dir):
     summary = writers.read_summary(job_dir)
     if summary is None:
       continue
-    row = {"job": job_dir.name}
-    for override in summary.get("overrides", []):
-      key, _, value = override.partition("=")
-      row[key.lstrip("+~")] = value
+    row = {"job": job_dir.name, **jobs.parse_overrides(summary.get("overrides", []))}
     row.update({k: summary.get(k) for k in METRIC_COLUMNS})
     rows.append(row)
   return rows
@@ -59,7 +52,7 @@ def write_results(sweep_dir: pathlib.Path, rows: list[dict]) -> pathlib.Path:
   table.writeheader()
   table.writerows(rows)
   path = pathlib.Path(sweep_dir) / RESULTS_FILE
-  writers.write_text_atomically(path, text.getvalue())
+  atomic.write_text(path, text.getvalue())
   return path
 
 
@@ -82,8 +75,8 @@ class ResultsTable(Callback):
     self.stop = SweepStop(sweep_dir).__enter__()
 
   def _refuse_finished_runs(self, sweep_dir: pathlib.Path) -> None:
-    held = [p.name for p in sorted(sweep_dir.iterdir(), key=_job_order)
-            if p.is_dir() and ((p / writers.SUMMARY_FILE).exists() or (p / writers.METRICS_FILE).exists())]
+    held = [p.name for p in jobs.job_dirs(sweep_dir)
+            if (p / writers.SUMMARY_FILE).exists() or (p / writers.METRICS_FILE).exists()]
     if held:
       print(f"error: the sweep directory {sweep_dir} already holds runs ({', '.join(held[:5])}"
             f"{', ...' if len(held) > 5 else ''}); add resume=true to continue the sweep, or choose another "
@@ -99,7 +92,7 @@ class ResultsTable(Callback):
     rows = collect(sweep_dir)
     try:
       path = write_results(sweep_dir, rows)
-    except writers.WriteError as e:
+    except atomic.WriteError as e:
       print(f"error: {e}", file=sys.stderr)
       raise SystemExit(1) from None
     counts = {}
@@ -130,8 +123,7 @@ class SweepStop(signals.Stopping):
 
   def on_signal(self, signum: int) -> None:
     log.warning("%s: every running job stops at the end of its chunk, after a checkpoint", self.signal_name)
-    self.sweep_dir.mkdir(parents=True, exist_ok=True)
-    writers.write_text_atomically(self.sweep_dir / writers.STOP_FILE, self.signal_name)
+    atomic.write_text(self.sweep_dir / writers.STOP_FILE, self.signal_name)
     deadline, quiet_since = time.monotonic() + self.grace_s, None
     # Done when no job has run for SETTLE_S: workers may take up a queued job (which then leaves at once)
     # just after the others stop.
@@ -153,15 +145,14 @@ class SweepStop(signals.Stopping):
 
   def running_jobs(self) -> list[str]:
     """Jobs that have started (Hydra wrote their .hydra/) and not yet written their summary.json."""
-    return [p.name for p in sorted(self.sweep_dir.iterdir(), key=_job_order)
+    return [p.name for p in jobs.job_dirs(self.sweep_dir)
             if (p / ".hydra").is_dir() and not (p / writers.SUMMARY_FILE).exists()]
 
 
 def _write_views(sweep_dir: pathlib.Path, config: DictConfig) -> None:
   """The HParams experiment summary and the report; they are views of results.csv, so they may fail alone."""
   try:
-    job_dirs = [p for p in sweep_dir.iterdir() if p.is_dir()]
-    summaries = [s for s in map(writers.read_summary, job_dirs) if s is not None]
+    summaries = [s for s in map(writers.read_summary, jobs.job_dirs(sweep_dir)) if s is not None]
     writers.write_hparams_experiment(sweep_dir, [writers.hparam_values(s.get("overrides", [])) for s in summaries],
                                      writers.task_metric(summaries))
   except Exception as e:

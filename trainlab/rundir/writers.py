@@ -10,44 +10,16 @@ import json
 import math
 import os
 import pathlib
-import sys
-import tempfile
 import time
+
+from trainlab import metrics
+from trainlab.fast.tensorboard_import import import_tensorboardx
+from trainlab.rundir import atomic, jobs
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 STOP_FILE = ".stop-requested"  # in a sweep directory: the sweep got a signal, so every job stops (sweep.py)
 HISTOGRAM_BUCKETS = 30  # as TensorBoard's own summary API
-
-
-class WriteError(OSError):
-  """A file that could not be written (full disk, unwritable folder); its previous contents are intact."""
-
-
-def write_text_atomically(path: pathlib.Path, text: str) -> None:
-  """Writes beside the target, then renames: a reader sees the old file or the new one, never half of one.
-
-  Raises:
-    WriteError: naming the file and the reason, when the folder or the disk refuses; the old file stays.
-  """
-  path = pathlib.Path(path)
-  try:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  except OSError as e:
-    raise WriteError(f"cannot write {path}: {e.strerror or e}") from e
-  try:
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for everyone who may read the folder
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException as e:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    if isinstance(e, OSError):
-      raise WriteError(f"cannot write {path}: {e.strerror or e}; its previous contents are unchanged") from e
-    raise
 
 
 def _finite_or_none(x):
@@ -56,7 +28,7 @@ def _finite_or_none(x):
 
 def write_summary(workdir: pathlib.Path, summary: dict) -> None:
   clean = {k: _finite_or_none(v) for k, v in summary.items()}  # JSON has no NaN
-  write_text_atomically(pathlib.Path(workdir) / SUMMARY_FILE, json.dumps(clean, indent=2) + "\n")
+  atomic.write_text(pathlib.Path(workdir) / SUMMARY_FILE, json.dumps(clean, indent=2) + "\n")
 
 
 def read_summary(workdir: pathlib.Path) -> dict | None:
@@ -76,25 +48,7 @@ def _truncate_jsonl(path: pathlib.Path, purge_step: int) -> None:
       continue
     if point.get("step", 0) < purge_step and not any(k.startswith("test/") for k in point):
       kept.append(line if line.endswith("\n") else line + "\n")
-  write_text_atomically(path, "".join(kept))
-
-
-def _import_tensorboardx() -> None:
-  """Imports tensorboardX without PyTorch, once per process.
-
-  tensorboardX's writer module tries `import torch` when it is imported, only so that it may take torch tensors
-  as values. Where torch is installed beside trainlab (common in this field) that import cost every run about
-  1.5 s of start-up, a third of a small job's time in a fresh process. trainlab hands it floats and numpy
-  arrays, so torch is hidden for the duration of the import (an entry of None in sys.modules makes `import
-  torch` raise ImportError, which tensorboardX catches); a torch that is already imported is left alone.
-  """
-  if "tensorboardX" in sys.modules or "torch" in sys.modules:
-    return
-  sys.modules["torch"] = None
-  try:
-    import tensorboardX  # noqa: F401
-  finally:
-    del sys.modules["torch"]
+  atomic.write_text(path, "".join(kept))
 
 
 class RunWriter:
@@ -102,7 +56,7 @@ class RunWriter:
 
   def __init__(self, workdir: pathlib.Path, purge_step: int | None = None):
     """With `purge_step` (a resumed run), the points of steps >= purge_step already logged are dropped."""
-    _import_tensorboardx()
+    import_tensorboardx()
     from tensorboardX import SummaryWriter  # imported here: only runs that write need it
 
     self.workdir = pathlib.Path(workdir)
@@ -143,13 +97,16 @@ class RunWriter:
 # session start (its hyperparameter values) and end (its status), and once per experiment the list of columns
 # (hyperparameters and metrics). Without the experiment summary TensorBoard guesses the columns from the runs
 # and lists every scalar as a metric; with it, the table and parallel-coordinates views show exactly these.
-_SUMMARY_ONLY = ("best_val/accuracy", "best_val/mse", "best_val/loss")  # not written as scalars during the run
+# Not written as scalars during the run: the best validation point of each task's metric, and its loss.
+_SUMMARY_ONLY = tuple(f"best_val/{name}" for name in (*metrics.TASK_METRIC.values(), "loss"))
 
 
 def task_metric(summaries: list[dict]) -> str:
-  """The metric beside the loss in these runs' summaries: `mse` when they are regressions, else `accuracy`."""
-  regression = any("best_val/mse" in s or "test/mse" in s for s in summaries)
-  return "mse" if regression and not any("best_val/accuracy" in s for s in summaries) else "accuracy"
+  """The metric beside the loss in these runs' summaries (metrics.TASK_METRIC): the regression's when only
+  regressions report one, else the classification's."""
+  mse, accuracy = metrics.TASK_METRIC["regression"], metrics.TASK_METRIC["classification"]
+  regression = any(f"best_val/{mse}" in s or f"test/{mse}" in s for s in summaries)
+  return mse if regression and not any(f"best_val/{accuracy}" in s for s in summaries) else accuracy
 
 
 def hparams_metrics(metric: str = "accuracy") -> tuple[str, ...]:
@@ -161,9 +118,7 @@ def hparams_metrics(metric: str = "accuracy") -> tuple[str, ...]:
 def hparam_values(overrides: list[str]) -> dict[str, float | str | bool]:
   """The hyperparameters of a run for the dashboard: its command-line overrides, numbers parsed as numbers."""
   values = {}
-  for override in overrides:
-    key, _, text = override.partition("=")
-    key = key.lstrip("+~")
+  for key, text in jobs.parse_overrides(overrides).items():
     if text.lower() in ("true", "false"):
       values[key] = text.lower() == "true"
       continue
@@ -188,7 +143,7 @@ def _hparams_summary(**fields):
 
 def write_hparams_session(workdir: pathlib.Path, hparams: dict, summary: dict) -> None:
   """One run's row of the HParams dashboard: its hyperparameters, status and the summary-only metrics."""
-  _import_tensorboardx()
+  import_tensorboardx()
   from tensorboardX import SummaryWriter
   from tensorboardX.proto.api_pb2 import Status
   from tensorboardX.proto.plugin_hparams_pb2 import SessionEndInfo, SessionStartInfo
@@ -219,7 +174,7 @@ def write_hparams_session(workdir: pathlib.Path, hparams: dict, summary: dict) -
 def write_hparams_experiment(logdir: pathlib.Path, runs_hparams: list[dict], metric: str = "accuracy") -> None:
   """The columns of the dashboard, once per sweep: every hyperparameter any job set, and the final metrics
   (those of the task `metric`: accuracy, or mse for regression)."""
-  _import_tensorboardx()
+  import_tensorboardx()
   from tensorboardX import SummaryWriter
   from tensorboardX.proto.api_pb2 import DataType, Experiment, HParamInfo, MetricInfo, MetricName
   from google.protobuf import struct_pb2
