@@ -59,6 +59,7 @@ def mnist1d(val_fraction: float, split_seed: int, cache_dir: str | None = None) 
     made = make_dataset(get_dataset_args())
     _save_npz_atomically(path, x_train=made["x"], y_train=made["y"], x_test=made["x_test"], y_test=made["y_test"])
   return npz(str(path), val_fraction, split_seed, layout="sequence")
+mnist1d.layout = "sequence"  # its examples' layout (LAYOUTS): models.check_input lists the data options by it
 
 
 def npz(path: str, val_fraction: float, split_seed: int, layout: str | None = None) -> Dataset:
@@ -130,6 +131,7 @@ def npz(path: str, val_fraction: float, split_seed: int, layout: str | None = No
   layout = layout or {2: "vector", 3: "sequence"}.get(x_train.ndim, "image")
   return Dataset(x_train, as_labels(y_train), x_val, as_labels(y_val), x_test, as_labels(arrays["y_test"]),
                  num_classes, layout=layout)
+npz.layout = None  # any: from the rank of its arrays, or data.layout
 
 
 def hold_out(x, y, fraction: float, seed: int):

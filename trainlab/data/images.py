@@ -97,6 +97,7 @@ def digits(val_fraction: float, test_fraction: float, split_seed: int) -> Datase
   x, y = bunch.images[..., None].astype(np.float32), bunch.target
   x_train, y_train, x_test, y_test = hold_out(x, y, test_fraction, split_seed + 1)
   return _images(x_train, y_train, x_test, y_test, val_fraction, split_seed, 10)
+digits.layout = "image"  # its examples' layout (LAYOUTS): models.check_input lists the data options by it
 
 
 def _idx_images(name: str, root, download: bool, val_fraction: float, split_seed: int, url) -> Dataset:
@@ -116,12 +117,14 @@ def _idx_images(name: str, root, download: bool, val_fraction: float, split_seed
 def mnist(root: str | None, download: bool, val_fraction: float, split_seed: int, url: str | None = None) -> Dataset:
   """MNIST: 60,000 training and 10,000 test 28x28 digits, from the four IDX files in <root>/mnist/."""
   return _idx_images("mnist", root, download, val_fraction, split_seed, url)
+mnist.layout = "image"
 
 
 def fashion_mnist(root: str | None, download: bool, val_fraction: float, split_seed: int,
                   url: str | None = None) -> Dataset:
   """Fashion-MNIST (Xiao et al. 2017): MNIST's format and sizes, pictures of clothes; <root>/fashion_mnist/."""
   return _idx_images("fashion_mnist", root, download, val_fraction, split_seed, url)
+fashion_mnist.layout = "image"
 
 
 def cifar10(root: str | None, download: bool, val_fraction: float, split_seed: int, url: str | None = None) -> Dataset:
@@ -132,6 +135,7 @@ def cifar10(root: str | None, download: bool, val_fraction: float, split_seed: i
   y_train = np.concatenate([y for _, y in batches[:5]])
   x_test, y_test = batches[5]
   return _images(x_train, y_train, x_test, y_test, val_fraction, split_seed, 10)
+cifar10.layout = "image"
 
 
 IMAGE_LOADERS = {"digits": digits, "mnist": mnist, "fashion_mnist": fashion_mnist, "cifar10": cifar10}
@@ -156,3 +160,4 @@ def sequential(source: str, order: str, permute: bool, root: str | None, downloa
 
   return images._replace(x_train=view(images.x_train), x_val=view(images.x_val), x_test=view(images.x_test),
                          layout="sequence")
+sequential.layout = "sequence"

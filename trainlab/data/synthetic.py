@@ -24,6 +24,7 @@ def spirals(n_train: int, n_val: int, n_test: int, num_classes: int, turns: floa
   x_train, x_val, x_test = np.split(x.astype(np.float32), _sizes(n_train, n_val, n_test))
   y_train, y_val, y_test = np.split(y.astype(np.int32), _sizes(n_train, n_val, n_test))
   return Dataset(x_train, y_train, x_val, y_val, x_test, y_test, num_classes, layout="vector")
+spirals.layout = "vector"  # its examples' layout (LAYOUTS): models.check_input lists the data options by it
 
 
 def teacher(task: str, n_train: int, n_val: int, n_test: int, input_dim: int, widths: list[int], outputs: int,
@@ -51,6 +52,7 @@ def teacher(task: str, n_train: int, n_val: int, n_test: int, input_dim: int, wi
   else:
     ys = np.split(target.argmax(axis=1).astype(np.int32), _sizes(n_train, n_val, n_test))
   return Dataset(xs[0], ys[0], xs[1], ys[1], xs[2], ys[2], outputs, task=task, layout="vector")
+teacher.layout = "vector"
 
 
 def adding(length: int, n_train: int, n_val: int, n_test: int, seed: int) -> Dataset:
@@ -72,3 +74,4 @@ def adding(length: int, n_train: int, n_val: int, n_test: int, seed: int) -> Dat
   xs = np.split(x, _sizes(n_train, n_val, n_test))
   ys = np.split(y, _sizes(n_train, n_val, n_test))
   return Dataset(xs[0], ys[0], xs[1], ys[1], xs[2], ys[2], 1, task="regression", layout="sequence")
+adding.layout = "sequence"

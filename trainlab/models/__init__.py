@@ -1,6 +1,10 @@
 """Models: flax.linen modules whose parameters are plain pytrees. Each option of the `model` config group names
-one class here (`_target_: trainlab.models.NAME`)."""
+one class here (`_target_: trainlab.models.NAME`), a feedforward.Model that declares the data layouts it reads."""
 
-from trainlab.models.networks import CNN, GRU, LSTM, MLP, RNN, LinearChain, ResNet, check_init, check_input, dropout
+from trainlab.models.checks import check_init, check_input
+from trainlab.models.convolutional import CNN, ResNet
+from trainlab.models.feedforward import MLP, LinearChain, dropout
+from trainlab.models.recurrent import GRU, LSTM, RNN
 
-__all__ = ["CNN", "GRU", "LSTM", "LinearChain", "MLP", "RNN", "ResNet", "check_init", "check_input", "dropout"]
+# The models in the order a mismatch error suggests them: the general ones first.
+__all__ = ["MLP", "LinearChain", "CNN", "ResNet", "RNN", "LSTM", "GRU", "check_init", "check_input", "dropout"]

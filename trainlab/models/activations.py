@@ -40,8 +40,6 @@ class Activation(nn.Module):
       return nn.PReLU(negative_slope_init=0.25)(x)
     if self.kind == "rrelu":
       return rrelu(x, self.rrelu_lower, self.rrelu_upper, train=train, rng=self.make_rng("dropout") if train else None)
-    if self.kind == "elu":
-      return jax.nn.elu(x, 1.0)
     if self.kind == "gelu":
       return jax.nn.gelu(x, approximate=False)
     return getattr(jax.nn, self.kind)(x)
