@@ -1,11 +1,11 @@
-"""The CPU lowering of convolutions (patches + one matmul) and max pooling (strided slices) against flax's own
-nn.Conv and nn.max_pool: values and gradients, 1-D and 2-D, odd and even sizes, strides 1 and 2, kernels 1/3/5,
-ties in the pool; and the CNN and ResNet computing the same function with either lowering."""
+"""The CPU lowering of convolutions and max pooling against flax's own nn.Conv and nn.max_pool: values and
+gradients, 1-D and 2-D, odd and even sizes, strides 1 and 2 (and mixed), kernels 1/3/5, any padding, channel
+counts from 1 to 65 (which span every way the lowering builds a convolution), ties in the pool; and the CNN and
+ResNet computing the same function with either lowering."""
 
 from __future__ import annotations
 
 import functools
-
 import itertools
 
 import flax.linen as nn
@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 from conftest import compose_config
-from trainlab import config
+from trainlab import config, fast
 from trainlab.fast import conv
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -38,17 +38,21 @@ def primitives(fn, *args) -> set[str]:
   return names
 
 
-# With conv.ROW_PATCHES_CHANNELS input channels, 2-D convolutions of stride 1 take the row patches; with one
-# channel, 2-D convolutions take the elementwise sum; the other cases, full patches.
-ROWS = conv.ROW_PATCHES_CHANNELS[0]
+# (spatial size, kernel, strides, input channels): the lowering builds a convolution one way for a single input
+# channel, another for a middling count at stride 1 along the rows, another for few or many channels or
+# strided rows; these cases take each of them, in 1-D and 2-D, whatever the counts where one way gives way to
+# the next.
 CONV_CASES = ([(spatial, k, s, 3) for spatial in [(9,), (7, 7)] for k in (1, 3, 5) for s in (1, 2)]
               + [(spatial, 3, s, 3) for spatial in [(8,), (8, 6)] for s in (1, 2)]
-              + [((7, 7), k, s, ROWS) for k in (1, 3, 5) for s in (1, 2)] + [((8, 6), 3, 1, ROWS)]
-              + [(spatial, k, s, 1) for spatial in [(9,), (7, 7)] for k in (1, 3) for s in (1, 2)])
+              + [((7, 7), k, s, 8) for k in (1, 3, 5) for s in (1, 2)] + [((8, 6), 3, 1, 8)]
+              + [(spatial, k, s, 1) for spatial in [(9,), (7, 7)] for k in (1, 3) for s in (1, 2)]
+              + [((6, 6), 3, s, channels) for channels in (16, 64, 65) for s in (1, 2)]
+              + [((7, 7), 3, s, channels) for channels in (1, 8, 65) for s in ((1, 2), (2, 1))])
 
 
 @pytest.mark.parametrize("spatial,k,stride,channels", CONV_CASES)
 def test_im2col_conv_equals_flax_conv_in_values_and_gradients(spatial, k, stride, channels):
+  strides = (stride,) * len(spatial) if isinstance(stride, int) else stride
   x = jax.random.normal(jax.random.PRNGKey(0), (2, *spatial, channels))
   kw = dict(features=4, kernel_size=(k,) * len(spatial), strides=stride, padding="SAME")
   reference, ours = nn.Conv(**kw), conv.Conv(**kw, impl="im2col")
@@ -68,7 +72,7 @@ def test_im2col_conv_equals_flax_conv_in_values_and_gradients(spatial, k, stride
 
   results = [values_and_gradients(module, params, x) for module in (reference, ours)]
   expected_out = np.asarray(results[0][0])
-  assert expected_out.shape == (2, *(-(-n // stride) for n in spatial), 4)
+  assert expected_out.shape == (2, *(-(-n // s) for n, s in zip(spatial, strides)), 4)
   for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
     np.testing.assert_allclose(b, a, **TOL)
 
@@ -101,13 +105,14 @@ def test_other_calls_fall_back_to_xla_convolution():
     np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), **TOL)
 
 
+@pytest.mark.parametrize("channels", [1, 3, 8])
 @pytest.mark.parametrize("height,padding", [(5, "VALID"), (5, ((2, 0), (0, 1))), (5, ((0, 3), (1, 1))),
                                             (5, ((4, 4), (1, 1))), (1, ((1, 1), (1, 1))), (1, ((4, 4), (0, 0)))])
-def test_row_patches_leave_out_padding_rows_at_any_padding(height, padding):
-  """The row patches skip the rows of zero padding in their matmul: any padding, even past the kernel's reach
-  (rows that meet only padding) or on a 1-row input, gives lax's values and gradients."""
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, height, 6, ROWS))
-  w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, ROWS, 5))
+def test_the_lowering_equals_lax_at_any_padding(height, padding, channels):
+  """Any padding, even past the kernel's reach (rows that meet only padding) or on a 1-row input, gives lax's
+  values and gradients (the lowering leaves rows of zero padding out of its matmul where it can)."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, height, 6, channels))
+  w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, channels, 5))
   pads = padding if isinstance(padding, str) else [tuple(p) for p in padding]
   numbers = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
   reference = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=numbers,
@@ -120,30 +125,17 @@ def test_row_patches_leave_out_padding_rows_at_any_padding(height, padding):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)  # float32 sums of 2x5x6x8 terms, in another order
 
 
-@pytest.mark.parametrize("channels,spatial,taken", [(1, (6, 6), True), (3, (6, 6), False), (1, (6,), False)])
-def test_single_channel_2d_convolutions_take_the_elementwise_sum(monkeypatch, channels, spatial, taken):
-  calls = []
-  elementwise = conv._elementwise_conv
-  monkeypatch.setattr(conv, "_elementwise_conv", lambda *a: calls.append(True) or elementwise(*a))
-  x = jnp.ones((1, *spatial, channels))
-  module = conv.Conv(4, (3,) * len(spatial), impl="im2col")
-  module.apply(module.init(jax.random.PRNGKey(0), x), x)
-  assert bool(calls) == taken
-
-
-def test_elementwise_sum_keeps_gradients_and_hessian_vector_products_behind_its_barrier():
-  """The elementwise sum's output barrier and its own jvp (patches for the kernel's tangent) change nothing
-  computed: values, gradients and forward-over-reverse Hessian-vector products equal XLA's convolution, as the
-  training chunk compiles it (compilation.KEEP_BARRIERS), with respect to the input and the kernel."""
-  from trainlab.fast import compilation
-
+def test_single_channel_convolutions_keep_gradients_and_hessian_vector_products_behind_their_barrier():
+  """A single input channel's lowering (an output barrier and its own jvp) changes nothing computed: values,
+  gradients and forward-over-reverse Hessian-vector products equal XLA's convolution, as the training chunk
+  compiles it (fast.KEEP_BARRIERS), with respect to the input and the kernel."""
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 6, 1))
   kw = dict(features=3, kernel_size=(3, 3), strides=(2, 1), padding="SAME")
   xla, ours = conv.Conv(**kw, impl="xla"), conv.Conv(**kw, impl="im2col")
   params = xla.init(jax.random.PRNGKey(1), x)
   v = jax.tree.map(lambda p: jax.random.normal(jax.random.PRNGKey(2), p.shape), (params, x))
   loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))
-  jit = functools.partial(jax.jit, compiler_options=compilation.KEEP_BARRIERS)
+  jit = functools.partial(jax.jit, compiler_options=fast.KEEP_BARRIERS)
   grad_and_hvp = lambda m: jit(lambda p, x: jax.jvp(jax.grad(loss(m), (0, 1)), (p, x), v))(params, x)
   assert "opt-barrier" in jit(jax.grad(loss(ours))).lower(params, x).compile().as_text()
   np.testing.assert_allclose(jit(loss(ours))(params, x), jit(loss(xla))(params, x), **TOL)
@@ -152,18 +144,6 @@ def test_elementwise_sum_keeps_gradients_and_hessian_vector_products_behind_its_
 
 
 POOL_CASES = [((8,), (2,)), ((9,), (2,)), ((8, 8), (2, 2)), ((7, 9), (2, 2)), ((9, 9), (3, 3))]
-
-
-@pytest.mark.parametrize("channels,strides,rows", [(3, 1, False), (8, 1, True), (64, 1, True), (65, 1, False),
-                                                    (16, 2, False)])
-def test_row_patches_are_taken_by_narrow_2d_convolutions_of_stride_one(monkeypatch, channels, strides, rows):
-  taken = []
-  row_patches = conv._row_patches_conv
-  monkeypatch.setattr(conv, "_row_patches_conv", lambda *a: taken.append(True) or row_patches(*a))
-  x = jnp.ones((1, 6, 6, channels))
-  module = conv.Conv(4, (3, 3), strides, impl="im2col")
-  module.apply(module.init(jax.random.PRNGKey(0), x), x)
-  assert bool(taken) == rows
 
 
 @pytest.mark.parametrize("spatial,window", POOL_CASES)
@@ -193,17 +173,15 @@ def test_slice_max_pool_equals_flax_max_pool_in_values_and_gradients(spatial, wi
 
 def test_max_pool_keeps_values_gradients_and_hessian_vector_products_behind_its_barrier():
   """The max pool's output barrier and its own jvp (the masked window sum) change nothing computed, as the
-  training chunk compiles it (compilation.KEEP_BARRIERS): values and gradients equal flax's max pool exactly,
+  training chunk compiles it (fast.KEEP_BARRIERS): values and gradients equal flax's max pool exactly,
   forward-over-reverse Hessian-vector products to float tolerance (away from ties, where JAX's own forward mode
   of reduce_window may take another maximum than its reverse mode)."""
-  from trainlab.fast import compilation
-
   ties = jnp.maximum(jnp.round(2 * jax.random.normal(jax.random.PRNGKey(0), (2, 7, 9, 3))), 0.0)
   x = jax.random.normal(jax.random.PRNGKey(1), ties.shape)
   v = jax.random.normal(jax.random.PRNGKey(2), x.shape)
   loss_ref = lambda x: jnp.sum(jnp.sin(nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")))
   loss_ours = lambda x: jnp.sum(jnp.sin(conv.max_pool(x, (2, 2), padding="SAME", impl="im2col")))
-  jit = functools.partial(jax.jit, compiler_options=compilation.KEEP_BARRIERS)
+  jit = functools.partial(jax.jit, compiler_options=fast.KEEP_BARRIERS)
   assert "opt-barrier" in jit(jax.grad(loss_ours)).lower(x).compile().as_text()
   for inputs in (ties, x):
     np.testing.assert_array_equal(jit(loss_ours)(inputs), jit(loss_ref)(inputs))
@@ -278,19 +256,17 @@ def test_hessian_vector_products_agree_across_lowerings():
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
 
 
-def test_row_patches_keep_their_gradients_and_hessian_vector_products_behind_the_barrier():
-  """The row patches' cotangent barrier (kept through fusion by compilation.KEEP_BARRIERS, as the training chunk
-  compiles) changes nothing computed: a resnet whose convolutions take the row patches agrees with XLA's
-  convolution in gradients and in forward-over-reverse Hessian-vector products."""
-  from trainlab.fast import compilation
-
+def test_resnet_convolutions_keep_their_gradients_and_hessian_vector_products_behind_their_barriers():
+  """The lowering's barriers on a resnet's 8-channel convolutions (kept through fusion by fast.KEEP_BARRIERS, as
+  the training chunk compiles) change nothing computed: the resnet agrees with XLA's convolution in gradients and
+  in forward-over-reverse Hessian-vector products."""
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 3))
-  overrides = [f"model.features=[{ROWS}]", "model.norm=none", "model.activation=tanh"]
+  overrides = ["model.features=[8]", "model.norm=none", "model.activation=tanh"]
   xla, im2col = _model("resnet", "xla", overrides), _model("resnet", "im2col", overrides)
   params = jax.jit(lambda x: xla.init(jax.random.PRNGKey(1), x, train=False))(x)["params"]
   v = jax.tree.map(lambda p: jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
   loss = lambda m: lambda p: jnp.sum(jnp.sin(m.apply({"params": p}, x, train=False)))
-  jit = functools.partial(jax.jit, compiler_options=compilation.KEEP_BARRIERS)
+  jit = functools.partial(jax.jit, compiler_options=fast.KEEP_BARRIERS)
   grad_and_hvp = lambda m: jit(lambda p, v: jax.jvp(jax.grad(loss(m)), (p,), (v,)))(params, v)
   compiled = jit(jax.grad(loss(im2col))).lower(params).compile().as_text()
   assert "opt-barrier" in compiled  # the barrier is there in the program XLA runs

@@ -10,21 +10,20 @@ import jax
 from trainlab import data
 
 # A program that runs once or a few times per run (the init, the diagnostics) costs its compile time far more
-# than its run time. XLA's cheapest backend settings, and the CPU's classic loop emitters instead of its MLIR
-# fusion emitters, cut that compile time by 2.5-3x on CPU (measured for the default MLP: init 1.0 s -> 0.37 s,
-# the diagnostics probe 0.56 s -> 0.18 s); other backends ignore the CPU option. The per-step programs keep
-# XLA's defaults.
+# than its run time: XLA's cheapest backend settings, and the CPU's classic loop emitters instead of its MLIR
+# fusion emitters, compile it much faster (docs/speed.md, "Compile settings for programs run once"). Other
+# backends ignore the CPU option; the per-step programs keep XLA's defaults.
 RUN_RARELY = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
               "xla_cpu_use_fusion_emitters": False}
 
 # The training chunk keeps its optimization barriers through fusion, where they mark buffers that XLA must
-# write out rather than recompute inside their consumers (conv._materialized). XLA's CPU pipeline
-# otherwise expands every barrier early, in its "cse_barrier_expander" pass; programs without barriers are
-# unaffected, and other backends keep barriers anyway.
+# write out rather than recompute inside their consumers (conv._materialized); XLA's CPU pipeline otherwise
+# expands every barrier early, in its "cse_barrier_expander" pass (docs/speed.md, "Optimization barriers in the
+# chunk"). Programs without barriers are unaffected, and other backends keep barriers anyway.
 KEEP_BARRIERS = {"xla_disable_hlo_passes": "cse_barrier_expander"}
 
 _COMPILE = {"seconds": 0.0, "count": 0}
-_LOCK = threading.Lock()  # programs also compile in a background thread (train._compile_ahead)
+_LOCK = threading.Lock()  # programs also compile in a background thread (compile_ahead)
 
 
 def _on_event(event: str, seconds: float, **kwargs) -> None:

@@ -1,26 +1,25 @@
-"""Convolution and max pooling lowered to slices and one matmul, for CPUs.
+"""Convolution and max pooling lowered to slices and matmuls for CPUs: the same function as flax's, faster there.
 
-XLA's CPU backend runs a convolution fast only when its layout pass can hand it to Eigen's spatial convolution
-(dim_labels b01f_01io->b01f). In a jitted step it rewrites all three convolutions of a conv layer (the forward,
-the input gradient and the kernel gradient) into that form; inside the body of a `lax.scan` (a while loop) it
-leaves the two gradient convolutions as they are (b01f_01oi with a reversed kernel, f01b_i01o->01bf) and emits
-them as naive loop nests: a CNN step inside trainlab's chunked loop ran some 50x slower than the same step
-jitted alone. `reduce_window` max pooling has a second slow path, its gradient `select_and_scatter`.
+XLA's CPU backend runs a convolution fast only where its layout pass hands it to Eigen, which it does not do for
+the gradient convolutions inside a `lax.scan` body, where trainlab's chunk runs every step; the gradient of
+`reduce_window` max pooling (`select_and_scatter`) is a slow path too (docs/speed.md, "Convolutions on CPU").
+The lowering here uses neither:
 
-The lowering here needs neither. A convolution becomes im2col: the input is padded, the kernel_size windows are
-taken as strided slices, placed side by side on the channel axis into patches (N, *out, kh*kw*cin), and
-multiplied by the kernel reshaped to (kh*kw*cin, cout): one matmul, which runs near the matmul peak. Its gradient
-is again slices, pads and two matmuls. Where those patches, kh*kw times the input, are what the layer's time goes
-to (8-64 input channels), a 2-D convolution takes patches over the width offsets only and sums the kh row offsets
-from its matmul's output instead (`_row_patches_conv`); with a single input channel, where the matmul would be
-only kh*kw deep, it is a sum of scaled input windows (`_elementwise_conv`). A max pool with window == strides is
-the maximum over each window's offsets, whose tangent is a masked sum over the window, the mask marking the first
-maximum in row-major order (as `select_and_scatter` picks it), so its gradient is one elementwise select.
+- full patches (im2col): the padded input's windows, one strided slice per kernel offset, side by side on the
+  channel axis, times the kernel reshaped to (kh*kw*cin, cout): one matmul; its gradient is slices, pads and two
+  matmuls.
+- row patches, for 2-D stride-1 convolutions of a middling channel count, where the full patches (kh*kw times
+  the input) are the cost: patches over the width offsets only, with the kh row offsets summed from the matmul's
+  output (`_row_patches_conv`).
+- an elementwise sum of scaled input windows for a single input channel, where the matmul would be only kh*kw
+  deep (`_elementwise_conv`).
+- a max pool with window == strides as the maximum over each window's offsets; its gradient goes to each
+  window's first maximum in row-major order, as `select_and_scatter` sends it, in one elementwise select.
 
-Both compute what flax's nn.Conv and nn.max_pool compute (tests/test_conv.py holds values and gradients equal).
 The convolution plugs into nn.Conv through its `conv_general_dilated` hook, so the module, its parameter names
-and shapes, its init and its place in the params tree are flax's own. `impl="auto"` picks im2col on CPU and
-XLA's own convolution elsewhere (GPU and TPU convolutions are fast in loops too).
+and shapes and its init are flax's own. `impl="auto"` takes this lowering on CPU, and XLA's own convolution on
+other backends or with the speed switch off (trainlab.fast.ENABLED). tests/test_conv.py holds values and
+gradients equal to flax's.
 """
 
 from __future__ import annotations
@@ -36,15 +35,23 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
+from trainlab import fast
+
 IMPLS = ("auto", "xla", "im2col")
+
+# Which lowering a 2-D convolution takes, by its input channels (docs/speed.md, "Convolutions on CPU"): up to
+# _ELEMENTWISE_CHANNELS the elementwise sum; within _ROW_PATCHES_CHANNELS (inclusive), at stride 1 along the rows,
+# the row patches; otherwise the full patches.
+_ELEMENTWISE_CHANNELS = 1
+_ROW_PATCHES_CHANNELS = (8, 64)
 
 
 def resolve(impl: str) -> str:
-  """auto -> im2col on CPU, xla on other backends; xla and im2col stay as they are."""
+  """auto -> im2col on CPU with the speed switch on, xla otherwise; xla and im2col stay as they are."""
   if impl not in IMPLS:
     raise ValueError(f"conv impl {impl!r} is not one of {IMPLS}")
   if impl == "auto":
-    return "im2col" if jax.default_backend() == "cpu" else "xla"
+    return "im2col" if fast.ENABLED and jax.default_backend() == "cpu" else "xla"
   return impl
 
 
@@ -75,23 +82,23 @@ def im2col_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=
   if not simple or any(lo < 0 or hi < 0 for lo, hi in pads):
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                                     feature_group_count, batch_group_count, precision, preferred_element_type)
-  if lhs.ndim == 4 and lhs.shape[-1] <= ELEMENTWISE_CHANNELS:
+  channels = lhs.shape[-1]
+  if lhs.ndim == 4 and channels <= _ELEMENTWISE_CHANNELS:
     return _elementwise_conv(lhs, rhs, tuple(window_strides), tuple(map(tuple, pads)), precision)
-  if lhs.ndim == 4 and window_strides[0] == 1 and ROW_PATCHES_CHANNELS[0] <= lhs.shape[-1] <= ROW_PATCHES_CHANNELS[1]:
+  if lhs.ndim == 4 and window_strides[0] == 1 and _ROW_PATCHES_CHANNELS[0] <= channels <= _ROW_PATCHES_CHANNELS[1]:
     return _row_patches_conv(lhs, rhs, window_strides[1], pads, precision)
-  x = jnp.pad(lhs, [(0, 0), *pads, (0, 0)])
-  out = [(size - k) // s + 1 for size, k, s in zip(x.shape[1:-1], kernel_size, window_strides)]
-  windows = _windows(x, kernel_size, window_strides, out)
-  # Strided windows are the exception to _side_by_side: for them XLA's concatenate is the faster pass (the
-  # patches of the default resnet's 16 -> 32 stride-2 layer alone 4.3 against 7.8 ms), given as stacks that it
-  # fuses (_stacked_windows). The stride-1 stem measured the same either way (1.00x): it keeps the sum of pads.
+  windows = _padded_windows(lhs, kernel_size, window_strides, pads)
+  # Strided windows are the one case where XLA's own concatenate, given as stacks it fuses, is the faster way to
+  # build the patches (docs/speed.md, "Convolutions on CPU"); the others take the sum of pads of _side_by_side.
   patches = _stacked_windows(windows, kernel_size) if max(window_strides) > 1 else _side_by_side(windows)
   return _patches_times_kernel(patches, rhs.reshape(-1, rhs.shape[-1]), precision, preferred_element_type)
 
 
-def _windows(x, kernel_size, strides, out) -> list[jax.Array]:
-  """One strided slice of the padded input x per kernel offset, in the kernel's own (row-major) order, so that
+def _padded_windows(lhs, kernel_size, strides, pads) -> list[jax.Array]:
+  """One strided slice of the zero-padded input per kernel offset, in the kernel's own (row-major) order, so that
   patches[..., (i, j, c)] lines up with kernel.reshape(-1, cout)[(i, j, c)]."""
+  x = jnp.pad(lhs, [(0, 0), *pads, (0, 0)])
+  out = [(size - k) // s + 1 for size, k, s in zip(x.shape[1:-1], kernel_size, strides)]
   return [x[(slice(None), *(slice(o, o + s * (n - 1) + 1, s) for o, s, n in zip(offset, strides, out)))]
           for offset in itertools.product(*map(range, kernel_size))]
 
@@ -100,14 +107,10 @@ def _stacked_windows(windows: list[jax.Array], kernel_size: Sequence[int]) -> ja
   """The patches (N, *out, prod(kernel_size) * C) of windows (N, *out, C) given in row-major kernel order, the
   same as their concatenate on the channel axis, built as stacks of at most max(kernel_size) windows each.
 
-  XLA's CPU backend fuses a concatenate into the pass that computes its operands only where it has at most 8
-  operands and, on the minor axis, fewer than 128 elements there; a 3x3 kernel's flat concatenate has 9 operands,
-  and 144 elements for 16 channels. Left unfused, each window was first copied out on its own, recomputing the
-  batch norm, activation and residual sum that produce the input at every read, and then concatenated: 15.5 ms of
-  the default resnet's 16 -> 32 stride-2 patches, against 6.1 for the stacks (the padded input written once and
-  one fused pass writing the patches; XLA's trace of the chunk, 2-core CPU). Stacking on a new axis per kernel
-  axis keeps every concatenate to kw or kh operands, off the minor axis, and the final reshape is free. The
-  resnet's step 0.955x the time (paired median of 14 interleaved rounds of the chunk in one process; best 0.86x).
+  XLA's CPU backend fuses a concatenate into the pass that computes its operands only where it has few operands
+  and, on the minor axis, few elements there, which a 3x3 kernel's flat concatenate exceeds; left unfused, each
+  window is copied out on its own, recomputing whatever produces the input at every read. Stacking on a new axis
+  per kernel axis keeps every concatenate to kw or kh operands, off the minor axis, and the final reshape is free.
   """
   level = windows
   for depth, k in enumerate(reversed(kernel_size)):  # innermost kernel axis first: axis -2, then -3, ...
@@ -116,30 +119,21 @@ def _stacked_windows(windows: list[jax.Array], kernel_size: Sequence[int]) -> ja
   return stacked.reshape(*stacked.shape[:-1 - len(kernel_size)], -1)
 
 
-# 2-D convolutions with at most this many input channels take the elementwise sum (_elementwise_conv). Measured
-# on a 2-core CPU inside the training scan at batch 128, against the full patches: the cnn's step (its first
-# convolution 1 -> 32 at 28x28) 0.92-0.96x the time (paired, interleaved runs); the default resnet's (its stem
-# 3 -> 16 at 32x32) 0.97-1.02x, within the noise, so 3 channels keep the patches.
-ELEMENTWISE_CHANNELS = 1
-
-
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
 def _elementwise_conv(lhs, rhs, strides, pads, precision):
   """A convolution of few input channels as a sum of kh*kw*cin scaled input windows, in one elementwise pass.
 
-  With one input channel the patches' matmul is only kh*kw deep (9), far too shallow to run near the matmul
-  peak, and its patches are most of what it reads and writes; the elementwise sum writes only the output. The
-  output goes through an optimization barrier (kept by compilation.KEEP_BARRIERS): XLA would otherwise fuse the
-  sum into each of its consumers, and a max pool's mask reads every output several times (the cnn's step took
-  2.1x the time). The kernel gradient stays patches^T @ cotangent, one matmul (the jvp below).
+  With one input channel the patches' matmul is only kh*kw deep, too shallow to run near the matmul peak, and
+  its patches are most of what it reads and writes; the elementwise sum writes only the output. The output goes
+  through an optimization barrier (kept by compilation.KEEP_BARRIERS) so that XLA computes it once rather than
+  inside each consumer, such as a max pool's mask that reads it several times (docs/speed.md, "Optimization
+  barriers in the chunk"). The kernel gradient stays patches^T @ cotangent, one matmul (the jvp below).
   """
-  kernel_size, cin = rhs.shape[:-2], rhs.shape[-2]
-  x = jnp.pad(lhs, [(0, 0), *pads, (0, 0)])
-  out = [(size - k) // s + 1 for size, k, s in zip(x.shape[1:-1], kernel_size, strides)]
+  cin = rhs.shape[-2]
   weights = rhs.reshape(-1, cin, rhs.shape[-1])
+  windows = _padded_windows(lhs, rhs.shape[:-2], strides, pads)
   return lax.optimization_barrier(sum(window[..., c:c + 1] * weights[k, c]
-                                      for k, window in enumerate(_windows(x, kernel_size, strides, out))
-                                      for c in range(cin)))
+                                      for k, window in enumerate(windows) for c in range(cin)))
 
 
 def _elementwise_conv_jvp(strides, pads, precision, primals, tangents):
@@ -150,8 +144,7 @@ def _elementwise_conv_jvp(strides, pads, precision, primals, tangents):
   if type(dlhs) is not SymbolicZero:
     dout += _elementwise_conv(dlhs, rhs, strides, pads, precision)
   if type(drhs) is not SymbolicZero:
-    x = jnp.pad(lhs, [(0, 0), *pads, (0, 0)])
-    windows = _windows(x, rhs.shape[:-2], strides, out.shape[1:-1])
+    windows = _padded_windows(lhs, rhs.shape[:-2], strides, pads)
     dout += _patches_times_kernel(_side_by_side(windows), drhs.reshape(-1, drhs.shape[-1]), precision)
   return out, dout
 
@@ -162,8 +155,8 @@ _elementwise_conv.defjvp(_elementwise_conv_jvp, symbolic_zeros=True)
 def _side_by_side(cols: list[jax.Array]) -> jax.Array:
   """Slices of one shape placed side by side on the channel axis, as a sum of slices padded on that axis rather
   than a concatenate: XLA's CPU backend fuses the pads and the sum into one pass that writes the patches, where
-  it copied each slice out and then concatenated the copies (2.6x slower for the CNN's second convolution, when
-  it still took full patches). Strided windows go the other way (im2col_conv_general_dilated)."""
+  it would copy each slice out and then concatenate the copies. Strided windows go the other way
+  (_stacked_windows)."""
   channels, last = cols[0].shape[-1], len(cols) - 1
   return sum(jnp.pad(col, [(0, 0)] * (col.ndim - 1) + [(k * channels, (last - k) * channels)])
              for k, col in enumerate(cols))
@@ -171,25 +164,13 @@ def _side_by_side(cols: list[jax.Array]) -> jax.Array:
 
 def _patches_times_kernel(patches, kernel, precision, preferred_element_type=None):
   """patches (..., depth) @ kernel (depth, cout), with the rows in two halves, each times the kernel: the kernel
-  gradient, patches^T @ cotangent, then runs as two matmuls (one per core on a 2-core CPU) and a sum; as one
-  matmul over all rows it takes 1.3x as long."""
+  gradient, patches^T @ cotangent, then runs as two matmuls that XLA's CPU runtime can run in parallel, and a sum
+  (docs/speed.md, "Convolutions on CPU")."""
   rows, depth = math.prod(patches.shape[:-1]), patches.shape[-1]
   split = 2 if rows % 2 == 0 else 1
   y = jnp.matmul(patches.reshape(split, rows // split, depth), jnp.broadcast_to(kernel, (split, *kernel.shape)),
                  precision=precision, preferred_element_type=preferred_element_type)
   return y.reshape(*patches.shape[:-1], kernel.shape[-1])
-
-
-# 2-D convolutions of stride 1 with this many input channels (inclusive range) take the row patches. Measured
-# per 3x3 layer on a 2-core CPU, forward and backward inside a scan at batch 128, row patches against full
-# patches, before their cotangent barrier: 16 channels in and out at 32x32 0.69-0.96x the time (the default
-# resnet's first stage: its whole step 0.83-0.88x the time in paired runs); 32 at 16x16 1.03x; 64 at 8x8 1.25x;
-# 32 -> 64 at 14x14 1.42x. With the cotangent barrier (_materialized) the wider layers gain too: the default
-# resnet's step with row patches up to 64 channels 0.93x the time of up to 16 (two runs of 16 interleaved
-# rounds, paired), the cnn's (32 -> 64 at 14x14) 0.99-1.00x. With 1 or 3 input channels the full patches are
-# small and the row patches' matmul output, kh times the layer's, costs more: 7.6x (1 -> 32 at 28x28), 3.0x
-# (3 -> 16 at 32x32).
-ROW_PATCHES_CHANNELS = (8, 64)
 
 
 def _row_patches_conv(lhs, rhs, stride: int, pads, precision):
@@ -201,10 +182,9 @@ def _row_patches_conv(lhs, rhs, stride: int, pads, precision):
   another order: a third of the patch memory for a 3x3 kernel, and H / Ho times the matmul rows.
 
   The rows of zero padding add nothing, so they stay out of the patches and the matmul; each kernel row's
-  contributions are padded instead where they meet no input row. Measured on a 2-core CPU against padding the
-  rows too, forward and backward inside a scan at batch 128: per 3x3 layer 0.88x the time (32 -> 64 at 14x14),
-  0.91x (16 at 32x32), 0.78x (64 at 8x8); the cnn's step 0.96x, the default resnet's 0.92x (paired,
-  interleaved runs).
+  contributions are padded instead where they meet no input row. With few input channels the full patches are
+  small and the row patches' matmul output, kh times the layer's, costs more: hence the channel range
+  (_ROW_PATCHES_CHANNELS).
   """
   kh, kw, cin, cout = rhs.shape
   (top, bottom), width_pads = pads
@@ -214,11 +194,8 @@ def _row_patches_conv(lhs, rhs, stride: int, pads, precision):
   patches = _side_by_side([x[:, :, j:j + stride * (wo - 1) + 1:stride, :] for j in range(kw)])
   kernel = rhs.transpose(1, 2, 0, 3).reshape(kw * cin, kh * cout)  # [(j, c), (i, o)] = rhs[i, j, c, o]
   z = _patches_times_kernel(patches, kernel, precision).reshape(n, h, wo, kh, cout)
-  # Each kernel row's contributions are split off z rather than indexed out of it: the transpose of an index is
-  # a pad back to z's full shape, so the backward built the row-shifted cotangent as a sum of kh pads, every
-  # element reading all kh behind bounds checks; split's transpose is one concatenate, which XLA fuses into a
-  # single pass writing each element once. Measured on a 2-core CPU, paired and interleaved rounds of the chunk
-  # in one process: the default resnet's step 0.90x and 0.93x the time (10 and 14 rounds), the cnn's 0.86x.
+  # Each kernel row's contributions are split off z rather than indexed out of it: an index's transpose is a pad
+  # back to z's full shape, so the backward would sum kh pads; split's transpose is one concatenate, one pass.
   rows = lax.split(z, [1] * kh, axis=3)
   # output row r takes input row r + i - top through kernel row i, where that row exists
   out = jnp.zeros((n, ho, wo, cout), z.dtype)
@@ -234,18 +211,13 @@ def _row_patches_conv(lhs, rhs, stride: int, pads, precision):
 def _materialized(x: jax.Array) -> jax.Array:
   """x, unchanged, computed into a buffer of its own; in the backward pass, so is x's cotangent.
 
-  The row patches' output is a sum of kh row-shifted slices of their matmul's output. XLA fuses that sum into
-  each of its consumers, and a max pool's mask reads every output several times: an optimization barrier on
-  the output writes it once (the cnn's step 0.92-0.94x the time; the resnet's, whose batch norm reads it
-  once, 0.99x). The backward builds the row-shifted cotangent (N, H, Wo, kh*cout) from the output's
-  cotangent, and XLA fuses whatever produces that cotangent (in the resnet, the batch norm's and activation's
-  backward, a dozen elementwise ops over several inputs) into that fusion, so every one of its elements
-  recomputes them, kh times over, behind per-element pad bounds; a barrier on the tangent (transposed: on the
-  cotangent) keeps them apart. Measured on the default resnet's 16-channel convolutions, 2-core CPU: that
-  fusion 17.6 -> 5.2 ms per layer, the whole step 0.85-0.89x the time (paired, interleaved runs). The
-  barriers only hold where the program is compiled with compilation.KEEP_BARRIERS (XLA's CPU pipeline
-  otherwise expands barriers before fusion); without it the function and its gradient are the same, only
-  slower.
+  The row patches' output is a sum of kh row-shifted slices of their matmul's output, which XLA would fuse into
+  each of its consumers (a max pool's mask reads every output several times): the barrier on the output writes
+  it once. The backward builds the row-shifted cotangent from the output's cotangent, and XLA would fuse
+  whatever produces that cotangent (a batch norm's and activation's backward) into it, recomputing it kh times
+  over: the barrier on the tangent (transposed: on the cotangent) keeps them apart. The barriers only hold where
+  the program is compiled with compilation.KEEP_BARRIERS; without it the function and its gradient are the same,
+  only slower (docs/speed.md, "Optimization barriers in the chunk").
   """
   return lax.optimization_barrier(x)
 
@@ -296,11 +268,10 @@ def _first_max(windows: jax.Array, window: tuple[int, ...]) -> tuple[jax.Array, 
 def _window_max(windows: jax.Array, window: tuple[int, ...]) -> jax.Array:
   """The maximum of each window, computed in the pass that finds it, behind a barrier.
 
-  The masked window sum that is its tangent gives the same values, and was the output before: XLA wrote the
-  masked windows out in full and then summed them, one more write and read of the pool's input. The barrier
-  keeps XLA from recomputing the maxima inside each consumer (the next layer's patches read each output three
-  times). Measured on the cnn's step, 2-core CPU, paired and interleaved runs of the chunk: 0.96x the time
-  (without the barrier 1.00x).
+  The masked window sum that is its tangent gives the same values, but as the output it would write the masked
+  windows out in full before summing them. The barrier keeps XLA from recomputing the maxima inside each
+  consumer, such as the next layer's patches, which read each output several times (docs/speed.md,
+  "Optimization barriers in the chunk").
   """
   return lax.optimization_barrier(_first_max(windows, window)[0])
 

@@ -2,12 +2,12 @@
 
 JAX's persistent compilation cache (compilation.enable_persistent_cache) skips the compile of a program that an
 earlier process compiled, but not its tracing and lowering to StableHLO, which every fresh process repeats and
-which are most of what a later run of a structure waits for before its first step: for the default MLP run
-0.8-1.0 s of a 5 s run (measured on a 2-core CPU: the chunk 0.3-0.5 s, the init 0.2 s, the evaluation 0.1 s).
-The store keeps each program as jax.export serializes it, with its output tree, keyed by everything the trace
-depends on: the program's name, its `train.Spec`, the arguments' tree and types, the versions of the libraries
-and the source of trainlab itself, JAX's configuration and the device. A later process deserializes the program
-and jits its call: that traces one call, and the compile finds the persistent cache.
+which are most of what a later run of a structure waits for before its first step (docs/speed.md, "The program
+store"). The store keeps each program as jax.export serializes it, with its output tree, keyed by everything the
+trace depends on: the program's name, its key (the run's structure), the arguments' tree and types, the donated
+arguments and compile options, the versions of the libraries and the source of trainlab itself, JAX's
+configuration and the device. A later process deserializes the program and jits its call: that traces one call,
+and the compile finds the persistent cache.
 
 A program is stored only when every `_target_` of its structure is trainlab's, JAX's, flax's or optax's (whose
 code the key covers); one that names a user's own module is traced as usual. A program that cannot be exported
@@ -52,9 +52,9 @@ def trusted(structure: Any) -> bool:
 
 @functools.cache
 def _trainlab_source() -> str:
-  """A hash of trainlab's own source: an edited checkout traces anew."""
+  """A hash of trainlab's own source, every module of the package: an edited checkout traces anew."""
   digest = hashlib.sha256()
-  package = pathlib.Path(__file__).resolve().parent
+  package = pathlib.Path(__file__).resolve().parents[1]  # trainlab/, above this fast/ package
   for path in sorted(package.rglob("*.py")):
     digest.update(str(path.relative_to(package)).encode())
     digest.update(path.read_bytes())
@@ -108,7 +108,7 @@ def _write(path: pathlib.Path, exported, out_tree, record) -> None:
 
 
 class Stored:
-  """`jax.jit(fun, **jit_kwargs)` whose traced program is kept in the store, per argument signature.
+  """`jax.jit(fun, compiler_options=...)` whose traced program is kept in the store, per argument signature.
 
   Called under a transformation (`jax.vmap` of a vectorized sweep, another jit), or where the store is off, it
   is that jitted function; `__wrapped__` is `fun`, as for a jitted function. `record`: a list that `fun` fills
@@ -116,10 +116,10 @@ class Stored:
   """
 
   def __init__(self, fun: Callable, name: str, key: str | None, *, donate_argnums: tuple[int, ...] = (),
-               record: list | None = None, **jit_kwargs):
+               compiler_options: dict | None = None, record: list | None = None):
     self.__wrapped__, self.name, self.key, self.record = fun, name, key, record
-    self.donate_argnums, self.jit_kwargs = tuple(donate_argnums), jit_kwargs
-    self.jitted = jax.jit(fun, donate_argnums=donate_argnums, **jit_kwargs)
+    self.donate_argnums, self.compiler_options = tuple(donate_argnums), compiler_options or {}
+    self.jitted = jax.jit(fun, donate_argnums=donate_argnums, compiler_options=self.compiler_options)
     self._calls: dict[Any, tuple[Callable, Any]] = {}  # signature -> (jitted call of the program, output tree)
 
   def __call__(self, *args):
@@ -132,7 +132,7 @@ class Stored:
   def lower(self, *args) -> jax.stages.Lowered:
     """The program for arguments of these types, loaded or traced, and lowered: `.compile()` on it gets it
     ready without running it, so that the call that follows only runs it. The compile is safe in another
-    thread (train.py compiles the first chunk in one while the host takes the step-0 diagnostics)."""
+    thread (compile_ahead)."""
     leaves, in_tree = jax.tree.flatten(args)
     call, _ = self._stored_call(leaves, in_tree)
     return self.jitted.lower(*args) if call is None else call.lower(*leaves)
@@ -159,7 +159,7 @@ class Stored:
       log.debug("program store: off (%s)", e)
       return None, None
     digest = hashlib.sha256(repr((self.name, self.key, str(in_tree), types, self.donate_argnums,
-                                  sorted(self.jit_kwargs.items()), environment)).encode()).hexdigest()
+                                  sorted(self.compiler_options.items()), environment)).encode()).hexdigest()
     path = directory / f"{self.name}-{digest[:32]}.bin"
     exported = None
     if path.exists():
@@ -183,7 +183,7 @@ class Stored:
     # The donated arguments' leaves, in the flat call.
     starts = np.cumsum([0, *(arg.num_leaves for arg in in_tree.children())])
     donated = tuple(i for a in self.donate_argnums for i in range(starts[a], starts[a + 1]))
-    call = jax.jit(exported.call, donate_argnums=donated, **self.jit_kwargs)
+    call = jax.jit(exported.call, donate_argnums=donated, compiler_options=self.compiler_options)
     return call, out_tree
 
   def _export(self, in_tree, types):
