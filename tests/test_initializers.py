@@ -13,6 +13,7 @@ from omegaconf import OmegaConf, open_dict
 
 from conftest import compose_config
 from trainlab import config, initializers, train
+from trainlab.values import PROGRAM_GROUPS, merge as merge_values, split as split_values
 
 SHAPES = [(256, 128), (64, 512), (300, 300), (3, 3, 16, 64)]  # the last a convolution: fan_in 3*3*16
 
@@ -21,11 +22,11 @@ SHAPES = [(256, 128), (64, 512), (300, 300), (3, 3, 16, 64)]  # the last a convo
 def sample_shapes(init: str, shapes: tuple, seed=0, overrides=()):
   """Weights of each shape from the `init` option as configured in conf/init/, its floats traced; one compile."""
   cfg = OmegaConf.to_container(compose_config([f"init={init}", *overrides]).init, resolve=True)
-  structure, values = train.split_values(cfg)
+  structure, values = split_values(cfg)
 
   @jax.jit
   def draw(values):
-    kernel_init = initializers.build(train.merge_values(structure, values)).kernel
+    kernel_init = initializers.build(merge_values(structure, values)).kernel
     return [kernel_init(jax.random.fold_in(jax.random.PRNGKey(seed), i), s) for i, s in enumerate(shapes)]
 
   return [np.asarray(w, np.float64) for w in draw(jax.tree.map(np.float32, values))]
@@ -164,14 +165,14 @@ def program_state(overrides, steps, npz):
   with open_dict(cfg):
     del cfg["hydra"]
   dataset = train.load_data(cfg.data)
-  program_cfg = {g: OmegaConf.to_container(cfg[g], resolve=True) for g in train.PROGRAM_GROUPS}
-  structure, values = train.split_values(program_cfg)
+  program_cfg = {g: OmegaConf.to_container(cfg[g], resolve=True) for g in PROGRAM_GROUPS}
+  structure, values = split_values(program_cfg)
   values = jax.tree.map(np.float32, values)
   if cfg.init.output_bias == "marginal":
     values["init"]["log_class_frequency"] = initializers.log_class_frequency(dataset.y_train, dataset.num_classes)
   spec = train.Spec(json.dumps(structure, sort_keys=True), cfg.batch_size, max(steps, 1), max(steps, 1),
                     tuple(dataset.x_train.shape[1:]), dataset.num_classes)
-  program = train.build_program(spec)
+  program = train.compile_program(spec)
   state = program.init(np.int32(0), values)
   if steps:
     state, _ = program.train_chunk(state, dataset.x_train, dataset.y_train, np.int32(steps))

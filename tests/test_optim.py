@@ -14,6 +14,7 @@ import optax
 import pytest
 
 from trainlab import optim, train
+from trainlab.values import merge as merge_values, split as split_values
 from trainlab.fast import compilation
 
 STEPS = 6
@@ -32,13 +33,13 @@ def run(optimizer: dict, schedule: dict | None = None, regularizer: dict | None 
         theta0=THETA0, grad_fn=grad):
   """Parameters after each of `steps` updates, and the learning rate each update used."""
   schedule = schedule or {"_target_": "trainlab.schedules.constant", "warmup_steps": 0}
-  structure, values = train.split_values({"optimizer": optimizer, "schedule": schedule,
+  structure, values = split_values({"optimizer": optimizer, "schedule": schedule,
                                           "regularizer": regularizer or {}})
   values = jax.tree.map(np.float32, values)
 
   @jax.jit
   def go(values):
-    merged = {g: train.merge_values(structure[g], values[g]) for g in structure}
+    merged = {g: merge_values(structure[g], values[g]) for g in structure}
     init_tx, _ = optim.build_optimizer(merged["optimizer"], merged["schedule"], TOTAL, merged["regularizer"])
     tx, lr_fn = optim.build_optimizer(structure["optimizer"], structure["schedule"], TOTAL,
                                       structure["regularizer"])

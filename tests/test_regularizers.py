@@ -109,7 +109,7 @@ def test_label_smoothing_loss_formula():
   eps, k = 0.2, 4
   target = (1 - eps) * np.eye(k)[LABELS] + eps / k
   want = -(target * log_softmax(LOGITS)).sum(-1)
-  got = losses.objective(jnp.array(LOGITS), jnp.array(LABELS), {"label_smoothing": {"eps": jnp.float32(eps)}})
+  got = regularizers.objective(jnp.array(LOGITS), jnp.array(LABELS), {"label_smoothing": {"eps": jnp.float32(eps)}})
   np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
@@ -118,9 +118,9 @@ def test_confidence_penalty_loss_formula():
   logp = log_softmax(LOGITS)
   entropy = -(np.exp(logp) * logp).sum(-1)
   want = -logp[np.arange(2), LABELS] - beta * entropy
-  got = losses.objective(jnp.array(LOGITS), jnp.array(LABELS), {"confidence_penalty": {"beta": jnp.float32(beta)}})
+  got = regularizers.objective(jnp.array(LOGITS), jnp.array(LABELS), {"confidence_penalty": {"beta": jnp.float32(beta)}})
   np.testing.assert_allclose(got, want, rtol=1e-5)
-  both = losses.objective(jnp.array(LOGITS), jnp.array(LABELS), {"confidence_penalty": {"beta": jnp.float32(beta)},
+  both = regularizers.objective(jnp.array(LOGITS), jnp.array(LABELS), {"confidence_penalty": {"beta": jnp.float32(beta)},
                                                                   "label_smoothing": {"eps": jnp.float32(0.0)}})
   np.testing.assert_allclose(both, want, rtol=1e-5)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import jax
 import pytest
@@ -11,6 +10,8 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from conftest import QUICK, train_in_process
 from trainlab import train
+from trainlab.values import merge as merge_values, split as split_values
+from trainlab import fast
 from trainlab.fast import compilation
 
 
@@ -61,30 +62,21 @@ def test_same_seed_same_metrics_bit_for_bit(tmp_path):
   assert other_seed["test/loss"] != first["test/loss"]
 
 
-def test_the_first_chunk_compiles_while_the_starting_diagnostics_run(tmp_path, monkeypatch):
-  """With diagnostics due at step 0, the first chunk and the evaluation are traced in the run's own thread, each
-  once, before the diagnostics, and compiled in a background thread while those run; the run is the one that
-  compiling them when called gives."""
+def test_compiling_ahead_leaves_the_run_unchanged(tmp_path, monkeypatch):
+  """With diagnostics due at step 0, the first chunk and the evaluation compile ahead (trainlab.fast) while the
+  diagnostics run; the run is the one that compiling them when called gives, bit for bit."""
   run = [*QUICK, "model.widths=[20]", "diagnostics=default", "diagnostics.every=100"]
-  events = []
-  listener = lambda event, seconds, **kw: events.append((event, kw.get("fun_name"), threading.current_thread().name))
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    ahead = train_in_process(run, tmp_path / "ahead")
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
-  traced = [(name, thread) for event, name, thread in events if event.endswith("jaxpr_trace_duration")]
-  compiled_in = {thread for event, _, thread in events if event.endswith("backend_compile_duration")
-                 or "cache_retrieval" in event}
-  # (From an earlier session's program store, "call" is what is traced: the stored program's call.)
-  assert "trainlab-compile" in compiled_in
-  assert "trainlab-compile" not in {thread for _, thread in traced}
-  assert [name for name, _ in traced].count("train_chunk") <= 1
+  asked = []
+  compile_ahead = fast.compile_ahead
+  monkeypatch.setattr(fast, "compile_ahead", lambda calls: asked.append(len(calls)) or compile_ahead(calls))
+  ahead = train_in_process(run, tmp_path / "ahead")
+  assert asked == [2]  # the first chunk and the evaluation
 
-  train.build_program.cache_clear()
+  train.compile_program.cache_clear()
   jax.clear_caches()
-  monkeypatch.setattr(train, "_compile_ahead", lambda *args: None)
+  monkeypatch.setattr(fast, "compile_ahead", lambda calls: asked.append(len(calls)) or (lambda: None))
   when_called = train_in_process(run, tmp_path / "when_called")
+  assert asked == [2, 2]
   assert (tmp_path / "ahead" / "metrics.jsonl").read_text() == (tmp_path / "when_called" / "metrics.jsonl").read_text()
   assert ahead["test/loss"] == when_called["test/loss"]
 
@@ -110,12 +102,12 @@ def test_values_change_results_without_recompiling(tmp_path):
 
 def test_a_leaked_constant_would_be_caught():
   """The program is built with every float set to 0, so a value baked into it as a constant would be 0."""
-  structure, values = train.split_values({"optimizer": {"_target_": "optax.adam", "lr": 0.1, "b1": 0.9},
+  structure, values = split_values({"optimizer": {"_target_": "optax.adam", "lr": 0.1, "b1": 0.9},
                                           "model": {"widths": [3], "activation": "relu"}})
   assert structure == {"optimizer": {"_target_": "optax.adam", "lr": 0.0, "b1": 0.0},
                        "model": {"widths": [3], "activation": "relu"}}
   assert values == {"optimizer": {"lr": 0.1, "b1": 0.9}, "model": {}}
-  assert train.merge_values(structure, values)["optimizer"]["b1"] == 0.9
+  assert merge_values(structure, values)["optimizer"]["b1"] == 0.9
 
 
 def test_divergence_is_recorded_not_raised(tmp_path):

@@ -44,7 +44,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from trainlab import losses
-from trainlab.fast import compilation, program_store
+from trainlab import fast
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ class Diagnostics(NamedTuple):
 def build(apply: Callable, tx: optax.GradientTransformation, activation: str | None,
           loss: Callable = losses.cross_entropy, store_key: str | None = None) -> Diagnostics:
   """The jitted diagnostics of a program, given its `apply(state, params, x, train=False)`, optimizer and
-  per-example loss; `store_key`: the program's key in program_store (None: traced in every process)."""
+  per-example loss; `store_key`: the program's key in the program store (trainlab.fast) (None: traced in every process)."""
 
   def forward(state):
     return lambda params, x: apply(state, params, x, train=False)[0]
@@ -231,8 +231,7 @@ def build(apply: Callable, tx: optax.GradientTransformation, activation: str | N
     loss_fn = lambda params: loss(forward(state)(params, x), y).mean()
     return top_hessian_eigenvalue(loss_fn, state.params, jax.random.fold_in(state.key, 3), iters)
 
-  jitted_probe = program_store.Stored(probe, "probe", store_key, record=names,
-                                      compiler_options=compilation.RUN_RARELY)
+  jitted_probe = fast.jit(probe, "probe", store_key, run_rarely=True, record=names)
 
   def host_probe(state, x, y):
     values, grads = jitted_probe(state, x, y)
@@ -241,7 +240,7 @@ def build(apply: Callable, tx: optax.GradientTransformation, activation: str | N
       stats.setdefault(name, {})[q] = v
     return stats, grads
 
-  curvature = jax.jit(curvature, static_argnums=3, compiler_options=compilation.RUN_RARELY)
+  curvature = jax.jit(curvature, static_argnums=3, compiler_options=fast.RUN_RARELY if fast.ENABLED else None)
   return Diagnostics(host_probe, curvature)
 
 

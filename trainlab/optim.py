@@ -27,17 +27,12 @@ import jax.numpy as jnp
 import optax
 from hydra.utils import get_method
 
-from trainlab import regularizers
+from trainlab import regularizers, values
 from trainlab.config import ConfigError
 
 # Keys of the optimizer group read here rather than passed to the optimizer's own factory.
 PHASE_KEYS = ("_target_", "lr", "staleness", "clip_value", "clip_norm", "noise_eta", "noise_gamma", "then",
               "switch_step")
-
-
-def _structural_args(kwargs: dict) -> tuple[str, ...]:
-  """Names of the arguments that are structure (ints, bools, strings, None), not traced values."""
-  return tuple(name for name, v in kwargs.items() if not isinstance(v, (float, jax.Array)))
 
 
 def _scale_by(schedule_factory: Callable[..., optax.Schedule]) -> Callable[..., optax.GradientTransformation]:
@@ -51,7 +46,7 @@ def _scale_by(schedule_factory: Callable[..., optax.Schedule]) -> Callable[..., 
 
 
 def _inject(factory: Callable, **kwargs) -> optax.GradientTransformation:
-  return optax.inject_hyperparams(factory, static_args=_structural_args(kwargs))(**kwargs)
+  return optax.inject_hyperparams(factory, static_args=values.structural_names(kwargs))(**kwargs)
 
 
 # --- optimizers that optax lacks in the catalogue's form ------------------------------------------------------
@@ -97,21 +92,6 @@ def rmsprop(learning_rate, decay: float = 0.9, eps: float = 1e-8, momentum: floa
 def adamw(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 1e-4):
   """optax.adamw (theta <- theta - lr (m_hat / (sqrt(s_hat) + eps) + weight_decay theta)), decaying weights only."""
   return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=regularizers.weight_mask)
-
-
-def add_decoupled_weight_decay(weight: float, learning_rate: float) -> optax.GradientTransformation:
-  """Adds -learning_rate * weight * w to the update of every weight (kernel), not to biases or norm scales.
-
-  It follows the phase's lr-scaled direction, so the step is theta <- theta - lr (d + weight theta), and the
-  schedule multiplies both terms (Loshchilov & Hutter's decoupled decay, in optax's and PyTorch's AdamW form).
-  """
-
-  def update_fn(updates, state, params):
-    decayed = jax.tree_util.tree_map_with_path(
-        lambda path, u, w: u - learning_rate * weight * w if regularizers.is_weight(path, w) else u, updates, params)
-    return decayed, state
-
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
 def gradient_noise(eta: float, gamma: float, seed: Any = 0) -> optax.GradientTransformation:
@@ -172,8 +152,14 @@ def switch(first: optax.GradientTransformation, second: optax.GradientTransforma
 
 
 # --- composition -------------------------------------------------------------------------------------------
-def _phase(optimizer: dict, weight_decay: Any, seed: Any):
-  """(transform, lr_fn) of one optimizer config; lr_fn maps the transform's state to its base lr."""
+def learning_rate_of(phase_state: Any) -> jax.Array:
+  """The base learning rate that an optimizer phase's state holds, found by name (optax.tree_utils): the
+  `learning_rate` of its direction (a weight decay stage after it holds the same value under that name)."""
+  return optax.tree_utils.tree_get_all_with_path(phase_state, "learning_rate")[0][1]
+
+
+def _phase(optimizer: dict, regularizer: dict, seed: Any) -> optax.GradientTransformation:
+  """One optimizer config's chain: stale gradients, clipping, noise, the direction times lr, weight decay."""
   stages = []
   if optimizer.get("staleness"):
     stages.append(delay(optimizer["staleness"]))
@@ -186,48 +172,47 @@ def _phase(optimizer: dict, weight_decay: Any, seed: Any):
     stages.append(optax.inject_hyperparams(gradient_noise, static_args=("seed",))(
         eta=optimizer["noise_eta"], gamma=optimizer["noise_gamma"], seed=0 if seed is None else seed))
   kwargs = {k: v for k, v in optimizer.items() if k not in PHASE_KEYS}
-  direction_at = len(stages)
   stages.append(_inject(get_method(optimizer["_target_"]), learning_rate=optimizer["lr"], **kwargs))
-  if weight_decay is not None:
-    stages.append(_inject(add_decoupled_weight_decay, weight=weight_decay, learning_rate=optimizer["lr"]))
-  lr_fn = lambda state: state[direction_at].hyperparams["learning_rate"]
-
+  stages.extend(regularizers.gradient_transforms(regularizer, optimizer["lr"]))
   if optimizer.get("then") is None:
-    return optax.chain(*stages), lr_fn
-  step = optimizer.get("switch_step")
-  if step is None:
+    return optax.chain(*stages)
+  if optimizer.get("switch_step") is None:
     raise ConfigError("optimizer.switch_step=None is not allowed with optimizer.then: it must be the step (>= 0) "
                       "at which the second optimizer takes over")
-  second, second_lr_fn = _phase(optimizer["then"], weight_decay, seed)
-  tx = switch(optax.chain(*stages), second, step)
-  return tx, lambda state: jnp.where(state.count < step, lr_fn(state.first), second_lr_fn(state.second))
+  return switch(optax.chain(*stages), _phase(optimizer["then"], regularizer, seed), optimizer["switch_step"])
 
 
-def build_optimizer(optimizer: dict, schedule: dict, total_steps: int, regularizer: dict | None = None,
-                    seed: Any = None):
+def build_optimizer(optimizer: dict, schedule: dict, total_steps: int, regularizer: dict,
+                    seed: Any = None) -> tuple[optax.GradientTransformation, Callable[[Any], jax.Array]]:
   """Returns (tx, learning_rate_fn): the optax transform and a function of its state giving the current lr.
 
   Args:
     optimizer: the `optimizer` group as a dict: `_target_` (an optimizer factory), `lr`, the factory's own args,
-      and the options every optimizer has (clip_value, clip_norm, noise_eta, noise_gamma, then, switch_step).
+      and the options every optimizer has (staleness, clip_value, clip_norm, noise_eta, noise_gamma, then,
+      switch_step).
     schedule: the `schedule` group as a dict: `_target_` (a function of trainlab.schedules) and its args.
     total_steps: the run's number of optimizer steps, the horizon of decaying schedules.
-    regularizer: the `regularizer` group; its `weight_decay.weight`, when selected, is decayed here.
+    regularizer: the selected regularizers ({name: options}); those with a gradient transform join each phase.
     seed: the run's seed, for the gradient noise (may be traced).
   """
-  weight_decay = (regularizer or {}).get("weight_decay")
-  direction, lr_fn = _phase(optimizer, None if weight_decay is None else weight_decay["weight"], seed)
+  direction = _phase(optimizer, regularizer, seed)
+  switch_step = optimizer.get("switch_step") if optimizer.get("then") is not None else None
 
   sched_kwargs = {k: v for k, v in schedule.items() if k != "_target_"}
   sched_kwargs["total_steps"] = total_steps
   schedule_factory = get_method(schedule["_target_"])
-  static = _structural_args(sched_kwargs)
+  static = values.structural_names(sched_kwargs)
   multiplier = optax.inject_hyperparams(_scale_by(schedule_factory), static_args=static)(**sched_kwargs)
 
   def learning_rate_fn(opt_state: Any) -> jax.Array:
     """The learning rate that the next update applies: the phase's lr times the schedule at this step."""
     direction_state, multiplier_state = opt_state
-    values = {k: sched_kwargs[k] for k in static} | dict(multiplier_state.hyperparams)
-    return lr_fn(direction_state) * schedule_factory(**values)(multiplier_state.count)
+    if switch_step is None:
+      base = learning_rate_of(direction_state)
+    else:
+      base = jnp.where(direction_state.count < switch_step, learning_rate_of(direction_state.first),
+                       learning_rate_of(direction_state.second))
+    hyperparams = {k: sched_kwargs[k] for k in static} | dict(multiplier_state.hyperparams)
+    return base * schedule_factory(**hyperparams)(multiplier_state.count)
 
   return optax.chain(direction, multiplier), learning_rate_fn

@@ -1,14 +1,29 @@
-"""Regularizers that act on the weights or the inputs. Each is read by the part of the program that implements it:
-penalties (l2, l1) and the max-norm projection here; decoupled weight decay in optim.py; dropout by the model;
-label smoothing and the confidence penalty in losses.py; early stopping in the host loop of train.py; and
-input augmentation here, applied to each training batch.
+"""Regularizers, each one entry of `REGULARIZERS` that says where it acts.
+
+A regularizer is selected by `regularizer=[name, ...]` and configured under `regularizer.<name>`; its options
+reach it as one dict (traced values and structure merged). Where it can act:
+
+  loss_term(params, options) -> scalar         added to the training objective (l2, l1)
+  reshape_loss(loss, logits, labels, options)  replaces the per-example classification loss (label smoothing,
+                                               the confidence penalty), in the registry's order
+  gradient_transform(options, learning_rate)   an optax stage after the optimizer's direction (weight decay)
+  project(params, options) -> params           applied after every optimizer step (max-norm)
+  augment(x, options, rng) -> x                applied to each training batch (augment)
+  model_options(options) -> dict               keyword arguments of the model (dropout)
+  between_chunks(options) -> EarlyStopping     the host loop's early stopping
+
+Adding a regularizer is one entry here and one conf/regularizer/NAME.yaml (with its schema in trainlab/config).
 """
 
 from __future__ import annotations
 
+from typing import Any, Callable, NamedTuple
+
 import jax
 import jax.numpy as jnp
+import optax
 
+from trainlab import losses, metrics
 from trainlab.config import ConfigError
 
 
@@ -27,6 +42,7 @@ def weight_mask(params):
   return jax.tree_util.tree_map_with_path(is_weight, params)
 
 
+# --- loss terms and per-example losses ---------------------------------------------------------------------
 def l2_penalty(params, weight: jax.Array) -> jax.Array:
   """weight * sum(w^2) over all weights (no factor 1/2)."""
   return weight * sum(jnp.sum(jnp.square(w)) for w in weights(params))
@@ -37,14 +53,32 @@ def l1_penalty(params, weight: jax.Array) -> jax.Array:
   return weight * sum(jnp.sum(jnp.abs(w)) for w in weights(params))
 
 
-def penalty(params, regularizer: dict) -> jax.Array:
-  """The sum of the selected loss penalties; `regularizer` holds the traced values of the regularizer group."""
-  total = jnp.zeros((), jnp.float32)
-  if "l2" in regularizer:
-    total += l2_penalty(params, regularizer["l2"]["weight"])
-  if "l1" in regularizer:
-    total += l1_penalty(params, regularizer["l1"]["weight"])
-  return total
+def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, eps: jax.Array) -> jax.Array:
+  """Cross-entropy against the target (1 - eps) y + eps / K (Szegedy et al. 2016), per example."""
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), eps)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def entropy(logits: jax.Array) -> jax.Array:
+  """H(p) = -sum_k p_k log p_k of p = softmax(logits), per example."""
+  log_p = jax.nn.log_softmax(logits)
+  return -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
+
+
+# --- after the optimizer's direction, and after the step -----------------------------------------------------
+def add_decoupled_weight_decay(weight: float, learning_rate: float) -> optax.GradientTransformation:
+  """Adds -learning_rate * weight * w to the update of every weight (kernel), not to biases or norm scales.
+
+  It follows the phase's lr-scaled direction, so the step is theta <- theta - lr (d + weight theta), and the
+  schedule multiplies both terms (Loshchilov & Hutter's decoupled decay, in optax's and PyTorch's AdamW form).
+  """
+
+  def update_fn(updates, state, params):
+    decayed = jax.tree_util.tree_map_with_path(
+        lambda path, u, w: u - learning_rate * weight * w if is_weight(path, w) else u, updates, params)
+    return decayed, state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
 def max_norm(params, radius: jax.Array):
@@ -61,13 +95,6 @@ def max_norm(params, radius: jax.Array):
     return jnp.where(norm > radius, w * (radius / jnp.maximum(norm, 1e-30)), w)
 
   return jax.tree_util.tree_map_with_path(project, params)
-
-
-def project(params, regularizer: dict):
-  """The projections applied after every optimizer step (max_norm, when selected)."""
-  if "max_norm" in regularizer:
-    params = max_norm(params, regularizer["max_norm"]["r"])
-  return params
 
 
 def augment(x: jax.Array, options: dict, rng: jax.Array) -> jax.Array:
@@ -103,13 +130,91 @@ def augment(x: jax.Array, options: dict, rng: jax.Array) -> jax.Array:
   return x + options["noise"] * jax.random.normal(k_noise, x.shape, x.dtype)
 
 
+class Regularizer(NamedTuple):
+  """Where one regularizer acts: each field is a hook (module docstring), None where it does not act."""
+  loss_term: Callable | None = None
+  reshape_loss: Callable | None = None
+  gradient_transform: Callable | None = None
+  project: Callable | None = None
+  augment: Callable | None = None
+  model_options: Callable | None = None
+  between_chunks: Callable | None = None
+
+
+REGULARIZERS = {  # the order in which hooks of one kind apply
+    "l2": Regularizer(loss_term=lambda params, o: l2_penalty(params, o["weight"])),
+    "l1": Regularizer(loss_term=lambda params, o: l1_penalty(params, o["weight"])),
+    "label_smoothing": Regularizer(
+        reshape_loss=lambda loss, logits, labels, o: smoothed_cross_entropy(logits, labels, o["eps"])),
+    "confidence_penalty": Regularizer(reshape_loss=lambda loss, logits, labels, o: loss - o["beta"] * entropy(logits)),
+    "weight_decay": Regularizer(gradient_transform=lambda o, learning_rate: optax.inject_hyperparams(
+        add_decoupled_weight_decay)(weight=o["weight"], learning_rate=learning_rate)),
+    "max_norm": Regularizer(project=lambda params, o: max_norm(params, o["r"])),
+    "augment": Regularizer(augment=augment),
+    "dropout": Regularizer(model_options=lambda o: {"dropout_rate": o["rate"]}),
+    "early_stopping": Regularizer(between_chunks=lambda o: EarlyStopping(o["patience"], o["metric"])),
+}
+
+
+def hooks(selected: dict, kind: str) -> list[tuple[Callable, Any]]:
+  """The `kind` hooks of the selected regularizers ({name: options}), with their options, in registry order."""
+  return [(getattr(r, kind), selected[name]) for name, r in REGULARIZERS.items()
+          if name in selected and getattr(r, kind) is not None]
+
+
+def penalty(params, selected: dict) -> jax.Array:
+  """The sum of the selected regularizers' loss terms."""
+  return sum((term(params, o) for term, o in hooks(selected, "loss_term")), jnp.zeros((), jnp.float32))
+
+
+def objective(logits: jax.Array, labels: jax.Array, selected: dict) -> jax.Array:
+  """The per-example classification loss that training minimizes: cross-entropy, reshaped by the selected
+  regularizers (label smoothing, then the confidence penalty)."""
+  loss = losses.cross_entropy(logits, labels)
+  for reshape, o in hooks(selected, "reshape_loss"):
+    loss = reshape(loss, logits, labels, o)
+  return loss
+
+
+def project(params, selected: dict):
+  """The selected projections, applied after an optimizer step."""
+  for apply, o in hooks(selected, "project"):
+    params = apply(params, o)
+  return params
+
+
+def augment_batch(x: jax.Array, selected: dict, rng: jax.Array) -> jax.Array:
+  """The selected input transformations of one training batch."""
+  for apply, o in hooks(selected, "augment"):
+    x = apply(x, o, rng)
+  return x
+
+
+def gradient_transforms(selected: dict, learning_rate: Any) -> list[optax.GradientTransformation]:
+  """The selected stages that follow an optimizer phase's direction."""
+  return [make(o, learning_rate) for make, o in hooks(selected, "gradient_transform")]
+
+
+def model_options(selected: dict) -> dict:
+  """Keyword arguments that the selected regularizers give the model; dropout_rate None when none sets it."""
+  kwargs = {"dropout_rate": None}
+  for make, o in hooks(selected, "model_options"):
+    kwargs.update(make(o))
+  return kwargs
+
+
+def early_stopping(selected: dict):
+  """The host loop's early stopping when selected, else None."""
+  found = hooks(selected, "between_chunks")
+  return found[0][0](found[0][1]) if found else None
+
+
 class EarlyStopping:
   """Host-side early stopping: stops after `patience` evaluations without improvement of val/`metric` and keeps
   a device copy of the best parameters (and batch statistics) to restore before the test evaluation."""
 
   def __init__(self, patience: int, metric: str = "accuracy"):
     self.patience, self.metric = patience, metric
-    self.sign = 1.0 if metric == "accuracy" else -1.0  # accuracy is maximized, loss and mse minimized
     self.best, self.best_step, self.best_state, self.bad = None, None, None, 0
 
   def update(self, step: int, val: dict, state) -> bool:
@@ -118,9 +223,8 @@ class EarlyStopping:
     if key not in val:
       raise ConfigError(f"regularizer.early_stopping.metric={self.metric} is not allowed for this data set: it must "
                         f"be one of {', '.join(k.split('/', 1)[1] for k in val)}")
-    score = self.sign * val[key]
-    if self.best is None or score > self.best:
-      self.best, self.best_step, self.bad = score, step, 0
+    if metrics.is_better(val[key], self.best, key):
+      self.best, self.best_step, self.bad = val[key], step, 0
       # A copy: the training chunk donates (reuses) the buffers of the state it is given.
       self.best_state = jax.tree.map(jnp.copy, (state.params, state.model_state))
       return False

@@ -1,14 +1,18 @@
 """Catching SIGTERM and SIGINT (a scheduler's preemption, Ctrl-C) for an orderly stop.
 
-`Stopping` is the mechanism both a run (train.StopRequest) and a sweep (sweep.SweepStop) use: while the
+`Stopping` is the mechanism both a run (StopRequest, below) and a sweep (sweep.SweepStop) use: while the
 context is open, the first signal calls `on_signal` and a second one aborts at once (KeyboardInterrupt); on
 exit the previous handlers come back. No JAX here: a sweep's own process may never import it.
 """
 
 from __future__ import annotations
 
+import logging
+import pathlib
 import signal
 import threading
+
+log = logging.getLogger(__name__)
 
 
 class Stopping:
@@ -36,3 +40,25 @@ class Stopping:
 
   def on_signal(self, signum: int) -> None:
     """What the first signal does, beyond recording its name."""
+
+
+class StopRequest(Stopping):
+  """SIGTERM or SIGINT during a run: finish the chunk, checkpoint and stop. A second signal aborts at once.
+
+  A job of a sweep also stops when its sweep's stop file appears (`stop_file`, holding the signal's name): the
+  sweep's own process writes it on a signal, for the jobs that run in worker processes (the joblib launcher).
+  """
+
+  def __init__(self, stop_file: pathlib.Path | None = None):
+    super().__init__()
+    self.stop_file = stop_file
+
+  def on_signal(self, signum: int) -> None:
+    log.warning("%s: stopping at the end of this chunk, after a checkpoint", self.signal_name)
+
+  def poll(self) -> str | None:
+    """The signal's name once a stop is requested, by a signal or by the sweep's stop file."""
+    if self.signal_name is None and self.stop_file is not None and self.stop_file.exists():
+      self.signal_name = self.stop_file.read_text().strip() or "SIGTERM"
+      log.warning("%s to the sweep: stopping at the end of this chunk, after a checkpoint", self.signal_name)
+    return self.signal_name

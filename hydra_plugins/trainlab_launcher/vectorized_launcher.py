@@ -82,7 +82,7 @@ class VectorizedLauncher(Launcher):
           job.ret = self._run_alone(job)
           continue
         if self._prepare(job):
-          from trainlab import vectorized
+          from hydra_plugins.trainlab_launcher import vectorized
 
           groups.setdefault(vectorized.group_key(job.task_cfg, job.run), []).append(job)
       for group in groups.values():
@@ -170,7 +170,8 @@ class VectorizedLauncher(Launcher):
   # --- training ----------------------------------------------------------------------------------------
   def _train(self, group: list[_Job]) -> None:
     """Trains a group (one vmapped program; a group of one alone) and records each member's result."""
-    from trainlab import main, train, vectorized
+    from trainlab import main, train
+    from hydra_plugins.trainlab_launcher import vectorized
 
     log.info("training jobs %s as %s", ", ".join(f"#{j.idx}" for j in group),
              "one vmapped program" if len(group) > 1 else "a single run")

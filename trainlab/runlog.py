@@ -1,0 +1,223 @@
+"""The host side of one run, between compiled chunks: plain calls in the loop's order.
+
+  record = open_run(...)             the run's writers, diagnostics, checkpoints and early stopping
+  state = resume(record, state)      the latest checkpoint's state and records, with resume=true
+  diagnose(record, state)            the diagnostics due at the starting point
+  per chunk:
+    record_chunk(record, ...)        the per-step metrics: divergence, the log windows   -> True: diverged
+    record_evaluation(record, ...)   validation, best point, diagnostics, early stopping,
+                                     checkpoint, interruption                            -> True: stop here
+  summary = summarize(record, state, evaluate_test)
+  close(record)
+
+The single-run loop (trainlab.train) and the vectorized launcher's loop (one RunRecord per member) make the
+same calls; the state is always passed as a value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import pathlib
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from trainlab import diagnostics, losses, metrics, regularizers
+from trainlab.rundir import checkpoint, writers
+from trainlab.signals import StopRequest
+
+
+@dataclasses.dataclass
+class Window:
+  """The sums of the per-step training metrics over the current `log_every` window."""
+  sums: dict = dataclasses.field(default_factory=dict)
+  count: int = 0
+
+  def add(self, step_metrics: dict[str, float]) -> None:
+    for k, v in step_metrics.items():
+      self.sums[k] = self.sums.get(k, 0.0) + v
+    self.count += 1
+
+  def pop(self) -> dict[str, float]:
+    means = {f"train/{k}": v / self.count for k, v in self.sums.items()}
+    self.sums, self.count = {}, 0
+    return means
+
+
+@dataclasses.dataclass
+class RunRecord:
+  """What the host keeps of one run: its files, its progress, and how it ended so far."""
+  cfg: DictConfig
+  workdir: pathlib.Path
+  log: logging.Logger
+  stop: StopRequest
+  steps: int  # the run's total
+  chunk_steps: int
+  metric: str  # the task's validation metric: val/accuracy or val/mse
+  writer: writers.RunWriter
+  monitor: diagnostics.Monitor
+  checkpointer: checkpoint.Checkpointer
+  stopper: regularizers.EarlyStopping | None
+  started: float  # perf_counter at the job's start
+  startup_seconds: float  # from the job's start to the first state
+  resume_from: int | None = None  # the checkpoint's step that `resume` restores (resume=true)
+  resume_host: dict | None = None  # that checkpoint's host record
+  step: int = 0
+  first_step: int = 0  # where this session started (a resumed run's checkpoint)
+  window: Window = dataclasses.field(default_factory=Window)
+  best: dict | None = None  # the best validation point: {"step", "val/loss", metric}
+  status: str = "completed"
+  diverged_at: int | None = None
+  train_seconds: float = 0.0  # in the chunks, compilation excluded
+  earlier_seconds: float = 0.0  # wall time of the sessions before a resume
+  last_loss: float = math.nan
+
+
+def open_run(cfg: DictConfig, workdir: pathlib.Path, run: Any, stop: StopRequest, logger: logging.Logger,
+             started: float) -> RunRecord:
+  """Opens a run's record (run: the train.Setup). With resume=true, the latest checkpoint's config is checked
+  first, so that a refused resume leaves the directory as it was."""
+  workdir = pathlib.Path(workdir)
+  checkpointer = checkpoint.Checkpointer(workdir, cfg.checkpoint.keep)
+  latest = checkpointer.latest_step() if cfg.resume else None
+  host = None
+  if latest is not None:
+    host = checkpointer.restore_host(latest)
+    checkpoint.check_same_config(host["config"], checkpoint.run_config(_container(cfg)), workdir)
+  writer = writers.RunWriter(workdir, purge_step=(latest or 0) + 1 if cfg.resume else None)
+  writer.text("config", OmegaConf.to_yaml(cfg, resolve=True))
+  monitor = diagnostics.Monitor(cfg.diagnostics, run.program.diagnostics, run.dataset.x_train, run.dataset.y_train,
+                                writer, resumed_at=latest or None)
+  return RunRecord(cfg, workdir, logger, stop, run.spec.total_steps, run.spec.chunk_steps,
+                   f"val/{losses.TASKS[run.dataset.task].metric_name}", writer, monitor, checkpointer,
+                   regularizers.early_stopping(cfg.regularizer), started, time.perf_counter() - started,
+                   resume_from=latest, resume_host=host)
+
+
+def resume(record: RunRecord, state: Any) -> Any:
+  """With resume=true, the state and host records of the latest checkpoint (the state unchanged if none)."""
+  if record.resume_from is not None:
+    try:
+      state = record.checkpointer.restore(state, record.resume_from)
+    except (ValueError, KeyError, TypeError) as e:  # orbax: the saved tree is not this program's state
+      raise checkpoint.ResumeError(
+          f"cannot resume the run in {record.workdir}: its checkpoint at step {record.resume_from} does not hold "
+          f"this program's state (written by another version of trainlab?): {str(e).splitlines()[0][:200]}. "
+          "Start a new run in another directory") from None
+    host = record.resume_host
+    record.step, record.best, record.train_seconds = int(state.step), host["best"], host["train_seconds"]
+    record.window = Window(host["window_sums"], host["window_count"])
+    record.earlier_seconds = host.get("wall_seconds", 0.0)
+    record.log.info("resuming from the checkpoint at step %d", record.step)
+  elif record.cfg.resume:
+    record.log.info("no checkpoint in %s: the run starts from step 0", record.workdir)
+  record.first_step = record.step
+  return state
+
+
+def diagnose(record: RunRecord, state: Any) -> None:
+  """The diagnostics due at this step, if any."""
+  if record.monitor.is_due(record.step):
+    record.monitor(record.step, state)
+
+
+def record_chunk(record: RunRecord, chunk_metrics: dict[str, np.ndarray], run_now: int, seconds: float) -> bool:
+  """Walks a chunk's per-step metrics (on the host); returns True when the run diverged in it."""
+  record.train_seconds += seconds
+  log_every = int(record.cfg.log_every)  # a plain int: read at every step
+  for i in range(run_now):
+    record.step += 1
+    if not math.isfinite(chunk_metrics["loss"][i]):
+      record.status, record.diverged_at = "diverged", record.step
+      if record.window.count:  # the finite steps of the last window: the curve runs up to the divergence
+        record.writer.write(record.step - 1, record.window.pop())
+      record.log.warning("diverged: the training loss became %s at step %d", chunk_metrics["loss"][i], record.step)
+      return True
+    record.window.add({k: float(v[i]) for k, v in chunk_metrics.items()})
+    if record.step % log_every == 0 or record.step == record.steps:
+      record.writer.write(record.step, record.window.pop())
+  record.last_loss = float(chunk_metrics["loss"][run_now - 1])
+  return False
+
+
+def record_evaluation(record: RunRecord, val: dict, run_now: int, state: Any) -> bool:
+  """Records the validation metrics after a chunk; returns True when the run stops here (early stopping, or a
+  signal: then the run is `interrupted`), after the checkpoint it takes then."""
+  step, metric = record.step, record.metric
+  record.stop.poll()
+  val = {f"val/{k}": float(v) for k, v in val.items()}
+  record.writer.write(step, val)
+  if metrics.is_better(val[metric], record.best and record.best[metric], metric):
+    record.best = {"step": step, **val}
+  diagnose(record, state)
+  record.log.info("step %d/%d  train/loss %.4f  val/loss %.4f  %s %.4f", step, record.steps, record.last_loss,
+                  val["val/loss"], metric, val[metric])
+  stop_early = record.stopper is not None and record.stopper.update(step, val, state)
+  every = record.cfg.checkpoint.every
+  passed_a_multiple = bool(every) and step // every > (step - run_now) // every
+  if step == record.steps or record.stop.signal_name or stop_early or passed_a_multiple:
+    save_checkpoint(record, state)
+  if stop_early:
+    record.log.info("early stopping at step %d: no better val/%s in %d evaluations since step %d", step,
+                    record.stopper.metric, record.stopper.patience, record.stopper.best_step)
+    return True
+  if record.stop.signal_name and step < record.steps:
+    record.status = "interrupted"
+    return True
+  return False
+
+
+def save_checkpoint(record: RunRecord, state: Any) -> None:
+  record.writer.flush()  # the logs first: a checkpoint must never be ahead of them
+  record.checkpointer.save(record.step, state, {
+      "best": record.best, "train_seconds": record.train_seconds, "window_sums": record.window.sums,
+      "window_count": record.window.count, "config": checkpoint.run_config(_container(record.cfg)),
+      "wall_seconds": wall_seconds(record)})
+
+
+def wall_seconds(record: RunRecord) -> float:
+  """The run's wall time so far, over all its sessions."""
+  return record.earlier_seconds + time.perf_counter() - record.started
+
+
+def summarize(record: RunRecord, state: Any, evaluate_test: Callable[[Any], dict]) -> dict:
+  """The test metrics of a completed run (the best parameters' under early stopping) and the summary."""
+  test = {}
+  if record.stopper:
+    state = record.stopper.restore(state)  # the reported test metrics are the best parameters'
+  if record.status == "completed":
+    test = {f"test/{k}": float(v) for k, v in jax.device_get(evaluate_test(state)).items()}
+    record.writer.write(record.step, test)
+  train_steps = record.step - (1 if record.status == "diverged" else 0)
+  best, metric = record.best, record.metric
+  return {
+      "status": record.status,
+      "interrupted_by": record.stop.signal_name if record.status == "interrupted" else None,
+      "resumed_from_step": record.first_step or None,  # None: the run started from step 0
+      "steps": record.steps,
+      "steps_run": train_steps,
+      "diverged_at_step": record.diverged_at,
+      **test,
+      "best_val/step": best and best["step"],
+      "best_val/loss": best and best["val/loss"],
+      f"best_{metric}": best and best[metric],
+      **({"early_stopping/restored_step": record.stopper.best_step} if record.stopper else {}),
+      "wall_time_s": wall_seconds(record),  # every session of the run, resumed ones included
+      "startup_time_s": record.startup_seconds,
+      "steps_per_second": train_steps / max(record.train_seconds, 1e-9),
+      "diagnostics_time_s": record.monitor.seconds,
+  }
+
+
+def close(record: RunRecord) -> None:
+  record.writer.close()
+  record.checkpointer.close()
+
+
+def _container(cfg: DictConfig) -> dict:
+  return OmegaConf.to_container(cfg, resolve=True)
