@@ -121,7 +121,11 @@ class VectorizedLauncher(Launcher):
     return ret
 
   def _prepare(self, job: _Job) -> bool:
-    """Writes the job's .hydra/, opens its log and sets it up; False (and `failed`) when setup fails."""
+    """Writes the job's .hydra/, opens its log and sets it up; False (and `failed`) when setup fails.
+
+    Hydra's public `run_job` runs one job's task function to its end; the members of a group must all be set
+    up before any of them trains, so their directories, configs and logs are made here as run_job makes them.
+    """
     from trainlab import main, train
 
     config = job.sweep_config
