@@ -1,9 +1,8 @@
 """Speed only: how trainlab makes its programs fast on this hardware. Nothing here changes what is computed.
 
-One switch turns all of it off: the environment variable TRAINLAB_FAST=0 (on by default). Off, programs are
-plain `jax.jit` (no program store, no compile options, no persistent compilation cache), nothing compiles ahead,
-and `model.conv_impl=auto` takes XLA's own convolution on every backend: the same function, compiled as JAX
-would by itself, which is how to tell whether a problem lies in this package.
+TRAINLAB_FAST=0 (on by default) turns it all off, to tell whether a problem lies here: programs are plain
+`jax.jit` (no program store, no compile options, no persistent cache), nothing compiles ahead, and
+`model.conv_impl=auto` takes XLA's own convolution on every backend.
 """
 
 from __future__ import annotations
@@ -18,22 +17,19 @@ from trainlab.fast.compilation import KEEP_BARRIERS, RUN_RARELY, count, seconds
 from trainlab.fast.compile_ahead import compile_ahead
 from trainlab.fast.program_store import trusted
 
-# The switch. conv.resolve and compile_ahead read it from this module when called, so a test may set it here.
-ENABLED: bool = os.environ.get("TRAINLAB_FAST", "1").strip().lower() not in ("0", "false", "off", "no")
-
 __all__ = ["ENABLED", "KEEP_BARRIERS", "RUN_RARELY", "compile_ahead", "count", "enable_persistent_cache", "jit",
            "seconds", "trusted"]
+
+# The switch. conv.resolve and compile_ahead read it from this module when called, so a test may set it here.
+ENABLED: bool = os.environ.get("TRAINLAB_FAST", "1").strip().lower() not in ("0", "false", "off", "no")
 
 
 def jit(fun: Callable, name: str, key: str | None, *, donate_argnums=(), run_rarely: bool = False,
         keep_barriers: bool = False, record: list | None = None):
-  """`fun` compiled: through the program store (its trace kept on disk under `key`; None: not stored), with the
-  compile options of a program run once or a few times (run_rarely: compilation.RUN_RARELY) or of the chunk
-  (keep_barriers: compilation.KEEP_BARRIERS). `record`: a list that `fun` fills while traced, kept with the
-  stored trace (program_store.Stored). Switched off: jax.jit(fun, donate_argnums=donate_argnums).
-
-  The result is called like a jitted function, has its `.lower(*args)`, and `__wrapped__` is `fun` (for vmap).
-  """
+  """`fun` compiled through the program store (its trace kept on disk under `key`; None: not kept), with the
+  compile options of a program run once or a few times (RUN_RARELY) or of the chunk (KEEP_BARRIERS); `record`:
+  a list that `fun` fills while traced, kept with its trace. Switched off: jax.jit(fun, donate_argnums=...).
+  Either way it has a jitted function's `.lower(*args)`, and `__wrapped__` is `fun` (for vmap)."""
   if not ENABLED:
     return jax.jit(fun, donate_argnums=donate_argnums)
   options = {**(RUN_RARELY if run_rarely else {}), **(KEEP_BARRIERS if keep_barriers else {})}
@@ -42,7 +38,6 @@ def jit(fun: Callable, name: str, key: str | None, *, donate_argnums=(), run_rar
 
 
 def enable_persistent_cache() -> None:
-  """JAX's persistent compilation cache in trainlab's cache folder (compilation.enable_persistent_cache); the
-  program store lives beside it. Switched off: JAX's own settings, untouched."""
+  """compilation.enable_persistent_cache, where the program store lives too; switched off, nothing."""
   if ENABLED:
     compilation.enable_persistent_cache()

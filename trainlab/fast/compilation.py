@@ -9,17 +9,15 @@ import jax
 
 from trainlab import data
 
-# A program that runs once or a few times per run (the init, the diagnostics) costs its compile time far more
-# than its run time: XLA's cheapest backend settings, and the CPU's classic loop emitters instead of its MLIR
-# fusion emitters, compile it much faster (docs/speed.md, "Compile settings for programs run once"). Other
-# backends ignore the CPU option; the per-step programs keep XLA's defaults.
+# Programs run once or a few times per run (the init, the diagnostics) cost their compile time more than their
+# run time: XLA's cheapest settings, and the CPU's classic loop emitters rather than its MLIR fusion emitters,
+# compile them faster (docs/speed.md, "Compile settings for programs run once"). Per-step programs keep defaults.
 RUN_RARELY = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
               "xla_cpu_use_fusion_emitters": False}
 
-# The training chunk keeps its optimization barriers through fusion, where they mark buffers that XLA must
-# write out rather than recompute inside their consumers (conv._materialized); XLA's CPU pipeline otherwise
-# expands every barrier early, in its "cse_barrier_expander" pass (docs/speed.md, "Optimization barriers in the
-# chunk"). Programs without barriers are unaffected, and other backends keep barriers anyway.
+# The training chunk keeps its optimization barriers through fusion, where they mark buffers to write out rather
+# than recompute in each consumer (conv._materialized); XLA's CPU pipeline otherwise drops them early, in its
+# "cse_barrier_expander" pass (docs/speed.md, "Optimization barriers in the chunk"). Other backends keep them.
 KEEP_BARRIERS = {"xla_disable_hlo_passes": "cse_barrier_expander"}
 
 _COMPILE = {"seconds": 0.0, "count": 0}
@@ -48,11 +46,9 @@ def count() -> int:
 
 
 def enable_persistent_cache() -> None:
-  """Keeps compiled programs on disk, so that jobs in fresh processes (joblib, a cluster) skip compilation.
-
-  JAX's default thresholds skip programs that compile in under a second, which is every small CPU program
-  trainlab makes; a user's own JAX_COMPILATION_CACHE_DIR wins over our default folder.
-  """
+  """Keeps compiled programs on disk, so that jobs in fresh processes (joblib, a cluster) skip compilation: all
+  of them, where JAX's default skips those that compile in under a second (every small CPU program). A user's own
+  JAX_COMPILATION_CACHE_DIR wins over our default folder."""
   if jax.config.jax_compilation_cache_dir is None:
     jax.config.update("jax_compilation_cache_dir", str(data.resolve_cache_dir() / "jax"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

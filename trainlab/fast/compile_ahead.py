@@ -1,9 +1,8 @@
 """Compiling the next programs in a background thread while the host does other work (the step-0 diagnostics).
 
-XLA compiles without holding the GIL, so a compile overlaps the host's own Python work. The programs are traced
-and lowered in the caller's thread first: tracing is Python and holds the GIL, so tracing beside other tracing
-would only take turns with it (docs/speed.md, "Compile-ahead"). Compiling ahead only saves time: a program that
-fails to lower or compile here is compiled again, and reports its error, when it is called.
+XLA compiles without holding the GIL; tracing and lowering are Python and hold it, so they run first, in the
+caller's thread (docs/speed.md, "Compile-ahead"). This only ever saves time: a program that fails to lower or
+compile here compiles again, and raises its error, when it is called.
 """
 
 from __future__ import annotations
@@ -17,21 +16,16 @@ from trainlab import fast
 log = logging.getLogger(__name__)
 
 
-def _nothing() -> None:
-  """What there is to wait for when nothing was compiled ahead."""
-
-
 def compile_ahead(calls: Sequence[tuple[Callable, tuple[Any, ...]]]) -> Callable[[], None]:
-  """Lowers each (jitted_fn, args) of `calls` now, in this thread, and compiles them in a background thread;
-  returns a function that waits for that thread. Wait before a call donates the arguments lowered here. With
-  the speed switch off (fast.ENABLED), does nothing."""
+  """Lowers each (jitted_fn, args) now and compiles them in a background thread; returns a function that waits
+  for it (call it before a program donates the arguments lowered here). Switched off (fast.ENABLED): nothing."""
   if not fast.ENABLED:
-    return _nothing
+    return lambda: None
   try:
     lowered = [fn.lower(*args) for fn, args in calls]
   except Exception as e:  # noqa: BLE001 - the call that follows raises it
     log.debug("lowering ahead failed (%s); the programs compile when called", e)
-    return _nothing
+    return lambda: None
 
   def compile_all() -> None:
     try:

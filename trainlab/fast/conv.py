@@ -3,18 +3,10 @@
 XLA's CPU backend runs a convolution fast only where its layout pass hands it to Eigen, which it does not do for
 the gradient convolutions inside a `lax.scan` body, where trainlab's chunk runs every step; the gradient of
 `reduce_window` max pooling (`select_and_scatter`) is a slow path too (docs/speed.md, "Convolutions on CPU").
-The lowering here uses neither:
-
-- full patches (im2col): the padded input's windows, one strided slice per kernel offset, side by side on the
-  channel axis, times the kernel reshaped to (kh*kw*cin, cout): one matmul; its gradient is slices, pads and two
-  matmuls.
-- row patches, for 2-D stride-1 convolutions of a middling channel count, where the full patches (kh*kw times
-  the input) are the cost: patches over the width offsets only, with the kh row offsets summed from the matmul's
-  output (`_row_patches_conv`).
-- an elementwise sum of scaled input windows for a single input channel, where the matmul would be only kh*kw
-  deep (`_elementwise_conv`).
-- a max pool with window == strides as the maximum over each window's offsets; its gradient goes to each
-  window's first maximum in row-major order, as `select_and_scatter` sends it, in one elementwise select.
+Here a convolution is patches times the kernel (im2col: the padded input's windows as strided slices, side by
+side on the channel axis, times the kernel reshaped to (kh*kw*cin, cout)), or one of two variants of it for
+channel counts where the full patches cost more than the matmul (`_row_patches_conv`, `_elementwise_conv`); a
+max pool with window == strides is the maximum over each window's offsets (`_strided_max`).
 
 The convolution plugs into nn.Conv through its `conv_general_dilated` hook, so the module, its parameter names
 and shapes and its init are flax's own. `impl="auto"` takes this lowering on CPU, and XLA's own convolution on
@@ -107,10 +99,9 @@ def _stacked_windows(windows: list[jax.Array], kernel_size: Sequence[int]) -> ja
   """The patches (N, *out, prod(kernel_size) * C) of windows (N, *out, C) given in row-major kernel order, the
   same as their concatenate on the channel axis, built as stacks of at most max(kernel_size) windows each.
 
-  XLA's CPU backend fuses a concatenate into the pass that computes its operands only where it has few operands
-  and, on the minor axis, few elements there, which a 3x3 kernel's flat concatenate exceeds; left unfused, each
-  window is copied out on its own, recomputing whatever produces the input at every read. Stacking on a new axis
-  per kernel axis keeps every concatenate to kw or kh operands, off the minor axis, and the final reshape is free.
+  XLA's CPU backend fuses a concatenate into the pass computing its operands only when it has few operands and
+  few minor-axis elements, which a 3x3 kernel's flat concatenate exceeds. One stack per kernel axis keeps each
+  concatenate to kw or kh operands, off the minor axis; the final reshape is free.
   """
   level = windows
   for depth, k in enumerate(reversed(kernel_size)):  # innermost kernel axis first: axis -2, then -3, ...
@@ -124,10 +115,9 @@ def _elementwise_conv(lhs, rhs, strides, pads, precision):
   """A convolution of few input channels as a sum of kh*kw*cin scaled input windows, in one elementwise pass.
 
   With one input channel the patches' matmul is only kh*kw deep, too shallow to run near the matmul peak, and
-  its patches are most of what it reads and writes; the elementwise sum writes only the output. The output goes
-  through an optimization barrier (kept by compilation.KEEP_BARRIERS) so that XLA computes it once rather than
-  inside each consumer, such as a max pool's mask that reads it several times (docs/speed.md, "Optimization
-  barriers in the chunk"). The kernel gradient stays patches^T @ cotangent, one matmul (the jvp below).
+  its patches are most of what it reads and writes; this writes only the output, behind a barrier so that XLA
+  computes it once rather than inside each consumer (docs/speed.md, "Optimization barriers in the chunk"). The
+  kernel gradient stays patches^T @ cotangent, one matmul (the jvp below).
   """
   cin = rhs.shape[-2]
   weights = rhs.reshape(-1, cin, rhs.shape[-1])
@@ -182,9 +172,8 @@ def _row_patches_conv(lhs, rhs, stride: int, pads, precision):
   another order: a third of the patch memory for a 3x3 kernel, and H / Ho times the matmul rows.
 
   The rows of zero padding add nothing, so they stay out of the patches and the matmul; each kernel row's
-  contributions are padded instead where they meet no input row. With few input channels the full patches are
-  small and the row patches' matmul output, kh times the layer's, costs more: hence the channel range
-  (_ROW_PATCHES_CHANNELS).
+  contributions are padded instead where they meet no input row. With few input channels the matmul's output,
+  kh times the layer's, costs more than the full patches save: hence _ROW_PATCHES_CHANNELS.
   """
   kh, kw, cin, cout = rhs.shape
   (top, bottom), width_pads = pads
@@ -211,13 +200,10 @@ def _row_patches_conv(lhs, rhs, stride: int, pads, precision):
 def _materialized(x: jax.Array) -> jax.Array:
   """x, unchanged, computed into a buffer of its own; in the backward pass, so is x's cotangent.
 
-  The row patches' output is a sum of kh row-shifted slices of their matmul's output, which XLA would fuse into
-  each of its consumers (a max pool's mask reads every output several times): the barrier on the output writes
-  it once. The backward builds the row-shifted cotangent from the output's cotangent, and XLA would fuse
-  whatever produces that cotangent (a batch norm's and activation's backward) into it, recomputing it kh times
-  over: the barrier on the tangent (transposed: on the cotangent) keeps them apart. The barriers only hold where
-  the program is compiled with compilation.KEEP_BARRIERS; without it the function and its gradient are the same,
-  only slower (docs/speed.md, "Optimization barriers in the chunk").
+  The row patches' output, a sum of kh row-shifted slices, is written once rather than fused into each consumer;
+  the row-shifted cotangent of the backward is kept apart from what produces the output's cotangent, which XLA
+  would otherwise recompute kh times over. The barriers hold only where the program is compiled with
+  compilation.KEEP_BARRIERS; without it, the same values (docs/speed.md, "Optimization barriers in the chunk").
   """
   return lax.optimization_barrier(x)
 
@@ -280,10 +266,8 @@ def _window_max(windows: jax.Array, window: tuple[int, ...]) -> jax.Array:
 def _window_max_jvp(window, primals, tangents):
   (windows,), (dwindows,) = primals, tangents
   best, first = _first_max(windows, window)
-  dims = len(window)
-  offsets = sum(jnp.arange(w).reshape([-1 if a == d else 1 for a in range(dims)]) * math.prod(window[d + 1:])
-                for d, w in enumerate(window))  # each window position's row-major index
-  offsets = offsets.reshape(1, *itertools.chain(*((1, w) for w in window)), 1)
+  dims = len(window)  # each window position's row-major index, laid out as the windows are:
+  offsets = jnp.arange(math.prod(window)).reshape(1, *itertools.chain(*((1, w) for w in window)), 1)
   expand = lambda a: a.reshape(a.shape[0], *itertools.chain(*((n, 1) for n in a.shape[1:-1])), a.shape[-1])
   mask = offsets == expand(first)
   return lax.optimization_barrier(best), jnp.where(mask, dwindows, 0.0).sum(axis=tuple(range(2, 2 + 2 * dims, 2)))

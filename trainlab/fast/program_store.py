@@ -1,18 +1,14 @@
 """Traced programs kept on disk (`jax.export`), so that a run in a fresh process skips tracing and lowering.
 
-JAX's persistent compilation cache (compilation.enable_persistent_cache) skips the compile of a program that an
-earlier process compiled, but not its tracing and lowering to StableHLO, which every fresh process repeats and
-which are most of what a later run of a structure waits for before its first step (docs/speed.md, "The program
-store"). The store keeps each program as jax.export serializes it, with its output tree, keyed by everything the
-trace depends on: the program's name, its key (the run's structure), the arguments' tree and types, the donated
-arguments and compile options, the versions of the libraries and the source of trainlab itself, JAX's
-configuration and the device. A later process deserializes the program and jits its call: that traces one call,
-and the compile finds the persistent cache.
+JAX's persistent compilation cache skips the compile of a program that an earlier process compiled, but not its
+tracing and lowering, which every fresh process repeats (docs/speed.md, "The program store"). An entry is the
+serialized program with its output tree, keyed by all that the trace depends on: the program's name and key (the
+run's structure), the arguments' tree and types, the donated arguments and compile options, the libraries'
+versions, trainlab's own source, JAX's configuration and the device. A later process jits the entry's call.
 
-A program is stored only when every `_target_` of its structure is trainlab's, JAX's, flax's or optax's (whose
-code the key covers); one that names a user's own module is traced as usual. A program that cannot be exported
-or an entry that cannot be read is traced as usual too, and an entry that cannot be written is not kept: the
-store only ever saves time. It is off wherever JAX's persistent cache is off.
+Only structures whose every `_target_` is code the key covers are stored (`trusted`). A program that cannot be
+exported, or an entry that cannot be read or written, is traced as usual: the store only ever saves time. It is
+off wherever JAX's persistent cache is off.
 """
 
 from __future__ import annotations
