@@ -1,0 +1,69 @@
+"""The typed schema of every config group, and the range check that runs before training.
+
+Each option file in `conf/<group>/` starts from one schema here (`defaults: [/<group>_<kind>_schema@_here_]`),
+so Hydra rejects unknown keys and values of the wrong type while composing. Values out of their domain are
+caught by `check_ranges`, which reads the `allowed` metadata of each field, so a key's domain is written once,
+next to its type. Defaults live in the YAML files, not here.
+
+This module holds the main config's schema; schema.py the machinery; the others the schemas of their groups:
+data.py, model.py (model, init), optimizer.py (optimizer, schedule) and regularizer.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from trainlab.config import data, model, optimizer, regularizer  # noqa: F401 (they register theirs)
+from trainlab.config.model import ACTIVATIONS, NORMS  # noqa: F401
+from trainlab.config.schema import MISSING, SCHEMAS, ConfigError, Interval, check_ranges, schema, value  # noqa: F401
+
+
+@dataclass
+class CheckpointConfig:
+  every: Optional[int] = value(1)  # null: only at the end (and on SIGTERM/SIGINT)
+  keep: Optional[int] = value(1)  # null: keep every checkpoint
+
+
+@schema("train_schema")
+class TrainConfig:
+  seed: int = value(0)
+  steps: int = value(1)
+  epochs: Optional[int] = value(1)
+  batch_size: int = value(1)
+  eval_every: int = value(1)
+  log_every: int = value(1)
+  resume: bool = MISSING
+  checkpoint: CheckpointConfig = MISSING
+  data: Any = MISSING
+  model: Any = MISSING
+  init: Any = MISSING
+  optimizer: Any = MISSING
+  schedule: Any = MISSING
+  regularizer: Dict[str, Any] = field(default_factory=dict)
+  diagnostics: Any = MISSING
+  report: Any = MISSING
+
+
+@schema("diagnostics_schema")
+class DiagnosticsConfig:  # what a run measures besides its loss
+  every: int = value(0)  # 0 turns the per-layer diagnostics off
+  probe_size: int = value(1)
+  histogram_every: int = value(0)
+  hessian_every: int = value(0)
+  hessian_iters: int = value(1)
+
+
+@schema("report_schema")
+class ReportConfig:  # how a sweep is summarized
+  metric: Optional[str] = None  # null: the task's validation metric
+  target: Optional[float] = value(default=None)
+
+
+def register_schemas() -> None:
+  """Stores the schemas at the root of Hydra's config store, where the group files extend them."""
+  store = ConfigStore.instance()
+  for name, node in SCHEMAS.items():
+    store.store(name=name, node=node, provider="trainlab")

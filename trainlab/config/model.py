@@ -1,0 +1,120 @@
+"""The schemas of the model group (with the activations and normalizations a model may name) and of the init
+group (the weight initializer's own keys, and those of the biases and recurrent kernels)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+from trainlab.config.schema import FRACTION, MISSING, POSITIVE, TargetConfig, choice, schema, value
+
+ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "prelu", "rrelu", "elu", "gelu", "silu")
+NORMS = ("none", "batch", "layer")
+
+
+@dataclass
+class ActivationConfig(TargetConfig):
+  """The activation of a model's hidden layers and its floats (models.activations.Activation)."""
+  activation: str = choice(*ACTIVATIONS)
+  alpha: float = value(0.0)  # leaky_relu's negative slope
+  rrelu_lower: float = value(0.0, 1.0)
+  rrelu_upper: float = value(0.0, 1.0)
+
+
+@schema("model_mlp_schema")
+class MLPConfig(ActivationConfig):
+  widths: List[int] = MISSING
+  norm: str = choice(*NORMS)
+  batch_momentum: float = value(**FRACTION)
+
+
+@schema("model_cnn_schema")
+class CNNConfig(ActivationConfig):
+  features: List[int] = MISSING
+  kernel_size: int = value(1)
+  widths: List[int] = MISSING
+  conv_impl: str = choice("auto", "xla", "im2col")  # conv.IMPLS
+
+
+@schema("model_resnet_schema")
+class ResNetConfig(ActivationConfig):
+  features: List[int] = MISSING
+  blocks: int = value(1)
+  kernel_size: int = value(1)
+  norm: str = choice("batch", "layer", "none")
+  conv_impl: str = choice("auto", "xla", "im2col")  # conv.IMPLS
+
+
+@schema("model_rnn_schema")
+class RNNConfig(TargetConfig):
+  hidden: int = value(1)
+  layers: int = value(1)
+  activation: str = choice("tanh", "relu")
+
+
+@schema("model_lstm_schema")
+class LSTMConfig(TargetConfig):
+  hidden: int = value(1)
+  layers: int = value(1)
+  forget_bias: float = value()  # any real number
+
+
+@schema("model_gru_schema")
+class GRUConfig(TargetConfig):
+  hidden: int = value(1)
+  layers: int = value(1)
+
+
+@schema("model_linear_chain_schema")
+class LinearChainConfig(TargetConfig):
+  depth: int = value(1)
+  width: int = value(1)
+
+
+@dataclass
+class InitConfig(TargetConfig):
+  """The keys every initializer takes (conf/init_common.yaml)."""
+  bias: float = value()  # any real number; every bias of a dense or convolutional layer starts at this constant
+  output_bias: Optional[str] = choice("marginal", default=None)  # marginal: log class frequencies
+  recurrent: str = choice("same", "identity", "orthogonal")  # the recurrent kernels of rnn, lstm, gru
+  recurrent_gain: float = value(**POSITIVE)
+
+
+@schema("init_variance_scaling_schema")
+class VarianceScalingConfig(InitConfig):
+  scale: float = value(**POSITIVE)
+  mode: str = choice("fan_in", "fan_out", "fan_avg")
+  distribution: str = choice("truncated_normal", "normal", "uniform")
+
+
+@schema("init_constant_schema")
+class ConstantInitConfig(InitConfig):
+  value: float = value()  # any real number (NaN is not); `value()` is the module function here
+
+
+@schema("init_normal_schema")
+class NormalInitConfig(InitConfig):
+  stddev: float = value(**POSITIVE)
+
+
+@schema("init_uniform_schema")
+class UniformInitConfig(InitConfig):
+  scale: float = value(**POSITIVE)
+
+
+@schema("init_orthogonal_schema")
+class OrthogonalInitConfig(InitConfig):
+  gain: float = value(**POSITIVE)  # W^T W = gain^2 I
+
+
+@schema("init_sparse_schema")
+class SparseInitConfig(InitConfig):
+  k: int = value(1)
+  scale: float = value(**POSITIVE)
+
+
+@schema("init_identity_schema")
+class IdentityInitConfig(InitConfig):
+  gain: float = value(**POSITIVE)
+  non_square: str = choice("error", "eye", "orthogonal")
+
