@@ -9,11 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hydra.utils import instantiate
+from hydra.utils import get_class, get_method, instantiate
 from omegaconf import OmegaConf
 
-from conftest import compose_config, train_in_process
-from trainlab import initializers, config, models
+from conftest import CONF, compose_config, train_in_process
+from trainlab import initializers, config, data, models
+from trainlab.models import checks, feedforward
+from trainlab.values import PROGRAM_GROUPS, merge as merge_values, split as split_values
 
 # (model option, example shape, outputs, parameter count of the default YAML on that input). Counts by hand:
 # cnn on 8x8x1: conv 3*3*1*32+32 = 320, pool -> 4x4, conv 3*3*32*64+64 = 18,496, pool -> 2x2 -> 256,
@@ -139,10 +141,10 @@ def program_state(overrides: list[str], input_shape: tuple[int, ...], outputs: i
   cfg = compose_config(overrides)
   with open_dict(cfg):
     del cfg["hydra"]
-  structure, values = train.split_values({g: OmegaConf.to_container(cfg[g], resolve=True)
-                                          for g in train.PROGRAM_GROUPS})
+  structure, values = split_values({g: OmegaConf.to_container(cfg[g], resolve=True)
+                                          for g in PROGRAM_GROUPS})
   spec = train.Spec(json.dumps(structure, sort_keys=True), 8, 10, 10, input_shape, outputs)
-  program = train.build_program(spec)
+  program = train.compile_program(spec)
   return program, program.init(np.int32(0), jax.tree.map(np.float32, values))
 
 
@@ -173,9 +175,10 @@ def test_init_recurrent_orthogonal_and_same():
 
 
 def test_init_recurrent_on_a_model_without_recurrent_kernels_is_one_clear_error(tmp_path):
-  with pytest.raises(config.ConfigError, match=r"init.recurrent=identity is not allowed with model=mlp: only rnn, "
-                     r"lstm and gru"):
+  with pytest.raises(config.ConfigError) as e:
     train_in_process(["model=mlp", "init.recurrent=identity", "steps=2"], tmp_path)
+  assert str(e.value) == ("init.recurrent=identity is not allowed with model=mlp: only rnn, lstm and gru have "
+                          "recurrent kernels (init.recurrent=same for the others)")
 
 
 def test_linear_chain_is_the_product_of_its_weights():
@@ -196,18 +199,50 @@ def test_resnet_batch_norm_keeps_running_averages():
   assert not np.allclose(stem_mean, variables["batch_stats"]["BatchNorm_0"]["mean"])  # 0.9 * 0 + 0.1 * mean
 
 
-@pytest.mark.parametrize("model,data,words", [
-    ("rnn", "spirals", "model=rnn cannot take data=spirals, whose examples are unordered vectors of shape (2,)"),
-    ("cnn", "spirals", "model=cnn cannot take data=spirals"),
-    ("lstm", "digits", "model=lstm cannot take data=digits, whose examples are images of shape (8, 8, 1)"),
+@pytest.mark.parametrize("model,data,message", [
+    ("rnn", "spirals", "model=rnn cannot take data=spirals, whose examples are unordered vectors of shape (2,): rnn "
+     "takes sequences (data=adding, mnist1d, npz, sequential); for unordered vectors use model=mlp or linear_chain"),
+    ("cnn", "spirals", "model=cnn cannot take data=spirals, whose examples are unordered vectors of shape (2,): cnn "
+     "takes images (data=cifar10, digits, fashion_mnist, mnist, npz); sequences (data=adding, mnist1d, npz, "
+     "sequential); for unordered vectors use model=mlp or linear_chain"),
+    ("resnet", "teacher", "model=resnet cannot take data=teacher, whose examples are unordered vectors of shape (20,): "
+     "resnet takes images (data=cifar10, digits, fashion_mnist, mnist, npz); sequences (data=adding, mnist1d, npz, "
+     "sequential); for unordered vectors use model=mlp or linear_chain"),
+    ("lstm", "digits", "model=lstm cannot take data=digits, whose examples are images of shape (8, 8, 1): lstm takes "
+     "sequences (data=adding, mnist1d, npz, sequential); for images use model=mlp or linear_chain or cnn or resnet"),
 ])
-def test_model_data_mismatch_is_one_line_naming_what_works(model, data, words, tmp_path):
+def test_model_data_mismatch_is_one_line_naming_what_works(model, data, message, tmp_path):
   with pytest.raises(config.ConfigError) as e:
     train_in_process([f"model={model}", f"data={data}", "steps=2"], tmp_path)
-  message = str(e.value)
-  assert "\n" not in message
-  assert words in message
-  assert "use model=mlp" in message
+  assert str(e.value) == message
+
+
+def test_every_model_option_is_an_exported_model_declaring_its_inputs_and_name():
+  """The models check_input suggests are the exported ones; each conf/model file's class is one of them, is
+  called by the file's name in messages and reads layouts of data.LAYOUTS (a model declares them, no default)."""
+  exported = checks.model_classes()
+  targets = {f.stem: OmegaConf.load(f)["_target_"] for f in sorted((CONF / "model").glob("*.yaml"))}
+  assert sorted(c.option for c in exported) == sorted(targets)
+  for option, target in targets.items():
+    model = get_class(target)
+    assert model in exported and model.option == option
+    assert model.inputs and set(model.inputs) <= set(data.LAYOUTS), option
+  assert not hasattr(feedforward.Model, "inputs")
+  # A user's own module that declares no inputs is not checked.
+  assert models.check_input("flax.linen.Dense", "trainlab.data.spirals", "vector", (2,)) is None
+
+
+def test_every_data_option_declares_the_layout_of_the_data_it_loads():
+  """check_input lists data options by the layout each loader declares: it must be the layout of the data sets
+  it returns (checked on the loaders that need no download); npz declares None, any layout (by its file)."""
+  assert set(checks.LAYOUT_WORDS) == set(data.LAYOUTS)
+  declared = {f.stem: get_method(OmegaConf.load(f)["_target_"]).layout for f in (CONF / "data").glob("*.yaml")}
+  assert {option for option, layout in declared.items() if layout not in data.LAYOUTS} == {"npz"}
+  assert declared["npz"] is None
+  for option in ("spirals", "teacher", "adding", "digits", "sequential"):
+    cfg = compose_config([f"data={option}"])
+    assert instantiate(OmegaConf.to_container(cfg.data, resolve=True)).layout == declared[option], option
+  assert checks.data_options("sequence") == ["adding", "mnist1d", "npz", "sequential"]
 
 
 def test_a_30_layer_mlp_builds_and_trains(tmp_path):
@@ -243,10 +278,10 @@ def test_forget_bias_reaches_the_program_as_a_traced_value():
     cfg = compose_config(["model=lstm", "model.hidden=3", f"model.forget_bias={forget_bias}"])
     with open_dict(cfg):
       del cfg["hydra"]
-    program_cfg = {g: OmegaConf.to_container(cfg[g], resolve=True) for g in train.PROGRAM_GROUPS}
-    structure, values = train.split_values(program_cfg)
+    program_cfg = {g: OmegaConf.to_container(cfg[g], resolve=True) for g in PROGRAM_GROUPS}
+    structure, values = split_values(program_cfg)
     spec = train.Spec(json.dumps(structure, sort_keys=True), 8, 10, 10, (6, 2), 1, "regression")
-    program = train.build_program(spec)
+    program = train.compile_program(spec)
     state = program.init(np.int32(0), jax.tree.map(np.float32, values))
     states.append((program, state))
     np.testing.assert_array_equal(state.params["layer_0"]["input"]["bias"], np.repeat([0, forget_bias, 0, 0], 3))

@@ -1,7 +1,6 @@
-"""Activations and normalization layers of the `model` group, by name, for use inside a flax compact method.
-
-Their floats (leaky_relu's slope, RReLU's bounds, batch norm's momentum) are traced model hyperparameters.
-"""
+"""Activations and normalization layers of the `model` group by name (config.ACTIVATIONS, config.NORMS), for use
+inside a flax compact method. Their floats (leaky_relu's slope, RReLU's bounds, batch norm's momentum) are traced
+model hyperparameters."""
 
 from __future__ import annotations
 
@@ -10,8 +9,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from trainlab.config import ACTIVATIONS, NORMS  # noqa: F401  (the names the config allows)
 
 
 def rrelu(x: jax.Array, lower: Any, upper: Any, *, train: bool, rng: jax.Array | None = None) -> jax.Array:

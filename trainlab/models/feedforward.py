@@ -38,10 +38,8 @@ class ActivatedModel(Model, kw_only=True):
 
 
 def dropout(x: jax.Array, rate: jax.Array, rng: jax.Array) -> jax.Array:
-  """Inverted dropout with a traced rate: keep each unit with probability 1 - rate, scale by 1/(1 - rate).
-
-  flax's nn.Dropout branches on its rate in Python, which a rate that is a traced hyperparameter cannot do.
-  """
+  """Inverted dropout: keep each unit with probability 1 - rate, scale by 1/(1 - rate). Written here because
+  flax's nn.Dropout branches on its rate in Python, which a rate that is a traced hyperparameter cannot do."""
   keep = 1.0 - rate
   mask = jax.random.bernoulli(rng, keep, x.shape)
   return jnp.where(mask, x / keep, 0.0)
@@ -59,11 +57,13 @@ def activate(model: ActivatedModel, x: jax.Array, train: bool) -> jax.Array:
   return activations.Activation(model.activation, model.alpha, model.rrelu_lower, model.rrelu_upper)(x, train=train)
 
 
-def dense_head(model: ActivatedModel, x: jax.Array, widths: Sequence[int], train: bool) -> jax.Array:
-  """Dense hidden layers with the model's activation and dropout, then the output layer."""
+def dense_head(model: ActivatedModel, x: jax.Array, widths: Sequence[int], train: bool, norm: str = "none",
+               momentum: Any = 0.99) -> jax.Array:
+  """Dense hidden layers, each followed by norm, the model's activation and dropout, then the output layer."""
   for width in widths:
-    x = activate(model, nn.Dense(width, kernel_init=model.kernel_init, bias_init=model.bias_init)(x), train)
-    x = maybe_dropout(model, x, train)
+    x = nn.Dense(width, kernel_init=model.kernel_init, bias_init=model.bias_init)(x)
+    x = activations.norm(norm, x, train=train, momentum=momentum)
+    x = maybe_dropout(model, activate(model, x, train), train)
   return nn.Dense(model.num_outputs, kernel_init=model.kernel_init, bias_init=model.bias_init)(x)
 
 
@@ -76,19 +76,14 @@ class MLP(ActivatedModel, kw_only=True):
   """Dense layers, each followed by norm, activation and dropout in that order; `widths=()` is softmax regression."""
 
   widths: Sequence[int]
-  norm: str = "none"  # none, batch, layer (activations.NORMS)
+  norm: str = "none"  # none, batch, layer (config.NORMS)
   batch_momentum: Any = 0.99
   inputs: ClassVar[tuple[str, ...]] = LAYOUTS
   option: ClassVar[str] = "mlp"
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    x = x.reshape((x.shape[0], -1))
-    for width in self.widths:
-      x = nn.Dense(width, kernel_init=self.kernel_init, bias_init=self.bias_init)(x)
-      x = activations.norm(self.norm, x, train=train, momentum=self.batch_momentum)
-      x = maybe_dropout(self, activate(self, x, train), train)
-    return nn.Dense(self.num_outputs, kernel_init=self.kernel_init, bias_init=self.bias_init)(x)
+    return dense_head(self, x.reshape((x.shape[0], -1)), self.widths, train, self.norm, self.batch_momentum)
 
 
 class LinearChain(Model, kw_only=True):
