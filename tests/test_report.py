@@ -57,7 +57,7 @@ def test_table_equals_statistics_computed_from_the_summaries(tmp_path):
     mine = [s for s in summaries if f"optimizer.lr={row['optimizer.lr']}" in s["overrides"]]
     assert int(row["runs"]) == 3
     assert int(row["diverged"]) == sum(s["status"] == "diverged" for s in mine)
-    for name in report.table_metrics("accuracy"):
+    for name in writers.final_metrics("accuracy"):
       xs = [s[name] for s in mine if name in s]
       assert float(row[f"{name} mean"]) == pytest.approx(np.mean(xs), rel=1e-12)
       assert float(row[f"{name} std"]) == pytest.approx(np.std(xs, ddof=1), rel=1e-12)
@@ -193,7 +193,7 @@ def test_plots_of_the_real_sweep_have_one_series_per_configuration(real_sweep):
     assert len(ax.collections) == len(labels)  # a band per configuration
   train_loss = curves.axes[0].get_lines()[0]
   group = next(g for g in groups if g.label == train_loss.get_label())
-  per_seed = [report.curve(report.read_metrics(r.dir), "train/loss") for r in group.runs]
+  per_seed = [report.curve(writers.read_metrics(r.dir), "train/loss") for r in group.runs]
   np.testing.assert_allclose(train_loss.get_xdata(), [10, 20, 30, 40])
   np.testing.assert_allclose(train_loss.get_ydata(), [np.mean([c[s] for c in per_seed]) for s in (10, 20, 30, 40)])
 
@@ -204,7 +204,7 @@ def test_plots_of_the_real_sweep_have_one_series_per_configuration(real_sweep):
     group = next(g for g in groups if g.label == line.get_label())
     first = [json.loads(l) for l in open(group.runs[0].dir / "metrics.jsonl")]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["Dense_0", "Dense_1", "Dense_2"]
-    want = [np.mean([np.sqrt(next(p[f"step0/Dense_{i}/{quantity}"] for p in report.read_metrics(r.dir)
+    want = [np.mean([np.sqrt(next(p[f"step0/Dense_{i}/{quantity}"] for p in writers.read_metrics(r.dir)
                                   if f"step0/Dense_{i}/{quantity}" in p)) for r in group.runs]) for i in range(3)]
     np.testing.assert_allclose(line.get_ydata(), want, rtol=1e-6)
     assert first[0]["step"] == 0

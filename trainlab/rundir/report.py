@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import pathlib
 import re
@@ -29,10 +28,6 @@ import numpy as np
 
 from trainlab import metrics
 from trainlab.rundir import atomic, jobs, writers
-
-
-def table_metrics(task_metric: str) -> tuple[str, ...]:
-  return (f"test/{task_metric}", "test/loss", f"best_val/{task_metric}", "best_val/loss")
 
 
 class Run(NamedTuple):
@@ -64,10 +59,8 @@ def find_sweep(path: pathlib.Path) -> pathlib.Path:
 
 
 def load_runs(sweep_dir: pathlib.Path) -> list[Run]:
-  """The runs of the job directories that hold a summary.json, in job order."""
-  summaries = ((job_dir, writers.read_summary(job_dir)) for job_dir in jobs.job_dirs(sweep_dir))
   return [Run(job_dir.name, job_dir, jobs.parse_overrides(summary.get("overrides", [])), summary)
-          for job_dir, summary in summaries if summary is not None]
+          for job_dir, summary in writers.job_summaries(sweep_dir)]
 
 
 def swept_keys(runs: list[Run]) -> list[str]:
@@ -84,13 +77,6 @@ def group_runs(runs: list[Run]) -> list[Group]:
     config = tuple((k, run.overrides[k]) for k in keys if k in run.overrides)
     groups.setdefault(config, []).append(run)
   return [Group(config, members) for config, members in groups.items()]
-
-
-def read_metrics(run_dir: pathlib.Path) -> list[dict]:
-  path = pathlib.Path(run_dir) / writers.METRICS_FILE
-  if not path.is_file():
-    return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def curve(points: list[dict], name: str) -> dict[int, float]:
@@ -125,10 +111,10 @@ def table(groups: list[Group], metric: str = "val/accuracy", target: float | Non
     row = {**dict(group.config), "runs": len(group.runs),
            "diverged": sum(r.summary.get("status") == "diverged" for r in group.runs),
            "failed": sum(r.summary.get("status") == "failed" for r in group.runs)}
-    for name in table_metrics(task_metric):
+    for name in writers.final_metrics(task_metric):
       row[f"{name} mean"], row[f"{name} std"] = _mean_std([r.summary.get(name) for r in group.runs])
     if target is not None:
-      steps = [steps_to_target(read_metrics(r.dir), metric, target) for r in group.runs]
+      steps = [steps_to_target(writers.read_metrics(r.dir), metric, target) for r in group.runs]
       key = f"steps to {metric}={target:g}"
       row[f"{key} mean"], row[f"{key} std"] = _mean_std([s for s in steps if s is not None])
       row[f"{key} reached"] = sum(s is not None for s in steps)
@@ -142,14 +128,13 @@ def _fmt(x: Any) -> str:
   return "" if x is None else f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
-def to_csv(rows: list[dict]) -> str:
-  columns = []
-  for row in rows:
-    columns += [k for k in row if k not in columns]
+def to_csv(rows: list[dict], columns: list[str] | None = None) -> str:
+  """The rows as CSV (None as an empty cell): `columns`, or every key of the rows in their order."""
   text = io.StringIO()
-  out = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+  out = csv.DictWriter(text, fieldnames=columns or list({k: None for row in rows for k in row}),
+                       lineterminator="\n", extrasaction="ignore")
   out.writeheader()
-  out.writerows([{k: ("" if v is None else v) for k, v in row.items()} for row in rows])
+  out.writerows(rows)
   return text.getvalue()
 
 
@@ -204,7 +189,7 @@ def plot_curves(groups: list[Group]):
   fig, axes = _figure(2)
   for ax, name in zip(axes, ("train/loss", "val/loss")):
     for group in groups:
-      curves = [c for c in (curve(read_metrics(r.dir), name) for r in group.runs) if c]
+      curves = [c for c in (curve(writers.read_metrics(r.dir), name) for r in group.runs) if c]
       if not curves:
         continue
       steps, mean, std = _band(curves)
@@ -270,7 +255,7 @@ def plot_init_layers(groups: list[Group]):
   for ax, quantity, title in zip(axes, ("act_var", "grad_var"), ("activation std (forward)",
                                                                   "gradient std (backward)")):
     for group in groups:
-      per_run = [step0_layers(read_metrics(r.dir)) for r in group.runs]
+      per_run = [step0_layers(writers.read_metrics(r.dir)) for r in group.runs]
       per_run = [p for p in per_run if p]
       if not per_run:
         continue
@@ -303,10 +288,8 @@ def write_report(sweep_dir: pathlib.Path, metric: str | None = None, target: flo
   rows = table(groups, metric, target, task_metric)
   markdown = (f"{len(runs)} runs in {len(groups)} configurations; common to all: "
               f"{' '.join(common) or '(nothing)'}\n\n" + to_markdown(rows))
-  out = {"markdown": markdown}
-  out["report.md"] = sweep_dir / "report.md"
+  out = {"markdown": markdown, "report.md": sweep_dir / "report.md", "report.csv": sweep_dir / "report.csv"}
   atomic.write_text(out["report.md"], f"# Report: {sweep_dir}\n\n" + markdown)
-  out["report.csv"] = sweep_dir / "report.csv"
   atomic.write_text(out["report.csv"], to_csv(rows))
   figures = {"curves.png": plot_curves(groups), "init_layers.png": plot_init_layers(groups)}
   for key in numeric_keys(groups):

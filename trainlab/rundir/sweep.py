@@ -6,8 +6,7 @@ in either is logged and leaves results.csv as written.
 
 from __future__ import annotations
 
-import csv
-import io
+import collections
 import logging
 import pathlib
 import sys
@@ -17,7 +16,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from trainlab import metrics, signals
-from trainlab.rundir import atomic, jobs, writers
+from trainlab.rundir import atomic, jobs, report, writers
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +30,8 @@ TASK_COLUMNS = tuple(f"{split}/{name}" for split in ("test", "best_val") for nam
 
 def collect(sweep_dir: pathlib.Path) -> list[dict]:
   """One row per job directory holding a summary.json: the job's overrides as columns, then its results."""
-  rows = []
-  for job_dir in jobs.job_dirs(sweep_dir):
-    summary = writers.read_summary(job_dir)
-    if summary is None:
-      continue
-    row = {"job": job_dir.name, **jobs.parse_overrides(summary.get("overrides", []))}
-    row.update({k: summary.get(k) for k in METRIC_COLUMNS})
-    rows.append(row)
-  return rows
+  return [{"job": job_dir.name, **jobs.parse_overrides(summary.get("overrides", [])),
+           **{k: summary.get(k) for k in METRIC_COLUMNS}} for job_dir, summary in writers.job_summaries(sweep_dir)]
 
 
 def write_results(sweep_dir: pathlib.Path, rows: list[dict]) -> pathlib.Path:
@@ -47,12 +39,8 @@ def write_results(sweep_dir: pathlib.Path, rows: list[dict]) -> pathlib.Path:
   for row in rows:
     columns += [k for k in row if k not in columns and k not in METRIC_COLUMNS]
   columns += [k for k in METRIC_COLUMNS if k not in TASK_COLUMNS or any(row.get(k) is not None for row in rows)]
-  text = io.StringIO()
-  table = csv.DictWriter(text, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
-  table.writeheader()
-  table.writerows(rows)
   path = pathlib.Path(sweep_dir) / RESULTS_FILE
-  atomic.write_text(path, text.getvalue())
+  atomic.write_text(path, report.to_csv(rows, columns))
   return path
 
 
@@ -95,9 +83,7 @@ class ResultsTable(Callback):
     except atomic.WriteError as e:
       print(f"error: {e}", file=sys.stderr)
       raise SystemExit(1) from None
-    counts = {}
-    for row in rows:
-      counts[row["status"]] = counts.get(row["status"], 0) + 1
+    counts = collections.Counter(row["status"] for row in rows)
     log.info("%d jobs (%s); results in %s", len(rows), ", ".join(f"{n} {s}" for s, n in counts.items()), path)
     _write_views(sweep_dir, config)
     if counts.get("failed"):
@@ -152,14 +138,12 @@ class SweepStop(signals.Stopping):
 def _write_views(sweep_dir: pathlib.Path, config: DictConfig) -> None:
   """The HParams experiment summary and the report; they are views of results.csv, so they may fail alone."""
   try:
-    summaries = [s for s in map(writers.read_summary, jobs.job_dirs(sweep_dir)) if s is not None]
+    summaries = [summary for _, summary in writers.job_summaries(sweep_dir)]
     writers.write_hparams_experiment(sweep_dir, [writers.hparam_values(s.get("overrides", [])) for s in summaries],
                                      writers.task_metric(summaries))
   except Exception as e:
     log.warning("could not write the HParams columns: %s: %s", type(e).__name__, e)
   try:
-    from trainlab.rundir import report  # matplotlib is imported only here
-
     report.write_report(sweep_dir, metric=config.report.metric, target=config.report.target)
   except Exception as e:
     log.warning("could not write the report: %s: %s", type(e).__name__, e, exc_info=True)

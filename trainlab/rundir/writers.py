@@ -36,19 +36,31 @@ def read_summary(workdir: pathlib.Path) -> dict | None:
   return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _truncate_jsonl(path: pathlib.Path, purge_step: int) -> None:
-  """Keeps the lines of `path` whose step is < purge_step (and drops a last line cut short by a kill)."""
-  if not path.is_file():
-    return
-  kept = []
-  for line in path.read_text().splitlines(keepends=True):
+def job_summaries(sweep_dir: pathlib.Path) -> list[tuple[pathlib.Path, dict]]:
+  """(job directory, summary) of each job of a sweep that has written its summary.json, in job order."""
+  found = ((job_dir, read_summary(job_dir)) for job_dir in jobs.job_dirs(sweep_dir))
+  return [(job_dir, summary) for job_dir, summary in found if summary is not None]
+
+
+def read_metrics(workdir: pathlib.Path) -> list[dict]:
+  """The points of a run's metrics.jsonl, in order."""
+  path = pathlib.Path(workdir) / METRICS_FILE
+  points = []
+  for line in path.read_text().splitlines() if path.is_file() else []:
     try:
-      point = json.loads(line)
-    except json.JSONDecodeError:
-      continue
-    if point.get("step", 0) < purge_step and not any(k.startswith("test/") for k in point):
-      kept.append(line if line.endswith("\n") else line + "\n")
-  atomic.write_text(path, "".join(kept))
+      points.append(json.loads(line))
+    except json.JSONDecodeError:  # an empty line, or the last one cut short by a kill
+      pass
+  return points
+
+
+def _truncate_metrics(workdir: pathlib.Path, purge_step: int) -> None:
+  """Keeps the points of steps < purge_step, but not the test metrics: a resumed run writes them anew."""
+  path = pathlib.Path(workdir) / METRICS_FILE
+  if path.is_file():
+    kept = [p for p in read_metrics(workdir)
+            if p.get("step", 0) < purge_step and not any(k.startswith("test/") for k in p)]
+    atomic.write_text(path, "".join(json.dumps(p) + "\n" for p in kept))
 
 
 class RunWriter:
@@ -62,7 +74,7 @@ class RunWriter:
     self.workdir = pathlib.Path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
     if purge_step is not None:
-      _truncate_jsonl(self.workdir / METRICS_FILE, purge_step)
+      _truncate_metrics(self.workdir, purge_step)
     # TensorBoard hides the events of steps >= purge_step written before this file; the suffix orders this
     # file after the earlier ones of the run even when both were opened within the same second.
     suffix = "" if purge_step is None else f".resumed{purge_step:010d}.{os.getpid()}"
@@ -97,22 +109,24 @@ class RunWriter:
 # session start (its hyperparameter values) and end (its status), and once per experiment the list of columns
 # (hyperparameters and metrics). Without the experiment summary TensorBoard guesses the columns from the runs
 # and lists every scalar as a metric; with it, the table and parallel-coordinates views show exactly these.
-# Not written as scalars during the run: the best validation point of each task's metric, and its loss.
-_SUMMARY_ONLY = tuple(f"best_val/{name}" for name in (*metrics.TASK_METRIC.values(), "loss"))
+_SUMMARY_ONLY = tuple(f"best_val/{m}" for m in (*metrics.TASK_METRIC.values(), "loss"))  # not scalars in the run
 
 
 def task_metric(summaries: list[dict]) -> str:
-  """The metric beside the loss in these runs' summaries (metrics.TASK_METRIC): the regression's when only
-  regressions report one, else the classification's."""
+  """The metric beside the loss in these runs' summaries: mse when they are regressions, else accuracy."""
   mse, accuracy = metrics.TASK_METRIC["regression"], metrics.TASK_METRIC["classification"]
   regression = any(f"best_val/{mse}" in s or f"test/{mse}" in s for s in summaries)
   return mse if regression and not any(f"best_val/{accuracy}" in s for s in summaries) else accuracy
 
 
+def final_metrics(metric: str = "accuracy") -> tuple[str, ...]:
+  """A run's final test and best validation metrics in its summary, for the task metric `metric`."""
+  return (f"test/{metric}", "test/loss", f"best_val/{metric}", "best_val/loss")
+
+
 def hparams_metrics(metric: str = "accuracy") -> tuple[str, ...]:
   """The dashboard's metric columns for a sweep whose task metric is `metric`."""
-  return (f"test/{metric}", "test/loss", f"best_val/{metric}", "best_val/loss", f"val/{metric}", "val/loss",
-          "train/loss")
+  return (*final_metrics(metric), f"val/{metric}", "val/loss", "train/loss")
 
 
 def hparam_values(overrides: list[str]) -> dict[str, float | str | bool]:
