@@ -42,11 +42,11 @@ class Activation(nn.Module):
     return getattr(jax.nn, self.kind)(x)
 
 
-def norm(kind: str, x: jax.Array, *, train: bool, momentum: Any = 0.99) -> jax.Array:
+def norm(kind: str, x: jax.Array, *, train: bool, momentum: Any = 0.99, layer_epsilon: float = 1e-5) -> jax.Array:
   """Batch norm (batch statistics in training, running averages at evaluation: running <- momentum running +
   (1 - momentum) batch, flax's and Keras' convention), layer norm (over one example's features), or none."""
   if kind == "batch":
     return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=1e-5)(x)
   if kind == "layer":
-    return nn.LayerNorm(epsilon=1e-5)(x)
+    return nn.LayerNorm(epsilon=layer_epsilon)(x)
   return x

@@ -53,7 +53,7 @@ class ResNet(ActivatedModel, kw_only=True):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     act = lambda y: activate(self, y, train)
-    norm = lambda y: activations.norm(self.norm, y, train=train, momentum=0.9)
+    norm = lambda y: activations.norm(self.norm, y, train=train, momentum=0.9, layer_epsilon=1e-6)  # flax's default
     x = with_channels(x)
     dims = x.ndim - 2
     conv = lambda f, size, stride=1: conv_ops.Conv(f, (size,) * dims, (stride,) * dims, padding="SAME",
