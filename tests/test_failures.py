@@ -91,15 +91,17 @@ def test_sweep_records_failed_and_diverged_jobs_and_resumes(write_npz, tmp_path)
   write_npz(missing.name)
 
   refused = run_cli(*args, cwd=tmp_path, check=False)  # without resume=true: refused, nothing touched
-  assert refused.returncode == 2 and "already holds runs" in refused.stderr and "resume=true" in refused.stderr
+  assert refused.returncode == 2 and (f"error: the sweep directory {sweep_dir} already holds runs (0, 1, 2, 3); add "
+                                     "resume=true to continue the sweep, or choose another directory "
+                                     "(hydra.sweep.dir=...)") in refused.stderr.splitlines()
 
   run_cli(*args, "resume=true", cwd=tmp_path)  # exit code 0: nothing failed
   summaries = jobs(sweep_dir)
   assert summaries[ok]["status"] == "completed" and summaries[ok]["resumed_from_step"] == 20
   assert (sweep_dir / ok / writers.METRICS_FILE).read_text() == reference
   assert (sweep_dir / diverged / writers.SUMMARY_FILE).read_bytes() == diverged_before  # skipped
-  for name in failed:
-    assert summaries[name]["status"] in ("completed", "diverged") and summaries[name]["resumed_from_step"] is None
+  for name, status in zip(failed, ("completed", "diverged")):  # the lr 0.01 job completes, the lr 1e30 one diverges
+    assert summaries[name]["status"] == status and summaries[name]["resumed_from_step"] is None
   rows = read_results(sweep_dir)
   assert len(rows) == 4 and "failed" not in {row["status"] for row in rows}
   assert "resume" not in rows[0]  # how a job was run is not a column of what it is
