@@ -186,7 +186,7 @@ def bench_sweep(tiny: bool, tmp: pathlib.Path) -> dict:
     start = time.perf_counter()
     for i, overrides in enumerate(jobs):
       if recompile:  # what a loop that bakes hyperparameters into the program pays for every job
-        train.build_program.cache_clear()
+        train.compile_program.cache_clear()
         jax.clear_caches()
         set_persistent_cache(False)
       train.train_and_evaluate(compose_run(overrides), tmp / tag / str(i))
@@ -212,7 +212,7 @@ def bench_sweep(tiny: bool, tmp: pathlib.Path) -> dict:
     return time.perf_counter() - start
 
   train.load_data(compose_run(jobs[0]).data)  # generate and cache MNIST-1D before any clock starts
-  train.build_program.cache_clear()
+  train.compile_program.cache_clear()
   jax.clear_caches()
   once = in_process(False, "once")
   recompile = in_process(True, "recompile")
@@ -253,7 +253,7 @@ def bench_diagnostics(tiny: bool, tmp: pathlib.Path) -> dict:
     for i in range(repeats + (mode != "cold")):  # warm, sweep: a first round fills the caches
       for setting in times:
         if mode != "sweep":
-          train.build_program.cache_clear()
+          train.compile_program.cache_clear()
           jax.clear_caches()
         summary = train.train_and_evaluate(compose_run([*base, f"diagnostics={setting}"]),
                                            tmp / f"diag-{mode}-{setting}-{i}")
@@ -287,7 +287,7 @@ def bench_vectorized(tiny: bool, tmp: pathlib.Path) -> dict:
   """The sweep of bench_sweep as one vmapped program against one-process sequential jobs, compile included."""
   import logging
 
-  from trainlab import vectorized
+  from hydra_plugins.trainlab_launcher import vectorized
 
   lrs, seeds = ([1e-3, 3e-3], [0]) if tiny else ([3e-4, 1e-3, 3e-3, 1e-2], [0, 1, 2, 3])
   base = ["steps=20", "eval_every=10"] if tiny else ["steps=1000", "eval_every=250"]
@@ -295,8 +295,8 @@ def bench_vectorized(tiny: bool, tmp: pathlib.Path) -> dict:
   train.load_data(cfgs[0].data)  # generate and cache MNIST-1D before any clock starts
 
   def fresh() -> None:
-    train.build_program.cache_clear()
-    vectorized.build_vectorized.cache_clear()
+    train.compile_program.cache_clear()
+    vectorized.compile_vectorized.cache_clear()
     jax.clear_caches()
     set_persistent_cache(False)
 
