@@ -173,7 +173,7 @@ def _phase(optimizer: dict, regularizer: dict, seed: Any) -> optax.GradientTrans
         eta=optimizer["noise_eta"], gamma=optimizer["noise_gamma"], seed=0 if seed is None else seed))
   kwargs = {k: v for k, v in optimizer.items() if k not in PHASE_KEYS}
   stages.append(_inject(get_method(optimizer["_target_"]), learning_rate=optimizer["lr"], **kwargs))
-  stages.extend(regularizers.gradient_transforms(regularizer, optimizer["lr"]))
+  stages.extend(make(o, optimizer["lr"]) for make, o in regularizers.hooks(regularizer, "gradient_transform"))
   if optimizer.get("then") is None:
     return optax.chain(*stages)
   if optimizer.get("switch_step") is None:

@@ -190,25 +190,6 @@ def augment_batch(x: jax.Array, selected: dict, rng: jax.Array) -> jax.Array:
   return x
 
 
-def gradient_transforms(selected: dict, learning_rate: Any) -> list[optax.GradientTransformation]:
-  """The selected stages that follow an optimizer phase's direction."""
-  return [make(o, learning_rate) for make, o in hooks(selected, "gradient_transform")]
-
-
-def model_options(selected: dict) -> dict:
-  """Keyword arguments that the selected regularizers give the model; dropout_rate None when none sets it."""
-  kwargs = {"dropout_rate": None}
-  for make, o in hooks(selected, "model_options"):
-    kwargs.update(make(o))
-  return kwargs
-
-
-def early_stopping(selected: dict):
-  """The host loop's early stopping when selected, else None."""
-  found = hooks(selected, "between_chunks")
-  return found[0][0](found[0][1]) if found else None
-
-
 class EarlyStopping:
   """Host-side early stopping: stops after `patience` evaluations without improvement of val/`metric` and keeps
   a device copy of the best parameters (and batch statistics) to restore before the test evaluation."""

@@ -95,8 +95,13 @@ def open_run(cfg: DictConfig, workdir: pathlib.Path, run: Any, stop: StopRequest
                                 writer, resumed_at=latest or None)
   return RunRecord(cfg, workdir, logger, stop, run.spec.total_steps, run.spec.chunk_steps,
                    f"val/{losses.TASKS[run.dataset.task].metric_name}", writer, monitor, checkpointer,
-                   regularizers.early_stopping(cfg.regularizer), started, time.perf_counter() - started,
+                   _early_stopping(cfg.regularizer), started, time.perf_counter() - started,
                    resume_from=latest, resume_host=host)
+
+
+def _early_stopping(selected: DictConfig) -> regularizers.EarlyStopping | None:
+  found = regularizers.hooks(selected, "between_chunks")
+  return found[0][0](found[0][1]) if found else None
 
 
 def resume(record: RunRecord, state: Any) -> Any:

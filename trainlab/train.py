@@ -70,8 +70,10 @@ def selected_regularizers(spec: Spec, hparams: dict) -> dict:
 def create_model(spec: Spec, hparams: dict, **kwargs) -> nn.Module:
   """The model of `spec` with the run's model values (and a regularizer's model options, such as dropout)."""
   model_cfg = values.merge(structure_of(spec)["model"], hparams["model"])
-  return instantiate(model_cfg, num_outputs=spec.num_classes, _convert_="all",
-                     **regularizers.model_options(selected_regularizers(spec, hparams)), **kwargs)
+  options = {"dropout_rate": None}
+  for make, o in regularizers.hooks(selected_regularizers(spec, hparams), "model_options"):
+    options.update(make(o))
+  return instantiate(model_cfg, num_outputs=spec.num_classes, _convert_="all", **options, **kwargs)
 
 
 def create_optimizer(spec: Spec, run_values: dict, seed: Any = None):

@@ -68,6 +68,31 @@ def npz(path: str, val_fraction: float, split_seed: int, layout: str | None = No
   `layout` None infers it from the rank of x: (N, D) vectors, (N, T, F) sequences, (N, H, W, C) images.
   """
   file = pathlib.Path(path).expanduser()
+  arrays = _read_npz(file)
+  splits = ["train", "test"] + (["val"] if "x_val" in arrays else [])
+  _check_splits(file, arrays, splits)
+  x_train, y_train = arrays["x_train"], arrays["y_train"]
+  if "x_val" in arrays:
+    x_val, y_val = arrays["x_val"], arrays["y_val"]
+  else:
+    x_train, y_train, x_val, y_val = hold_out(x_train, y_train, val_fraction, split_seed)
+    if not len(y_val) or not len(y_train):
+      empty = "validation" if not len(y_val) else "training"
+      raise DataError(f"data file {file}: holding out data.val_fraction={val_fraction} of its "
+                      f"{len(y_train) + len(y_val)} training examples leaves the {empty} split empty")
+  x_train, x_val, x_test = standardize(x_train, x_val, arrays["x_test"])
+  if not all(np.isfinite(x).all() for x in (x_train, x_val, x_test)):
+    raise DataError(f"data file {file}: its inputs are too large for float32 arithmetic (standardizing overflows)")
+  num_classes = int(max(y.max(initial=0) for y in (y_train, y_val, arrays["y_test"]))) + 1
+  as_labels = lambda y: y.astype(np.int32)
+  layout = layout or {2: "vector", 3: "sequence"}.get(x_train.ndim, "image")
+  return Dataset(x_train, as_labels(y_train), x_val, as_labels(y_val), x_test, as_labels(arrays["y_test"]),
+                 num_classes, layout=layout)
+npz.layout = None  # any: from the rank of its arrays, or data.layout
+
+
+def _read_npz(file: pathlib.Path) -> dict[str, np.ndarray]:
+  """The arrays of NPZ_ARRAYS that `file` holds, each a real .npy array, with the required ones present."""
   if not file.is_file():
     raise DataError(f"data file {file} does not exist (data.path)")
   try:
@@ -90,7 +115,11 @@ def npz(path: str, val_fraction: float, split_seed: int, layout: str | None = No
     missing.append("y_val" if "x_val" in arrays else "x_val")
   if missing:
     raise DataError(f"data file {file} lacks the array(s) {', '.join(missing)}; it has {', '.join(arrays) or 'none'}")
-  splits = ["train", "test"] + (["val"] if "x_val" in arrays else [])
+  return arrays
+
+
+def _check_splits(file: pathlib.Path, arrays: dict, splits: list[str]) -> None:
+  """Raises DataError unless every split holds finite real inputs, integer labels and one shape of example."""
   for split in splits:
     x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
     if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
@@ -113,25 +142,6 @@ def npz(path: str, val_fraction: float, split_seed: int, layout: str | None = No
   shapes = {arrays[f"x_{split}"].shape[1:] for split in splits}
   if len(shapes) > 1:
     raise DataError(f"data file {file}: the splits' examples have different shapes {sorted(shapes)}")
-
-  x_train, y_train = arrays["x_train"], arrays["y_train"]
-  if "x_val" in arrays:
-    x_val, y_val = arrays["x_val"], arrays["y_val"]
-  else:
-    x_train, y_train, x_val, y_val = hold_out(x_train, y_train, val_fraction, split_seed)
-    if not len(y_val) or not len(y_train):
-      empty = "validation" if not len(y_val) else "training"
-      raise DataError(f"data file {file}: holding out data.val_fraction={val_fraction} of its "
-                      f"{len(y_train) + len(y_val)} training examples leaves the {empty} split empty")
-  x_train, x_val, x_test = standardize(x_train, x_val, arrays["x_test"])
-  if not all(np.isfinite(x).all() for x in (x_train, x_val, x_test)):
-    raise DataError(f"data file {file}: its inputs are too large for float32 arithmetic (standardizing overflows)")
-  num_classes = int(max(y.max(initial=0) for y in (y_train, y_val, arrays["y_test"]))) + 1
-  as_labels = lambda y: y.astype(np.int32)
-  layout = layout or {2: "vector", 3: "sequence"}.get(x_train.ndim, "image")
-  return Dataset(x_train, as_labels(y_train), x_val, as_labels(y_val), x_test, as_labels(arrays["y_test"]),
-                 num_classes, layout=layout)
-npz.layout = None  # any: from the rank of its arrays, or data.layout
 
 
 def hold_out(x, y, fraction: float, seed: int):

@@ -53,14 +53,6 @@ def resolve_root(root: str | None) -> pathlib.Path:
   return pathlib.Path(path).expanduser()
 
 
-def md5sum(path: pathlib.Path) -> str:
-  digest = hashlib.md5(usedforsecurity=False)  # the published checksums are MD5: integrity, not security
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def fetch(name: str, root: str | None, download: bool, url: str | None = None) -> dict[str, pathlib.Path]:
   """The paths of data set `name`'s files in `<root>/<name>/`, downloading those that are missing.
 
