@@ -102,7 +102,7 @@ class VectorizedLauncher(Launcher):
 
   def _open(self, job: _Job) -> bool:
     """Sets the job's output directory; False when it already holds a run (the normal path decides then)."""
-    from trainlab import main
+    from trainlab.rundir import job as job_record
 
     config = job.sweep_config
     HydraConfig.instance().set_config(config)
@@ -111,8 +111,8 @@ class VectorizedLauncher(Launcher):
     with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
       config.hydra.runtime.output_dir = os.path.abspath(output_dir)
     HydraConfig.instance().set_config(config)
-    job.workdir, job.record = main.job_record(HydraConfig.get())
-    return not main.holds_run(job.workdir)
+    job.workdir, job.record = job_record.job_record(HydraConfig.get())
+    return not job_record.holds_run(job.workdir)
 
   def _run_alone(self, job: _Job) -> JobReturn:
     ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=job.sweep_config,
@@ -126,7 +126,8 @@ class VectorizedLauncher(Launcher):
     Hydra's public `run_job` runs one job's task function to its end; the members of a group must all be set
     up before any of them trains, so their directories, configs and logs are made here as run_job makes them.
     """
-    from trainlab import main, train
+    from trainlab import train
+    from trainlab.rundir import job as job_record
 
     config = job.sweep_config
     self._activate(job)
@@ -151,7 +152,7 @@ class VectorizedLauncher(Launcher):
       job.run = train.setup(job.task_cfg)
       return True
     except Exception as e:  # as train_app does: a failed job, and the sweep goes on
-      main.record_failure(job.workdir, job.record, e, multirun=True, logger=job.logger)
+      job_record.record_failure(job.workdir, job.record, e, multirun=True, logger=job.logger)
       self._finish(job, None)
       return False
 
@@ -174,7 +175,8 @@ class VectorizedLauncher(Launcher):
   # --- training ----------------------------------------------------------------------------------------
   def _train(self, group: list[_Job]) -> None:
     """Trains a group (one vmapped program; a group of one alone) and records each member's result."""
-    from trainlab import main, train
+    from trainlab import train
+    from trainlab.rundir import job as job_record
     from hydra_plugins.trainlab_launcher import vectorized
 
     log.info("training jobs %s as %s", ", ".join(f"#{j.idx}" for j in group),
@@ -195,17 +197,17 @@ class VectorizedLauncher(Launcher):
     except Exception as e:  # the program failed: every member of it failed
       for job in group:
         self._activate(job)
-        main.record_failure(job.workdir, job.record, e, multirun=True, logger=job.logger)
+        job_record.record_failure(job.workdir, job.record, e, multirun=True, logger=job.logger)
         self._finish(job, None)
       return
     interrupted = None
     for job, summary in zip(group, summaries):
       self._activate(job)
-      value = main.record_result(job.workdir, job.record, summary, logger=job.logger)
+      value = job_record.record_result(job.workdir, job.record, summary, logger=job.logger)
       self._finish(job, value)
       if summary["status"] == "interrupted":
         interrupted = interrupted or (job, summary)
     if interrupted:
       job, summary = interrupted
       self._activate(job)
-      main.stop_interrupted(summary, job.workdir, True, HydraConfig.get())
+      job_record.stop_interrupted(summary, job.workdir, True, HydraConfig.get())

@@ -311,7 +311,7 @@ def main(argv: list[str]) -> int:
     if "=" in arg and key in ("report.target", "report.metric"):
       settings[key.split(".")[1]] = float(value) if key == "report.target" else value
     elif arg.startswith("-"):
-      print(f"usage: trainlab report [DIR] [report.target=X] [report.metric=NAME]", file=sys.stderr)
+      print("usage: trainlab report [DIR] [report.target=X] [report.metric=NAME]", file=sys.stderr)
       return 0 if arg in ("-h", "--help") else 2
     else:
       paths.append(arg)

@@ -1,0 +1,109 @@
+"""How one job of `trainlab train` records its result in its run directory: summary.json, the HParams row,
+the final metrics in the log, and the exit code or sweep line of a job that failed, was refused or stopped.
+Used by the Hydra app (trainlab.main) and the vectorized launcher alike."""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import signal
+import sys
+
+from omegaconf import DictConfig
+
+from trainlab import config, data, metrics
+from trainlab.rundir import atomic, checkpoint, jobs, writers
+
+log = logging.getLogger("trainlab")
+
+
+def job_record(hydra_cfg: DictConfig) -> tuple[pathlib.Path, dict]:
+  """A job's run directory, and what its summary.json records about how it was asked for."""
+  workdir = pathlib.Path(hydra_cfg.runtime.output_dir)
+  # `resume` says how to run the job, not what it is: it stays out of the overrides that results.csv lists.
+  overrides = [o for o in hydra_cfg.overrides.task if jobs.parse_override(o)[0] != "resume"]
+  return workdir, {"overrides": overrides, "run_dir": str(workdir)}
+
+
+def holds_run(workdir: pathlib.Path) -> bool:
+  """Whether a run has written into `workdir` (a fresh run there would overwrite it)."""
+  return bool(writers.read_summary(workdir) or checkpoint.has_checkpoint(workdir)
+              or (workdir / writers.METRICS_FILE).exists())
+
+
+def record_failure(workdir: pathlib.Path, record: dict, e: Exception, multirun: bool,
+                   logger: logging.Logger = log) -> None:
+  """A job that raised: `failed` in its summary.json and the dashboard; alone, an error exit."""
+  if isinstance(e, (config.ConfigError, data.DataError)):  # our own errors say all in one line
+    write_summary(workdir, {"status": "failed", "error": str(e), **record})
+    _write_hparams(workdir, record, {"status": "failed"})
+    if not multirun:
+      print(f"error: {e}", file=sys.stderr)
+      raise SystemExit(2)
+    logger.error("job failed: %s", e)
+    return
+  write_summary(workdir, {"status": "failed", "error": f"{type(e).__name__}: {e}", **record})
+  _write_hparams(workdir, record, {"status": "failed"})
+  logger.error("job failed: %s: %s", type(e).__name__, e, exc_info=e)
+  if not multirun:
+    raise SystemExit(1)
+
+
+def record_result(workdir: pathlib.Path, record: dict, summary: dict, logger: logging.Logger = log) -> float | None:
+  """A job that ran: its summary.json, its row in the dashboard, its final metrics in the log."""
+  write_summary(workdir, {**summary, **record})
+  if summary["status"] != "interrupted":  # the dashboard shows results; an interrupted run has none yet
+    _write_hparams(workdir, record, summary)
+    _print_table(summary, logger)
+  return best_val(summary)
+
+
+def best_val(summary: dict) -> float | None:
+  """The job's return value (what a Hydra sweeper optimizes): its best validation accuracy, or mse."""
+  names = [f"best_val/{name}" for name in metrics.TASK_METRIC.values() if f"best_val/{name}" in summary]
+  return summary[names[0]] if names else None
+
+
+def stop_interrupted(summary: dict, workdir: pathlib.Path, multirun: bool, hydra_cfg: DictConfig) -> None:
+  """After a signal: says how to continue, lists a sweep's jobs run so far, exits with 128 + the signal."""
+  log.warning("interrupted at step %d; continue with the same command and resume=true%s", summary["steps_run"],
+              f" hydra.run.dir={workdir}" if not multirun else f" hydra.sweep.dir={hydra_cfg.sweep.dir}")
+  if multirun:  # the sweep stops here: list the jobs run so far
+    from trainlab.rundir import sweep
+    sweep.write_results(pathlib.Path(hydra_cfg.sweep.dir), sweep.collect(pathlib.Path(hydra_cfg.sweep.dir)))
+  raise SystemExit(128 + signal.Signals[summary["interrupted_by"]])
+
+
+def _write_hparams(workdir: pathlib.Path, record: dict, summary: dict) -> None:
+  """The run's row in TensorBoard's HParams dashboard; its overrides are its hyperparameters."""
+  try:
+    writers.write_hparams_session(workdir, writers.hparam_values(record["overrides"]), summary)
+  except Exception as e:  # the dashboard is a view; it must not fail a run that trained
+    log.warning("could not write the HParams session: %s: %s", type(e).__name__, e)
+
+
+def write_summary(workdir: pathlib.Path, summary: dict) -> None:
+  """summary.json, or one clear error and exit when it cannot be written (a full disk stops a sweep too)."""
+  try:
+    writers.write_summary(workdir, summary)
+  except atomic.WriteError as e:
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(1) from None
+
+
+def refuse(message: str, multirun: bool) -> None:
+  """Declines to run a job without touching its directory: an error exit, or an error line in a sweep."""
+  if not multirun:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+  log.error("job not run: %s", message)
+  return None
+
+
+def _print_table(summary: dict, logger: logging.Logger = log) -> None:
+  rows = [(k, summary.get(k)) for k in ("status", "test/accuracy", "test/mse", "test/loss", "best_val/accuracy",
+                                    "best_val/mse", "best_val/step", "steps_run", "steps_per_second",
+                                    "compile_time_s", "wall_time_s") if k in summary or k == "status"]
+  width = max(len(k) for k, _ in rows)
+  lines = [f"  {k:<{width}}  {v:.4g}" if isinstance(v, float) else f"  {k:<{width}}  {v}" for k, v in rows]
+  logger.info("final metrics:\n%s", "\n".join(lines))
