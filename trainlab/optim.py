@@ -78,15 +78,9 @@ def adagrad(learning_rate, initial_accumulator_value: float = 0.0, eps: float = 
   return optax.chain(scale_by_adagrad(initial_accumulator_value, eps), optax.scale_by_learning_rate(learning_rate))
 
 
-def rmsprop(learning_rate, decay: float = 0.9, eps: float = 1e-8, momentum: float | None = None,
-            centered: bool = False, nesterov: bool = False):
-  """RMSProp with eps outside the square root (PyTorch's placement): optax.rmsprop(eps_in_sqrt=False).
-
-  s <- decay s + (1 - decay) g*g ; d = g / (sqrt(s) + eps) (centered: sqrt(s - mean(g)^2)); with momentum,
-  v <- momentum v + d and the step is -lr v.
-  """
-  return optax.rmsprop(learning_rate, decay=decay, eps=eps, eps_in_sqrt=False, centered=centered,
-                       momentum=momentum, nesterov=nesterov)
+# RMSProp with eps outside the square root (PyTorch's placement): s <- decay s + (1 - decay) g*g,
+# d = g / (sqrt(s) + eps) (centered: sqrt(s - mean(g)^2)); with momentum, v <- momentum v + d, step -lr v.
+rmsprop = functools.partial(optax.rmsprop, eps_in_sqrt=False)
 
 
 def adamw(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 1e-4):

@@ -1,7 +1,7 @@
 """The host side of one run, between compiled chunks: plain calls in the loop's order.
 
-  record = open_run(...)             the run's writers, diagnostics, checkpoints and early stopping
-  state = resume(record, state)      the latest checkpoint's state and records, with resume=true
+  record, state = open_run(...)      writers, diagnostics, checkpoints, early stopping; with resume=true,
+                                     the latest checkpoint's state and records
   diagnose(record, state)            the diagnostics due at the starting point
   per chunk:
     record_chunk(record, ...)        the per-step metrics: divergence, the log windows   -> True: diverged
@@ -65,8 +65,6 @@ class RunRecord:
   stopper: regularizers.EarlyStopping | None
   started: float  # perf_counter at the job's start
   startup_seconds: float  # from the job's start to the first state
-  resume_from: int | None = None  # the checkpoint's step that `resume` restores (resume=true)
-  resume_host: dict | None = None  # that checkpoint's host record
   step: int = 0
   first_step: int = 0  # where this session started (a resumed run's checkpoint)
   window: Window = dataclasses.field(default_factory=Window)
@@ -78,51 +76,48 @@ class RunRecord:
   last_loss: float = math.nan
 
 
-def open_run(cfg: DictConfig, workdir: pathlib.Path, run: Any, stop: StopRequest, logger: logging.Logger,
-             started: float) -> RunRecord:
-  """Opens a run's record (run: the train.Setup). With resume=true, the latest checkpoint's config is checked
-  first, so that a refused resume leaves the directory as it was."""
+def open_run(cfg: DictConfig, workdir: pathlib.Path, run: Any, state: Any, stop: StopRequest,
+             logger: logging.Logger, started: float) -> tuple[RunRecord, Any]:
+  """Opens a run's record (run: the train.Setup) and returns it with the state to start from: with resume=true,
+  the latest checkpoint's, its config checked first, so that a refused resume leaves the directory as it was."""
   workdir = pathlib.Path(workdir)
   checkpointer = checkpoint.Checkpointer(workdir, cfg.checkpoint.keep)
   latest = checkpointer.latest_step() if cfg.resume else None
-  host = None
   if latest is not None:
-    host = checkpointer.restore_host(latest)
-    checkpoint.check_same_config(host["config"], checkpoint.run_config(_container(cfg)), workdir)
+    try:
+      host = checkpointer.restore_host(latest)
+      checkpoint.check_same_config(host["config"], checkpoint.run_config(_container(cfg)), workdir)
+      state = _restore(checkpointer, state, latest, workdir)
+    except Exception:
+      checkpointer.close()
+      raise
   writer = writers.RunWriter(workdir, purge_step=(latest or 0) + 1 if cfg.resume else None)
   writer.text("config", OmegaConf.to_yaml(cfg, resolve=True))
   monitor = diagnostics.Monitor(cfg.diagnostics, run.program.diagnostics, run.dataset.x_train, run.dataset.y_train,
                                 writer, resumed_at=latest or None)
-  return RunRecord(cfg, workdir, logger, stop, run.spec.total_steps, run.spec.chunk_steps,
-                   f"val/{losses.TASKS[run.dataset.task].metric_name}", writer, monitor, checkpointer,
-                   _early_stopping(cfg.regularizer), started, time.perf_counter() - started,
-                   resume_from=latest, resume_host=host)
-
-
-def _early_stopping(selected: DictConfig) -> regularizers.EarlyStopping | None:
-  found = regularizers.hooks(selected, "between_chunks")
-  return found[0][0](found[0][1]) if found else None
-
-
-def resume(record: RunRecord, state: Any) -> Any:
-  """With resume=true, the state and host records of the latest checkpoint (the state unchanged if none)."""
-  if record.resume_from is not None:
-    try:
-      state = record.checkpointer.restore(state, record.resume_from)
-    except (ValueError, KeyError, TypeError) as e:  # orbax: the saved tree is not this program's state
-      raise checkpoint.ResumeError(
-          f"cannot resume the run in {record.workdir}: its checkpoint at step {record.resume_from} does not hold "
-          f"this program's state (written by another version of trainlab?): {str(e).splitlines()[0][:200]}. "
-          "Start a new run in another directory") from None
-    host = record.resume_host
-    record.step, record.best, record.train_seconds = int(state.step), host["best"], host["train_seconds"]
+  stopping = regularizers.hooks(cfg.regularizer, "between_chunks")
+  record = RunRecord(cfg, workdir, logger, stop, run.spec.total_steps, run.spec.chunk_steps,
+                     f"val/{losses.TASKS[run.dataset.task].metric_name}", writer, monitor, checkpointer,
+                     stopping[0][0](stopping[0][1]) if stopping else None, started, time.perf_counter() - started)
+  if latest is not None:
+    record.step = record.first_step = int(state.step)
+    record.best, record.train_seconds = host["best"], host["train_seconds"]
     record.window = Window(host["window_sums"], host["window_count"])
     record.earlier_seconds = host.get("wall_seconds", 0.0)
-    record.log.info("resuming from the checkpoint at step %d", record.step)
-  elif record.cfg.resume:
-    record.log.info("no checkpoint in %s: the run starts from step 0", record.workdir)
-  record.first_step = record.step
-  return state
+    logger.info("resuming from the checkpoint at step %d", record.step)
+  elif cfg.resume:
+    logger.info("no checkpoint in %s: the run starts from step 0", workdir)
+  return record, state
+
+
+def _restore(checkpointer: checkpoint.Checkpointer, state: Any, step: int, workdir: pathlib.Path) -> Any:
+  try:
+    return checkpointer.restore(state, step)
+  except (ValueError, KeyError, TypeError) as e:  # orbax: the saved tree is not this program's state
+    raise checkpoint.ResumeError(
+        f"cannot resume the run in {workdir}: its checkpoint at step {step} does not hold this program's state "
+        f"(written by another version of trainlab?): {str(e).splitlines()[0][:200]}. Start a new run in "
+        "another directory") from None
 
 
 def diagnose(record: RunRecord, state: Any) -> None:

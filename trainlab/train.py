@@ -298,9 +298,8 @@ def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | 
     train_split = jax.device_put(run.dataset[:2])  # once; they stay there
     val, test = eval_splits(run.dataset)
     state = program.init(np.int32(cfg.seed), run.values)
-    record = runlog.open_run(cfg, pathlib.Path(workdir), run, stop, logger, started)
+    record, state = runlog.open_run(cfg, pathlib.Path(workdir), run, state, stop, logger, started)
     try:
-      state = runlog.resume(record, state)
       wait = lambda: None
       if record.step < record.steps and record.monitor.is_due(record.step):
         # the first chunk and evaluation compile in the background while the starting point's diagnostics run

@@ -78,7 +78,8 @@ def train_group(members: list[Member], started: float | None = None) -> list[dic
   compiling_before = fast.seconds()
   with StopRequest() as stop:
     states = vector.init(np.array([m.cfg.seed for m in members], np.int32), _stack([m.run.values for m in members]))
-    records = [runlog.open_run(m.cfg, m.workdir, m.run, stop, m.logger, started) for m in members]
+    records = [runlog.open_run(m.cfg, m.workdir, m.run, member_state(states, i), stop, m.logger, started)[0]
+               for i, m in enumerate(members)]
     try:
       for i, record in enumerate(records):
         runlog.diagnose(record, member_state(states, i))
