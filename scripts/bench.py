@@ -287,7 +287,7 @@ def bench_vectorized(tiny: bool, tmp: pathlib.Path) -> dict:
   """The sweep of bench_sweep as one vmapped program against one-process sequential jobs, compile included."""
   import logging
 
-  from hydra_plugins.trainlab_launcher import vectorized
+  from hydra_plugins.trainlab_launcher import _vectorized_loop as vectorized
 
   lrs, seeds = ([1e-3, 3e-3], [0]) if tiny else ([3e-4, 1e-3, 3e-3, 1e-2], [0, 1, 2, 3])
   base = ["steps=20", "eval_every=10"] if tiny else ["steps=1000", "eval_every=250"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +19,14 @@ FAST = ["steps=40", "eval_every=20", "log_every=10", "model.widths=[16]"]
 def test_top_level_help_lists_the_subcommands(tmp_path):
   out = run_cli("--help", cwd=tmp_path).stdout
   assert "train" in out and "usage: trainlab" in out
+
+
+def test_the_command_starts_without_jax():
+  """`trainlab` and Hydra's plugin scan import no JAX: --help, --cfg and a sweep's own process start at once."""
+  code = ("import sys; import trainlab.main; from hydra.core.plugins import Plugins; Plugins.instance(); "
+          "print(sorted(m for m in ('jax', 'flax', 'optax', 'orbax', 'torch') if m in sys.modules))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+  assert out.strip() == "[]"
 
 
 def test_train_help_lists_groups_and_options(tmp_path):

@@ -82,7 +82,7 @@ class VectorizedLauncher(Launcher):
           job.ret = self._run_alone(job)
           continue
         if self._prepare(job):
-          from hydra_plugins.trainlab_launcher import vectorized
+          from hydra_plugins.trainlab_launcher import _vectorized_loop as vectorized
 
           groups.setdefault(vectorized.group_key(job.task_cfg, job.run), []).append(job)
       for group in groups.values():
@@ -177,7 +177,7 @@ class VectorizedLauncher(Launcher):
     """Trains a group (one vmapped program; a group of one alone) and records each member's result."""
     from trainlab import train
     from trainlab.rundir import job as job_record
-    from hydra_plugins.trainlab_launcher import vectorized
+    from hydra_plugins.trainlab_launcher import _vectorized_loop as vectorized
 
     log.info("training jobs %s as %s", ", ".join(f"#{j.idx}" for j in group),
              "one vmapped program" if len(group) > 1 else "a single run")

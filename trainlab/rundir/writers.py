@@ -13,7 +13,7 @@ import pathlib
 import time
 
 from trainlab import metrics
-from trainlab.fast.tensorboard_import import import_tensorboardx
+from trainlab.rundir.tensorboard_import import import_tensorboardx
 from trainlab.rundir import atomic, jobs
 
 METRICS_FILE = "metrics.jsonl"

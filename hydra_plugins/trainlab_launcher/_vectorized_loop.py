@@ -9,6 +9,9 @@ its own trainlab.runlog record, so it writes into its run directory what it woul
 
 A member that diverges or stops early is masked, not removed: it gets `num_steps = 0` in later chunks, which
 makes every step of the chunk a no-op for it, while the others go on.
+
+The module's name starts with "_" so that Hydra's plugin scan, which imports every other module here at each
+start of `trainlab`, does not import JAX with it.
 """
 
 from __future__ import annotations

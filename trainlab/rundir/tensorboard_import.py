@@ -1,4 +1,5 @@
-"""tensorboardX imported without PyTorch: trainlab hands it floats and numpy arrays, never torch tensors."""
+"""tensorboardX imported without PyTorch: trainlab hands it floats and numpy arrays, never torch tensors. (Speed only,
+but kept out of trainlab.fast, whose JAX imports the CLI must not wait for.)"""
 
 import sys
 
