@@ -63,10 +63,18 @@ def test_layer_statistics_equal_a_hand_computed_relu_network():
     np.testing.assert_allclose(s["grad_var"], dz.var(), rtol=1e-4)
     np.testing.assert_allclose(s["grad_norm"], norm(want_grads[name]), rtol=1e-5)
     np.testing.assert_allclose(s["param_norm"], norm(PARAMS[name]), rtol=1e-6)
+    assert s["zero_fraction"] == np.mean(PARAMS[name]["kernel"] == 0)
   np.testing.assert_allclose(stats["Dense_0"]["dead_fraction"], np.mean(np.all(z1 <= 0, axis=0)))
   assert stats["Dense_0"]["dead_fraction"] == pytest.approx(1 / 3)  # unit 2, by construction
   assert "dead_fraction" not in stats["Dense_1"]  # the logits are not followed by a ReLU
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads, want_grads)
+
+
+def test_zero_fraction_counts_exact_zeros_of_the_kernel_only():
+  sparse = {**PARAMS, "Dense_0": {"kernel": W1 * (np.arange(W1.size).reshape(W1.shape) % 3 == 0), "bias": B1 * 0}}
+  stats, _ = diagnostics.layer_statistics(apply_fn("relu"), sparse, X, Y, activation="relu")
+  want = np.mean(sparse["Dense_0"]["kernel"] == 0)
+  assert 0 < want < 1 and stats["Dense_0"]["zero_fraction"] == pytest.approx(want)
 
 
 def test_saturated_fraction_of_a_tanh_network():

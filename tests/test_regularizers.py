@@ -13,7 +13,7 @@ import pytest
 
 from conftest import train_in_process
 from test_initializers import program_state
-from trainlab import losses, models, regularizers
+from trainlab import losses, models, optim, regularizers
 
 PARAMS = {
     "Dense_0": {"kernel": jnp.array([[1.0, -2.0], [0.5, 3.0]]), "bias": jnp.array([4.0, -5.0])},
@@ -40,7 +40,7 @@ def test_l2_value_and_gradient_on_weights_only():
 
 def test_l1_value_and_gradient_on_weights_only():
   lam = 0.2
-  reg = {"l1": {"weight": jnp.float32(lam)}}
+  reg = {"l1": {"weight": jnp.float32(lam), "proximal": False}}
   np.testing.assert_allclose(regularizers.penalty(PARAMS, reg), lam * sum(np.abs(k).sum() for k in KERNELS), rtol=1e-6)
   g = grads(lambda p: regularizers.penalty(p, reg))
   np.testing.assert_allclose(g["Dense_0"]["kernel"], lam * np.sign(KERNELS[0]), rtol=1e-6)
@@ -48,8 +48,93 @@ def test_l1_value_and_gradient_on_weights_only():
   np.testing.assert_array_equal(g["LayerNorm_0"]["scale"], 0.0)
 
 
+def test_l1_gradient_is_zero_at_zero_weights():
+  """The subgradient at w = 0 is 0 (sign(0) = 0, as Goodfellow et al. eq. 7.20 and PyTorch), so a zero weight is
+  not pushed off zero by the penalty; elsewhere it is weight * sign(w)."""
+  lam = 0.5
+  kernel = jnp.array([[0.0, -0.0, 2.0], [-3.0, 0.0, 1e-30]])
+  reg = {"l1": {"weight": jnp.float32(lam), "proximal": False}}
+  g = jax.grad(lambda p: regularizers.penalty(p, reg))({"Dense_0": {"kernel": kernel}})["Dense_0"]["kernel"]
+  np.testing.assert_array_equal(g, [[0.0, 0.0, lam], [-lam, 0.0, lam]])
+  assert float(regularizers.penalty({"Dense_0": {"kernel": kernel}}, reg)) == pytest.approx(lam * 5.0)
+
+
+def test_proximal_l1_leaves_the_loss_and_soft_thresholds_each_step():
+  """proximal: the penalty adds nothing to the loss; each SGD step on a weight w with gradient g is
+  w <- sign(w - lr g) max(|w - lr g| - lr lam, 0) with lr the schedule's current rate; biases step plainly."""
+  lam, lr, steps = 0.5, 0.1, 4
+  reg = {"l1": {"weight": jnp.float32(lam), "proximal": True}}
+  assert float(regularizers.penalty(PARAMS, reg)) == 0.0
+  optimizer = {"_target_": "optax.sgd", "lr": lr, "momentum": None, "nesterov": False, "staleness": 0,
+               "clip_value": None, "clip_norm": None, "noise_eta": None, "noise_gamma": 0.0, "then": None,
+               "switch_step": None}
+  schedule = {"_target_": "trainlab.schedules.linear", "end_factor": 0.0, "decay_steps": None, "warmup_steps": 0}
+  tx, lr_fn = optim.build_optimizer(optimizer, schedule, 8, reg)
+  grad = {"w": {"kernel": jnp.array([0.3, -0.04, 0.0, 2.0]), "bias": jnp.array([1.0])}}
+  params = {"w": {"kernel": jnp.array([1.0, 0.01, -0.02, -0.5]), "bias": jnp.array([0.0])}}
+  state, want = tx.init(params), jax.tree.map(np.asarray, params)
+  for k in range(steps):
+    rate = lr * (1 - k / 8)  # the linear schedule's multiplier at step k
+    assert float(lr_fn(state)) == pytest.approx(rate, rel=1e-6)
+    updates, state = tx.update(grad, state, params)
+    params = jax.tree.map(lambda p, u: p + u, params, updates)
+    z = want["w"]["kernel"] - rate * np.asarray(grad["w"]["kernel"])
+    want = {"w": {"kernel": np.sign(z) * np.maximum(np.abs(z) - rate * lam, 0.0),
+                  "bias": want["w"]["bias"] - rate * np.asarray(grad["w"]["bias"])}}
+    np.testing.assert_allclose(params["w"]["kernel"], want["w"]["kernel"], atol=1e-7)
+    np.testing.assert_allclose(params["w"]["bias"], want["w"]["bias"], rtol=1e-6)
+  assert float(params["w"]["kernel"][2]) == 0.0  # a weight the step cannot lift past lr * lam is exactly zero
+
+
+def test_proximal_l1_finds_the_exact_zeros_of_a_sparse_solution():
+  """Least squares whose true weights are sparse: proximal L1 (ISTA) ends with the irrelevant weights exactly 0 and
+  the relevant ones not; the subgradient form of the same penalty ends with no exact zero."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(200, 10)), jnp.float32)
+  true = np.zeros(10, np.float32)
+  true[[1, 4, 7]] = [2.0, -3.0, 1.5]
+  y = x @ true + 0.01 * jnp.asarray(rng.normal(size=200), jnp.float32)
+  data_loss = lambda p: jnp.mean(jnp.square(x @ p["Dense_0"]["kernel"] - y))
+
+  def fit(proximal: bool):
+    reg = {"l1": {"weight": jnp.float32(0.1), "proximal": proximal}}
+    optimizer = {"_target_": "optax.sgd", "lr": 0.05, "momentum": None, "nesterov": False, "staleness": 0,
+                 "clip_value": None, "clip_norm": None, "noise_eta": None, "noise_gamma": 0.0, "then": None,
+                 "switch_step": None}
+    schedule = {"_target_": "trainlab.schedules.constant", "warmup_steps": 0}
+    tx, _ = optim.build_optimizer(optimizer, schedule, 500, reg)
+    params = {"Dense_0": {"kernel": jnp.zeros(10)}}
+    state = tx.init(params)
+    loss = lambda p: data_loss(p) + regularizers.penalty(p, reg)
+    for _ in range(500):
+      updates, state = tx.update(jax.grad(loss)(params), state, params)
+      params = jax.tree.map(lambda p, u: p + u, params, updates)
+    return np.asarray(params["Dense_0"]["kernel"])
+
+  proximal, subgradient = fit(True), fit(False)
+  irrelevant = [i for i in range(10) if true[i] == 0]
+  np.testing.assert_array_equal(proximal[irrelevant], 0.0)
+  assert np.all(np.abs(proximal[[1, 4, 7]]) > 1.0)
+  assert np.count_nonzero(subgradient == 0.0) == 0
+
+
+def test_sparse_weights_stay_sparse_under_proximal_l1_and_are_reported(tmp_path):
+  """init=sparse with proximal L1 in the real loop: the summary and the per-layer diagnostics report the weights'
+  exact zeros, and the proximal step keeps more of them than the subgradient form of the same penalty."""
+  run = ["steps=100", "eval_every=50", "log_every=25", "model.widths=[32]", "init=sparse", "init.k=4",
+         "regularizer=[l1]", "regularizer.l1.weight=0.03", "diagnostics=default", "diagnostics.every=50",
+         "diagnostics.histogram_every=0", "optimizer=sgd", "optimizer.lr=0.05"]
+  proximal = train_in_process([*run, "regularizer.l1.proximal=true"], tmp_path / "proximal")
+  subgradient = train_in_process(run, tmp_path / "subgradient")
+  assert proximal["weights/zero_fraction"] > subgradient["weights/zero_fraction"]
+  assert proximal["weights/zero_fraction"] > 0.5  # most of init=sparse's zeros are still exactly zero
+  points = [json.loads(line) for line in (tmp_path / "proximal" / "metrics.jsonl").read_text().splitlines()]
+  at_start = next(p for p in points if p["step"] == 0 and "diag/Dense_0/zero_fraction" in p)
+  assert at_start["diag/Dense_0/zero_fraction"] == pytest.approx(1 - 4 / 40)  # k = 4 of MNIST-1D's 40 inputs
+
+
 def test_l1_and_l2_add_up():
-  reg = {"l1": {"weight": jnp.float32(0.2)}, "l2": {"weight": jnp.float32(0.3)}}
+  reg = {"l1": {"weight": jnp.float32(0.2), "proximal": False}, "l2": {"weight": jnp.float32(0.3)}}
   want = sum(0.2 * np.abs(k).sum() + 0.3 * (k ** 2).sum() for k in KERNELS)
   np.testing.assert_allclose(regularizers.penalty(PARAMS, reg), want, rtol=1e-6)
 

@@ -11,6 +11,7 @@ interval. Metric names are `split/layer/quantity`, so TensorBoard groups them by
 - `diag/<layer>/saturated_fraction` (sigmoid, tanh): the fraction of outputs whose activation lies within 1%
   of a bound (sigmoid(z) <= 0.01 or >= 0.99; |tanh(z)| >= 0.99);
 - `diag/<layer>/grad_norm`, `param_norm`: ‖∂L/∂θ_layer‖ of the mean probe loss, and ‖θ_layer‖;
+- `diag/<layer>/zero_fraction`: the fraction of the layer's weights (its kernel) that are exactly 0;
 - `diag/<layer>/update_ratio`: ‖Δθ_layer‖ / ‖θ_layer‖, where Δθ is the update the optimizer would make
   from the probe gradient in its current state (the state is not changed);
 - `step0/<layer>/act_var` and `step0/<layer>/grad_var`, at step 0 only: the variance of the layer's output
@@ -164,7 +165,10 @@ def layer_statistics(apply_fn: Callable, params: Any, x: jax.Array, y: jax.Array
   by_name = {layer_name(path): path for path in layers}
   for name in [*order, *(n for n in by_name if n not in order)]:
     path = by_name[name]
-    layer = {"param_norm": _norm(_subtree(params, path)), "grad_norm": _norm(_subtree(param_grads, path))}
+    own = _subtree(params, path)
+    layer = {"param_norm": _norm(own), "grad_norm": _norm(_subtree(param_grads, path))}
+    if "kernel" in own:  # sparsity: init=sparse, L1, proximal L1
+      layer["zero_fraction"] = jnp.mean(own["kernel"] == 0)
     if name in taps:
       out = jnp.concatenate([o.reshape(-1, o.shape[-1]) for o in taps[name]])  # (examples x positions, units)
       layer["act_mean"], layer["act_var"] = _mean_var(out)

@@ -209,4 +209,7 @@ def build_optimizer(optimizer: dict, schedule: dict, total_steps: int, regulariz
     hyperparams = {k: sched_kwargs[k] for k in static} | dict(multiplier_state.hyperparams)
     return base * schedule_factory(**hyperparams)(multiplier_state.count)
 
-  return optax.chain(direction, multiplier), learning_rate_fn
+  tx = optax.chain(direction, multiplier)
+  for wrap, o in regularizers.hooks(regularizer, "wrap_optimizer"):
+    tx, learning_rate_fn = wrap(tx, learning_rate_fn, o)
+  return tx, learning_rate_fn

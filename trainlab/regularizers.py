@@ -7,6 +7,8 @@ reach it as one dict (traced values and structure merged). Where it can act:
   reshape_loss(loss, logits, labels, options)  replaces the per-example classification loss (label smoothing,
                                                the confidence penalty), in the registry's order
   gradient_transform(options, learning_rate)   an optax stage after the optimizer's direction (weight decay)
+  wrap_optimizer(tx, learning_rate_fn, options) the whole optimizer wrapped, with the learning rate it applies
+                                               (proximal L1)
   project(params, options) -> params           applied after every optimizer step (max-norm)
   augment(x, options, rng) -> x                applied to each training batch (augment)
   model_options(options) -> dict               keyword arguments of the model (dropout)
@@ -37,6 +39,12 @@ def weights(params) -> list[jax.Array]:
   return [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params) if is_weight(path, leaf)]
 
 
+def zero_fraction(params) -> jax.Array:
+  """The fraction of all weights that are exactly 0 (the sparsity that init=sparse and L1 give)."""
+  kernels = weights(params)
+  return sum(jnp.sum(w == 0) for w in kernels) / max(sum(w.size for w in kernels), 1)
+
+
 def weight_mask(params):
   """A pytree of bools like `params`: True at the weights (for optax's `mask` arguments)."""
   return jax.tree_util.tree_map_with_path(is_weight, params)
@@ -49,8 +57,9 @@ def l2_penalty(params, weight: jax.Array) -> jax.Array:
 
 
 def l1_penalty(params, weight: jax.Array) -> jax.Array:
-  """weight * sum(|w|) over all weights."""
-  return weight * sum(jnp.sum(jnp.abs(w)) for w in weights(params))
+  """weight * sum(|w|) over all weights, whose gradient is weight * sign(w) with sign(0) = 0 (Goodfellow et al.
+  eq. 7.20, PyTorch): written as w * sign(w) with the sign held constant, since JAX's derivative of |w| is 1 at 0."""
+  return weight * sum(jnp.sum(w * jax.lax.stop_gradient(jnp.sign(w))) for w in weights(params))
 
 
 def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, eps: jax.Array) -> jax.Array:
@@ -79,6 +88,34 @@ def add_decoupled_weight_decay(weight: float, learning_rate: float) -> optax.Gra
     return decayed, state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+class SoftThresholdState(NamedTuple):
+  inner: Any  # the optimizer's own state
+  weight: jax.Array  # lambda, the run's L1 strength
+
+
+def soft_threshold_weights(tx: optax.GradientTransformation, learning_rate_fn: Callable,
+                           weight: Any) -> tuple[optax.GradientTransformation, Callable]:
+  """`tx` followed by the proximal step of lr * weight * ||w||_1 on the weights (ISTA): with u tx's update and
+  lr the learning rate it applies, w + u becomes sign(w + u) max(|w + u| - lr weight, 0), which sets small
+  weights to exactly 0. Returns the transform and the learning-rate function of its state."""
+
+  def init_fn(params):
+    return SoftThresholdState(tx.init(params), jnp.asarray(weight, jnp.float32))
+
+  def update_fn(updates, state, params):
+    threshold = learning_rate_fn(state.inner) * state.weight
+    updates, inner = tx.update(updates, state.inner, params)
+
+    def step(path, w, u):
+      if not is_weight(path, w):
+        return u
+      return jnp.sign(w + u) * jnp.maximum(jnp.abs(w + u) - threshold, 0.0) - w
+
+    return jax.tree_util.tree_map_with_path(step, params, updates), SoftThresholdState(inner, state.weight)
+
+  return optax.GradientTransformation(init_fn, update_fn), lambda state: learning_rate_fn(state.inner)
 
 
 def max_norm(params, radius: jax.Array):
@@ -135,6 +172,7 @@ class Regularizer(NamedTuple):
   loss_term: Callable | None = None
   reshape_loss: Callable | None = None
   gradient_transform: Callable | None = None
+  wrap_optimizer: Callable | None = None
   project: Callable | None = None
   augment: Callable | None = None
   model_options: Callable | None = None
@@ -143,7 +181,10 @@ class Regularizer(NamedTuple):
 
 REGULARIZERS = {  # the order in which hooks of one kind apply
     "l2": Regularizer(loss_term=lambda params, o: l2_penalty(params, o["weight"])),
-    "l1": Regularizer(loss_term=lambda params, o: l1_penalty(params, o["weight"])),
+    "l1": Regularizer(  # proximal: the penalty leaves the loss and a soft-threshold ends each step
+        loss_term=lambda params, o: 0.0 if o["proximal"] else l1_penalty(params, o["weight"]),
+        wrap_optimizer=lambda tx, lr_fn, o: soft_threshold_weights(tx, lr_fn, o["weight"]) if o["proximal"]
+        else (tx, lr_fn)),
     "label_smoothing": Regularizer(
         reshape_loss=lambda loss, logits, labels, o: smoothed_cross_entropy(logits, labels, o["eps"])),
     "confidence_penalty": Regularizer(reshape_loss=lambda loss, logits, labels, o: loss - o["beta"] * entropy(logits)),

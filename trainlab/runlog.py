@@ -207,6 +207,7 @@ def summarize(record: RunRecord, state: Any, evaluate_test: Callable[[Any], dict
       "best_val/loss": best and best["val/loss"],
       f"best_{metric}": best and best[metric],
       **({"early_stopping/restored_step": record.stopper.best_step} if record.stopper else {}),
+      writers.ZERO_FRACTION: float(regularizers.zero_fraction(state.params)),
       "wall_time_s": wall_seconds(record),  # every session of the run, resumed ones included
       "startup_time_s": record.startup_seconds,
       "steps_per_second": train_steps / max(record.train_seconds, 1e-9),

@@ -14,6 +14,7 @@ class L2Config:
 @schema("regularizer_l1_schema")
 class L1Config:
   weight: float = value(0.0)
+  proximal: bool = MISSING  # soft-threshold the weights after each step instead of adding the penalty's gradient
 
 
 @schema("regularizer_weight_decay_schema")

@@ -107,11 +107,14 @@ def table(groups: list[Group], metric: str = "val/accuracy", target: float | Non
   """One row per configuration, best first (by the test metric): its overrides, run counts, and mean/std of each
   metric."""
   rows = []
+  names = writers.final_metrics(task_metric)
+  if any(r.summary.get(writers.ZERO_FRACTION) for g in groups for r in g.runs):  # sparse weights: show how sparse
+    names += (writers.ZERO_FRACTION,)
   for group in groups:
     row = {**dict(group.config), "runs": len(group.runs),
            "diverged": sum(r.summary.get("status") == "diverged" for r in group.runs),
            "failed": sum(r.summary.get("status") == "failed" for r in group.runs)}
-    for name in writers.final_metrics(task_metric):
+    for name in names:
       row[f"{name} mean"], row[f"{name} std"] = _mean_std([r.summary.get(name) for r in group.runs])
     if target is not None:
       steps = [steps_to_target(writers.read_metrics(r.dir), metric, target) for r in group.runs]

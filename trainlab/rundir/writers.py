@@ -119,6 +119,9 @@ def task_metric(summaries: list[dict]) -> str:
   return mse if regression and not any(f"best_val/{accuracy}" in s for s in summaries) else accuracy
 
 
+ZERO_FRACTION = "weights/zero_fraction"  # summary.json: the final weights' fraction of exact zeros
+
+
 def final_metrics(metric: str = "accuracy") -> tuple[str, ...]:
   """A run's final test and best validation metrics in its summary, for the task metric `metric`."""
   return (f"test/{metric}", "test/loss", f"best_val/{metric}", "best_val/loss")
