@@ -8,7 +8,7 @@ One optimizer *phase* is the chain
 
 `optimizer.then` (a second optimizer's config) with `optimizer.switch_step` makes two phases, switched at that
 step ("Adam first, then SGD"). The schedule's multiplier follows, so the update that step k applies is
-schedule(k) times the phase's update. Every stage is wrapped in `optax.inject_hyperparams`, so every float of
+schedule(k) times the phase's update; proximal L1 (regularizer.l1.proximal) then wraps the whole optimizer. Every stage is wrapped in `optax.inject_hyperparams`, so every float of
 the groups lives in the optimizer state as an array: a sweep over them reuses one compiled program.
 
 Conventions (docs/catalogue.md has the table): momentum is optax's and PyTorch's form v <- a v + g,
