@@ -247,6 +247,12 @@ def test_truncated_or_corrupt_files_are_named(tmp_path):
     images.cifar10(str(tmp_path), download=False, val_fraction=0.1, split_seed=0)
 
 
+def test_an_idx_file_of_no_examples_is_one_message_without_numpy_warnings(tmp_path, recwarn):
+  with pytest.raises(data.DataError, match=r"^empty\.idx holds no examples \(its header says 0\)"):
+    images.parse_idx(idx_bytes(np.zeros((0, 28, 28), np.uint8)), "empty.idx", 3)
+  assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
 # --- fuzzing the parsers: any bytes give an array or our DataError, never another exception ------------------------
 @settings(max_examples=300, deadline=None)
 @given(raw=st.binary(max_size=64), ndim=st.integers(1, 3))

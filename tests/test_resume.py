@@ -54,7 +54,8 @@ def final_leaves(run_dir: pathlib.Path) -> list[np.ndarray]:
   saved = checkpoint.Checkpointer(run_dir)
   state = saved.restore(None, saved.latest_step())
   saved.close()
-  return [np.asarray(x) for x in jax.tree.leaves(state)]
+  as_data = lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+  return [np.asarray(as_data(x)) for x in jax.tree.leaves(state)]
 
 
 def assert_same_run(resumed: pathlib.Path, reference: pathlib.Path) -> None:
@@ -103,6 +104,78 @@ def test_sigterm_then_resume_equals_uninterrupted(optimizer, npz_overrides, tmp_
   assert resumed["wall_time_s"] > interrupted["wall_time_s"]  # both sessions count
   for key in ("test/accuracy", "test/loss", "best_val/accuracy", "best_val/loss", "best_val/step", "steps_run"):
     assert resumed[key] == reference[key], key
+  assert_same_run(run, tmp_path / "reference")
+
+
+# Every option that keeps state across steps: early stopping (its best score, step, patience count and best
+# parameters), the Adam -> SGD switch, the staleness buffer, gradient noise, a warmup schedule, batch norm's
+# statistics, and dropout, augmentation and RReLU drawing from the run's key.
+EVERY_STATEFUL_OPTION = [
+    "optimizer=adam_then_sgd", "optimizer.switch_step=25", "optimizer.staleness=2", "optimizer.noise_eta=0.01",
+    "schedule=cosine", "schedule.warmup_steps=10", "model.norm=batch", "model.activation=rrelu",
+    "regularizer=[dropout,augment,early_stopping]", "regularizer.augment.shift=1",
+    "regularizer.early_stopping.patience=3", "regularizer.early_stopping.metric=loss"]
+
+
+def test_every_stateful_option_resumes_bit_for_bit(npz_overrides, tmp_path, monkeypatch):
+  """SIGTERM after early stopping has seen its best point; the resumed run stops where the uninterrupted one
+  stops, restores the same best parameters and logs the same points."""
+  overrides = npz_overrides + SMALL + EVERY_STATEFUL_OPTION + ["steps=120", "optimizer.lr=0.03"]
+  reference = train_in_process(overrides, tmp_path / "reference")
+  assert reference["steps_run"] < 120  # early stopping stopped it
+  interrupt_at = reference["early_stopping/restored_step"] + 10
+  assert interrupt_at < reference["steps_run"]  # the interruption falls between the best point and the stop
+
+  run = tmp_path / "run"
+  stop_when_logged(monkeypatch, interrupt_at, lambda: signal.raise_signal(signal.SIGTERM))
+  assert train_in_process(overrides, run)["status"] == "interrupted"
+  monkeypatch.undo()
+  resumed = train_in_process(overrides + ["resume=true"], run)
+  for key in ("status", "steps_run", "early_stopping/restored_step", "best_val/step", "best_val/loss", "test/loss",
+              "test/accuracy"):
+    assert resumed[key] == reference[key], key
+  assert_same_run(run, tmp_path / "reference")
+
+
+def test_a_corrupt_checkpoint_is_skipped_for_the_one_before(npz_overrides, tmp_path, monkeypatch, caplog):
+  """One flipped bit in the latest checkpoint's data: its checksum fails, a warning names it, and the run resumes
+  from the checkpoint before, ending as the uninterrupted run does."""
+  overrides = npz_overrides + SMALL + OPTIMIZERS["adam"]
+  train_in_process(overrides, tmp_path / "reference")
+  run = tmp_path / "run"
+  stop_when_logged(monkeypatch, 50, lambda: signal.raise_signal(signal.SIGTERM))
+  train_in_process(overrides, run)
+  monkeypatch.undo()
+  assert checkpoint_steps(run) == [20, 40, 50]
+  data = max((p for p in (run / "checkpoints" / "50" / "state").rglob("*") if p.is_file()),
+             key=lambda p: p.stat().st_size)  # the largest file: the arrays' bytes
+  raw = bytearray(data.read_bytes())
+  raw[len(raw) // 2] ^= 0x10
+  data.write_bytes(bytes(raw))
+  with caplog.at_level("WARNING"):
+    resumed = train_in_process(overrides + ["resume=true"], run)
+  assert "the checkpoint at step 50" in caplog.text and "corrupt" in caplog.text
+  assert resumed["resumed_from_step"] == 40 and resumed["status"] == "completed"
+  assert_same_run(run, tmp_path / "reference")
+
+
+def test_a_run_killed_before_its_first_checkpoint_logs_each_point_once(npz_overrides, tmp_path, monkeypatch):
+  """checkpoint.every=null and a crash before the end: resume=true starts over, and the step-0 points of the first
+  attempt (diagnostics, the config) are not kept beside the new ones."""
+  overrides = npz_overrides + SMALL + OPTIMIZERS["adam"] + ["checkpoint.every=null"]
+  train_in_process(overrides, tmp_path / "reference")
+  run = tmp_path / "run"
+
+  def crash():
+    raise RuntimeError("killed")
+
+  stop_when_logged(monkeypatch, 30, crash)
+  with pytest.raises(RuntimeError):
+    train_in_process(overrides, run)
+  monkeypatch.undo()
+  assert any(p["step"] == 0 for p in read_jsonl(run)) and checkpoint_steps(run) == []
+  resumed = train_in_process(overrides + ["resume=true"], run)
+  assert resumed["resumed_from_step"] is None
   assert_same_run(run, tmp_path / "reference")
 
 
@@ -193,6 +266,43 @@ def test_sigterm_to_trainlab_train_then_resume(write_npz, tmp_path):
       f"error: {run} already holds a run (completed); add resume=true to continue it, or choose another "
       "directory (hydra.run.dir=...)"]
   assert writers.read_summary(run) == resumed
+
+
+def test_a_resumed_sweep_must_be_the_same_sweep(tmp_path):
+  """The same sweep directory resumed with other values is refused before any job runs, naming what differs, and
+  its results stay as they were; a finished single run resumed with other values is refused too."""
+  sweep_dir, fast = tmp_path / "sweep", ["steps=20", "eval_every=10", "model.widths=[8]", "diagnostics=off"]
+  run_cli("train", "-m", *fast, "optimizer.lr=0.001,0.003", "seed=0", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+  results = (sweep_dir / "results.csv").read_text()
+  other = run_cli("train", "-m", *fast, "optimizer.lr=0.01,0.03", "seed=0", f"hydra.sweep.dir={sweep_dir}",
+                  "resume=true", cwd=tmp_path, check=False)
+  assert other.returncode == 2
+  assert other.stderr.strip().splitlines()[-1] == (
+      f"error: the sweep directory {sweep_dir} holds another sweep: optimizer.lr=0.01,0.03 (the sweep has "
+      "0.001,0.003); resume it with its own overrides, or choose another directory (hydra.sweep.dir=...)")
+  assert (sweep_dir / "results.csv").read_text() == results
+  same = run_cli("train", "-m", *fast, "optimizer.lr=0.001,0.003", "seed=0", f"hydra.sweep.dir={sweep_dir}",
+                 "resume=true", cwd=tmp_path)
+  assert same.returncode == 0 and (sweep_dir / "results.csv").read_text() == results
+
+  run = tmp_path / "run"
+  run_cli("train", *fast, "optimizer.lr=0.001", f"hydra.run.dir={run}", cwd=tmp_path)
+  summary = writers.read_summary(run)
+  refused = run_cli("train", *fast, "optimizer.lr=1e-3", "seed=1", f"hydra.run.dir={run}", "resume=true",
+                    cwd=tmp_path, check=False)
+  assert refused.returncode == 2
+  assert refused.stderr.strip().splitlines() == [
+      f"error: {run} holds a run of other values: seed=1 (the run has (unset)); resume it with its own overrides, "
+      "or choose another directory"]
+  assert writers.read_summary(run) == summary
+  assert run_cli("train", *fast, "optimizer.lr=1e-3", f"hydra.run.dir={run}", "resume=true",
+                 cwd=tmp_path).returncode == 0  # the same value written otherwise is the same run
+
+
+def test_a_seed_beyond_int32_is_one_line(tmp_path):
+  out = run_cli("train", "seed=99999999999", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=False)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines() == ["error: seed=99999999999 is not allowed: it must be in [0, 2147483647]"]
 
 
 def test_a_checkpoint_from_before_a_new_config_key_resumes(tmp_path, caplog):

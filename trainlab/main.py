@@ -54,6 +54,9 @@ def train_app(cfg: DictConfig) -> float | None:
     status = f" ({previous['status']})" if previous else ""
     return job.refuse(f"{workdir} already holds a run{status}; add resume=true to continue it, or choose another "
                    "directory (hydra.run.dir=...)", multirun)
+  if cfg.resume and previous and job.changed_overrides(previous, record):  # a resumed sweep is the same sweep
+    return job.refuse(f"{workdir} holds a run of other values: {'; '.join(job.changed_overrides(previous, record))}"
+                      "; resume it with its own overrides, or choose another directory", multirun)
   if cfg.resume and previous and previous["status"] in ("completed", "diverged"):
     log.info("%s: the run has already %s; nothing to do", workdir, previous["status"])
     return job.best_val(previous)

@@ -253,6 +253,15 @@ class EarlyStopping:
     self.bad += 1
     return self.bad >= self.patience
 
+  def saved(self) -> dict:
+    """What a checkpoint keeps of it besides the best parameters (best_state, saved as a tree)."""
+    return {"best": self.best, "best_step": self.best_step, "bad": self.bad}
+
+  def load(self, saved: dict, best_state) -> None:
+    """Takes up where a checkpoint's early stopping was: `saved` from `saved()`, and its best parameters."""
+    self.best, self.best_step, self.bad = saved["best"], saved["best_step"], saved["bad"]
+    self.best_state = best_state
+
   def restore(self, state):
     if self.best_state is None:
       return state

@@ -79,41 +79,75 @@ class RunRecord:
 def open_run(cfg: DictConfig, workdir: pathlib.Path, run: Any, state: Any, stop: StopRequest,
              logger: logging.Logger, started: float) -> tuple[RunRecord, Any]:
   """Opens a run's record (run: the train.Setup) and returns it with the state to start from: with resume=true,
-  the latest checkpoint's, its config checked first, so that a refused resume leaves the directory as it was."""
+  the latest sound checkpoint's. Its config is checked first, so that a refused resume leaves the directory as
+  it was; a checkpoint that fails its checksums is skipped (and removed) with a warning, for the one before."""
   workdir = pathlib.Path(workdir)
   checkpointer = checkpoint.Checkpointer(workdir, cfg.checkpoint.keep)
-  latest = checkpointer.latest_step() if cfg.resume else None
-  if latest is not None:
-    try:
-      host = checkpointer.restore_host(latest)
-      checkpoint.check_same_config(host["config"], checkpoint.run_config(_container(cfg)), workdir)
-      state = _restore(checkpointer, state, latest, workdir)
-    except Exception:
-      checkpointer.close()
-      raise
-  writer = writers.RunWriter(workdir, purge_step=(latest or 0) + 1 if cfg.resume else None)
+  stopping = regularizers.hooks(cfg.regularizer, "between_chunks")
+  stopper = stopping[0][0](stopping[0][1]) if stopping else None
+  try:
+    step, host, state, checkpointer = _latest_sound(cfg, workdir, checkpointer, state, stopper, logger)
+  except Exception:
+    checkpointer.close()
+    raise
+  # Resumed, the logs past the checkpoint go: they are about to be written again (all of them, without one).
+  writer = writers.RunWriter(workdir, purge_step=(step + 1 if host else 0) if cfg.resume else None)
   writer.text("config", OmegaConf.to_yaml(cfg, resolve=True))
   monitor = diagnostics.Monitor(cfg.diagnostics, run.program.diagnostics, run.dataset.x_train, run.dataset.y_train,
-                                writer, resumed_at=latest or None)
-  stopping = regularizers.hooks(cfg.regularizer, "between_chunks")
+                                writer, resumed_at=step if host else None)
   record = RunRecord(cfg, workdir, logger, stop, run.spec.total_steps, run.spec.chunk_steps,
-                     f"val/{losses.TASKS[run.dataset.task].metric_name}", writer, monitor, checkpointer,
-                     stopping[0][0](stopping[0][1]) if stopping else None, started, time.perf_counter() - started)
-  if latest is not None:
+                     f"val/{losses.TASKS[run.dataset.task].metric_name}", writer, monitor, checkpointer, stopper,
+                     started, time.perf_counter() - started)
+  if host:
     record.step = record.first_step = int(state.step)
     record.best, record.train_seconds = host["best"], host["train_seconds"]
     record.window = Window(host["window_sums"], host["window_count"])
     record.earlier_seconds = host.get("wall_seconds", 0.0)
     logger.info("resuming from the checkpoint at step %d", record.step)
   elif cfg.resume:
-    logger.info("no checkpoint in %s: the run starts from step 0", workdir)
+    logger.info("no checkpoint to resume from in %s: the run starts from step 0", workdir)
   return record, state
 
 
-def _restore(checkpointer: checkpoint.Checkpointer, state: Any, step: int, workdir: pathlib.Path) -> Any:
+def _latest_sound(cfg: DictConfig, workdir: pathlib.Path, checkpointer: checkpoint.Checkpointer, state: Any,
+                  stopper: regularizers.EarlyStopping | None, logger: logging.Logger):
+  """(step, host record, state, checkpointer) of the newest checkpoint that restores and matches its checksums,
+  early stopping's state restored into `stopper`; (0, None, state, checkpointer) when there is none."""
+  for step in reversed(checkpointer.all_steps() if cfg.resume else []):
+    try:
+      host = checkpointer.restore_host(step)
+    except Exception as e:  # noqa: BLE001 - an unreadable record is a corrupt checkpoint
+      host, error = None, checkpoint.CorruptCheckpoint(f"its host record does not read: {e}")
+    if host is not None:
+      checkpoint.check_same_config(host["config"], checkpoint.run_config(_container(cfg)), workdir)
+      try:
+        restored = _restore(checkpointer, state, step, workdir, "checksums" in host)
+        trees = {"state": restored}
+        if "early_stopping" in host:
+          trees["best"] = _restore(checkpointer, (state.params, state.model_state), step, workdir, True, "best")
+        checkpoint.verify(host, trees, step)
+        if stopper is not None and "early_stopping" in host:
+          stopper.load(host["early_stopping"], trees["best"])
+        return step, host, restored, checkpointer
+      except checkpoint.CorruptCheckpoint as e:
+        error = e
+    logger.warning("the checkpoint at step %d in %s is corrupt (%s): removed, trying the one before", step,
+                   workdir, error)
+    checkpointer.close()
+    checkpoint.clear_step(workdir, step)
+    checkpointer = checkpoint.Checkpointer(workdir, cfg.checkpoint.keep)
+  return 0, None, state, checkpointer
+
+
+def _restore(checkpointer: checkpoint.Checkpointer, target: Any, step: int, workdir: pathlib.Path,
+             checksummed: bool, name: str = "state") -> Any:
+  """A tree of a checkpoint; a checksummed checkpoint that fails to restore is corrupt, an older one is another
+  version's (ResumeError)."""
   try:
-    return checkpointer.restore(state, step)
-  except (ValueError, KeyError, TypeError) as e:  # orbax: the saved tree is not this program's state
+    return checkpointer.restore(target, step, name)
+  except Exception as e:  # noqa: BLE001 - orbax raises many kinds; the message says which
+    if checksummed:
+      raise checkpoint.CorruptCheckpoint(f"its {name} does not restore: {str(e).splitlines()[0][:200]}") from None
     raise checkpoint.ResumeError(
         f"cannot resume the run in {workdir}: its checkpoint at step {step} does not hold this program's state "
         f"(written by another version of trainlab?): {str(e).splitlines()[0][:200]}. Start a new run in "
@@ -174,10 +208,13 @@ def record_evaluation(record: RunRecord, val: dict, run_now: int, state: Any) ->
 
 def save_checkpoint(record: RunRecord, state: Any) -> None:
   record.writer.flush()  # the logs first: a checkpoint must never be ahead of them
-  record.checkpointer.save(record.step, state, {
-      "best": record.best, "train_seconds": record.train_seconds, "window_sums": record.window.sums,
-      "window_count": record.window.count, "config": checkpoint.run_config(_container(record.cfg)),
-      "wall_seconds": wall_seconds(record)})
+  host = {"best": record.best, "train_seconds": record.train_seconds, "window_sums": record.window.sums,
+          "window_count": record.window.count, "config": checkpoint.run_config(_container(record.cfg)),
+          "wall_seconds": wall_seconds(record)}
+  best = None
+  if record.stopper is not None and record.stopper.best_state is not None:
+    host["early_stopping"], best = record.stopper.saved(), record.stopper.best_state
+  record.checkpointer.save(record.step, state, host, best)
 
 
 def wall_seconds(record: RunRecord) -> float:

@@ -29,7 +29,7 @@ class CheckpointConfig:
 
 @schema("train_schema")
 class TrainConfig:
-  seed: int = value(0)
+  seed: int = value(0, 2**31 - 1)  # an int32: it enters the program as a traced array
   steps: int = value(1)
   epochs: Optional[int] = value(1)
   batch_size: int = value(1)

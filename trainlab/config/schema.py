@@ -28,11 +28,12 @@ class Interval:
     return above and below
 
   def __str__(self) -> str:
+    lo, hi = (f"{int(x)}" if float(x).is_integer() else f"{x:g}" for x in (self.lo, self.hi))
     if self.hi == math.inf:
-      return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+      return f"{'>' if self.lo_open else '>='} {lo}"
     if self.lo == -math.inf:
-      return f"{'<' if self.hi_open else '<='} {self.hi:g}"
-    return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+      return f"{'<' if self.hi_open else '<='} {hi}"
+    return f"in {'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
 
 
 def value(lo=-math.inf, hi=math.inf, *, lo_open=False, hi_open=False, default=MISSING):

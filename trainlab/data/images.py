@@ -35,6 +35,8 @@ def parse_idx(raw: bytes, what: str, ndim: int) -> np.ndarray:
   if len(raw) < start:
     raise DataError(f"{what} is truncated inside its header; delete it and run again")
   dims = struct.unpack(f">{ndim}I", raw[4:start])
+  if dims[0] == 0:  # caught here: NumPy's statistics of an empty split would warn before any message
+    raise DataError(f"{what} holds no examples (its header says 0); delete it and run again")
   size = math.prod(dims)
   if len(raw) - start != size:
     raise DataError(f"{what}: its header promises {'x'.join(map(str, dims))} = {size} bytes of data, the file "

@@ -4,18 +4,24 @@ A checkpoint holds the whole `TrainState` pytree (step, params, model_state, opt
 the schedule's values, hparams, and the run's PRNG key) through orbax, and beside it a small JSON record of the
 host loop: the partial window of training metrics not yet logged, the best validation point so far, the
 training time, and the config the run was started with. The data order depends only on the key and the step,
-so this is everything a resumed run needs to continue bit for bit. Orbax writes each checkpoint into a
-temporary folder and renames it into place, so a run killed while saving keeps its previous checkpoint.
+so this is everything a resumed run needs to continue bit for bit; with early stopping, its best parameters are
+a second tree and its counters part of the host record. The record carries SHA-256 checksums of the trees and of
+itself, verified on restore. Orbax writes each checkpoint into a temporary folder and renames it into place, so
+a run killed while saving keeps its previous checkpoint.
 
 Checkpoints live in `<run dir>/checkpoints/<step>/`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import pathlib
 import shutil
 from typing import Any
+
+import numpy as np
 
 from trainlab import config
 
@@ -47,29 +53,71 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def save(self, step: int, state: Any, host: dict) -> None:
-    """Writes the checkpoint of `step` (blocking: the state's buffers are donated to the next chunk)."""
+  def save(self, step: int, state: Any, host: dict, best: Any = None) -> None:
+    """Writes the checkpoint of `step` (blocking: the state's buffers are donated to the next chunk): the state,
+    early stopping's best parameters when there are any, and the host record with the checksums of all three."""
     args = self._ocp.args
-    self._manager.save(step, args=args.Composite(state=args.StandardSave(state), host=args.JsonSave(host)), force=True)
+    trees = {"state": state} if best is None else {"state": state, "best": best}
+    host = {**host, "checksums": {name: tree_checksum(tree) for name, tree in trees.items()}}
+    host["checksums"]["host"] = json_checksum(host)
+    saves = {name: args.StandardSave(tree) for name, tree in trees.items()}
+    self._manager.save(step, args=args.Composite(**saves, host=args.JsonSave(host)), force=True)
     self._manager.wait_until_finished()
 
   def restore_host(self, step: int) -> dict:
     """The host record of `step` alone: cheap, and readable whatever shapes the saved state has."""
     return self._manager.restore(step, args=self._ocp.args.Composite(host=self._ocp.args.JsonRestore()))["host"]
 
-  def restore(self, target: Any, step: int) -> Any:
-    """The state saved at `step`.
+  def restore(self, target: Any, step: int, name: str = "state") -> Any:
+    """The state (or early stopping's best parameters: name="best") saved at `step`.
 
     Args:
-      target: a state with the structure and dtypes to restore into (a fresh TrainState), or None for the
+      target: a tree with the structure and dtypes to restore into (a fresh TrainState), or None for the
         saved pytree as orbax rebuilds it (dicts and lists).
       step: which checkpoint.
+      name: which tree of the checkpoint.
     """
     args = self._ocp.args
-    return self._manager.restore(step, args=args.Composite(state=args.StandardRestore(target)))["state"]
+    return self._manager.restore(step, args=args.Composite(**{name: args.StandardRestore(target)}))[name]
 
   def close(self) -> None:
     self._manager.close()
+
+
+class CorruptCheckpoint(Exception):
+  """A checkpoint whose contents do not match the checksums written with it."""
+
+
+def tree_checksum(tree: Any) -> str:
+  """SHA-256 of a pytree's structure, shapes, dtypes and bytes, as the host sees them."""
+  import jax  # imported here, as orbax is
+
+  digest = hashlib.sha256(str(jax.tree.structure(tree)).encode())
+  as_data = lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+  for leaf in jax.device_get([as_data(leaf) for leaf in jax.tree.leaves(tree)]):
+    leaf = np.asarray(leaf)
+    digest.update(f"{leaf.dtype}{leaf.shape}".encode())
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()
+
+
+def json_checksum(host: dict) -> str:
+  """SHA-256 of a host record without its own checksum."""
+  checksums = {k: v for k, v in host.get("checksums", {}).items() if k != "host"}
+  return hashlib.sha256(json.dumps({**host, "checksums": checksums}, sort_keys=True).encode()).hexdigest()
+
+
+def verify(host: dict, trees: dict[str, Any], step: int) -> None:
+  """Raises CorruptCheckpoint unless the host record and each restored tree match their checksums; a checkpoint
+  written before checksums were (no "checksums") passes."""
+  checksums = host.get("checksums")
+  if checksums is None:
+    return
+  if checksums.get("host") != json_checksum(host):
+    raise CorruptCheckpoint(f"the host record of step {step} does not match its checksum")
+  for name, tree in trees.items():
+    if checksums.get(name) != tree_checksum(tree):
+      raise CorruptCheckpoint(f"the {name} of step {step} does not match its checksum")
 
 
 def clear(workdir: pathlib.Path) -> None:

@@ -9,6 +9,7 @@ import pathlib
 import signal
 import sys
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
 from trainlab import config, data, metrics
@@ -23,6 +24,17 @@ def job_record(hydra_cfg: DictConfig) -> tuple[pathlib.Path, dict]:
   # `resume` says how to run the job, not what it is: it stays out of the overrides that results.csv lists.
   overrides = [o for o in hydra_cfg.overrides.task if jobs.parse_override(o)[0] != "resume"]
   return workdir, {"overrides": overrides, "run_dir": str(workdir)}
+
+
+def changed_overrides(previous: dict, record: dict) -> list[str]:
+  """How this job's overrides differ from those of the run its directory holds (values compared as Hydra reads
+  them, so 0.01 and 1e-2 agree): `key=new (the run has old)`, one per difference."""
+  def parsed(overrides):
+    return {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(list(overrides))}
+
+  old, new = parsed(previous.get("overrides", [])), parsed(record["overrides"])
+  return [f"{k}={new.get(k, '(unset)')} (the run has {old.get(k, '(unset)')})"
+          for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
 def holds_run(workdir: pathlib.Path) -> bool:

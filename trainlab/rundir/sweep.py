@@ -13,7 +13,7 @@ import sys
 import time
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from trainlab import metrics, signals
 from trainlab.rundir import atomic, jobs, report, writers
@@ -60,6 +60,8 @@ class ResultsTable(Callback):
     (sweep_dir / writers.STOP_FILE).unlink(missing_ok=True)  # a stop of an earlier session is over
     if not config.get("resume") and sweep_dir.is_dir():
       self._refuse_finished_runs(sweep_dir)
+    if config.get("resume") and (sweep_dir / "multirun.yaml").is_file():
+      self._refuse_another_sweep(sweep_dir, config)
     self.stop = SweepStop(sweep_dir).__enter__()
 
   def _refuse_finished_runs(self, sweep_dir: pathlib.Path) -> None:
@@ -69,6 +71,21 @@ class ResultsTable(Callback):
       print(f"error: the sweep directory {sweep_dir} already holds runs ({', '.join(held[:5])}"
             f"{', ...' if len(held) > 5 else ''}); add resume=true to continue the sweep, or choose another "
             "directory (hydra.sweep.dir=...)", file=sys.stderr)
+      raise SystemExit(2)
+
+  def _refuse_another_sweep(self, sweep_dir: pathlib.Path, config: DictConfig) -> None:
+    """resume=true continues the same sweep: the grid of the sweep directory's own command (its multirun.yaml,
+    not yet rewritten by this one), or nothing."""
+    def grid(overrides) -> dict[str, str]:
+      return {k: v for k, v in jobs.parse_overrides(list(overrides)).items() if k != "resume"}
+
+    before = grid(OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides.task)
+    now = grid(config.hydra.overrides.task)
+    differ = [f"{k}={now.get(k, '(unset)')} (the sweep has {before.get(k, '(unset)')})"
+              for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+    if differ:
+      print(f"error: the sweep directory {sweep_dir} holds another sweep: {'; '.join(differ)}; resume it with its "
+            "own overrides, or choose another directory (hydra.sweep.dir=...)", file=sys.stderr)
       raise SystemExit(2)
 
   def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
