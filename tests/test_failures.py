@@ -220,3 +220,21 @@ def test_sigterm_to_a_joblib_sweep_stops_every_job_and_resume_finishes_them(writ
   for name in started:
     assert summaries[name]["resumed_from_step"] > 0 and summaries[name]["steps_run"] == 400
   assert not (sweep_dir / writers.STOP_FILE).exists()
+
+
+def test_an_error_while_programs_compile_ahead_is_a_failed_run_not_an_abort(tmp_path):
+  """Out of memory in the step-0 diagnostics, while the first chunk compiles in a background thread: the process
+  waits for that thread and ends as a failed run (exit 1, its error in summary.json), not with SIGABRT (134)."""
+  code = ("import sys\n"
+          "from trainlab import diagnostics, main\n"
+          "def out_of_memory(self, step, state):\n"
+          "  raise MemoryError('RESOURCE_EXHAUSTED: out of memory in the diagnostics')\n"
+          "diagnostics.Monitor.__call__ = out_of_memory\n"
+          "main.main(['train', 'steps=20', 'eval_every=10', 'model.widths=[256,256]', 'hydra.run.dir=' + sys.argv[1]])\n")
+  run = tmp_path / "run"
+  proc = subprocess.run([sys.executable, "-c", code, str(run)], cwd=tmp_path, capture_output=True, text=True,
+                        env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  summary = writers.read_summary(run)
+  assert summary["status"] == "failed"
+  assert summary["error"] == "MemoryError: RESOURCE_EXHAUSTED: out of memory in the diagnostics"

@@ -305,8 +305,10 @@ def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | 
         # the first chunk and evaluation compile in the background while the starting point's diagnostics run
         first = np.int32(min(record.chunk_steps, record.steps - record.step))
         wait = fast.compile_ahead([(program.train_chunk, (state, *train_split, first)), (program.evaluate, (state, *val))])
-      runlog.diagnose(record, state)
-      wait()  # before the first chunk donates the state that the programs were lowered against
+      try:
+        runlog.diagnose(record, state)
+      finally:  # before the first chunk donates the state lowered against, and before an error ends the process
+        wait()  # (a process that exits while XLA compiles in a thread aborts)
       state = run_chunks([record], program, state, train_split, val)
       summary = runlog.summarize(record, state, lambda s: program.evaluate(s, *test))
     finally:
