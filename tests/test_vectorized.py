@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import pathlib
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from trainlab.rundir import writers
 
 # 3 learning rates (one diverges at once) x 2 seeds x 3 batch sizes (4000 > the 3600 training examples: those
@@ -141,3 +145,35 @@ def test_resumed_sweep_skips_finished_jobs(sweeps):
     else:
       assert summary["status"] == "failed"
   assert "as one vmapped program" not in proc.stdout + proc.stderr
+
+
+def test_an_interrupted_vectorized_sweep_resumes_to_the_uninterrupted_results(tmp_path):
+  """SIGTERM to a vectorized sweep mid-group: every member checkpoints and is `interrupted`; resume=true finishes
+  each through the single-run path, ending where the uninterrupted sweep ends (to float tolerance: before the
+  signal the members ran vmapped, after it alone)."""
+  grid = ["hydra/launcher=vectorized", "optimizer.lr=0.003,0.01", "seed=0", "batch_size=32", "steps=400",
+          "eval_every=50", "log_every=50", "model.widths=[16]", "checkpoint.every=100", "diagnostics=off"]
+  run_cli("train", "-m", *grid, f"hydra.sweep.dir={tmp_path / 'reference'}", cwd=tmp_path)
+  sweep_dir = tmp_path / "sweep"
+  proc = subprocess.Popen([sys.executable, "-m", "trainlab", "train", "-m", *grid, f"hydra.sweep.dir={sweep_dir}"],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  for line in proc.stdout:
+    if "step 50/400" in line:
+      proc.send_signal(signal.SIGTERM)
+      break
+  output = proc.stdout.read()
+  assert proc.wait(timeout=120) == 128 + signal.SIGTERM, output
+  interrupted = summaries(sweep_dir)
+  assert {s["status"] for _, s in interrupted.values()} == {"interrupted"}
+  assert all(50 <= s["steps_run"] < 400 for _, s in interrupted.values())
+
+  run_cli("train", "-m", *grid, f"hydra.sweep.dir={sweep_dir}", "resume=true", cwd=tmp_path)
+  reference = summaries(tmp_path / "reference")
+  for key, (job, summary) in summaries(sweep_dir).items():
+    assert summary["status"] == "completed" and summary["resumed_from_step"] == interrupted[key][1]["steps_run"]
+    want = reference[key][1]
+    assert summary["steps_run"] == want["steps_run"] == 400
+    for name in ("test/loss", "test/accuracy", "best_val/loss"):
+      assert summary[name] == pytest.approx(want[name], rel=1e-3, abs=1e-3), name
+    assert [p["step"] for p in points(job)] == [p["step"] for p in points(reference[key][0])]  # each point once
