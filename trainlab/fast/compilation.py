@@ -4,6 +4,7 @@ of the training chunk, the persistent compilation cache, and the compile-time ac
 from __future__ import annotations
 
 import threading
+import time
 
 import jax
 
@@ -21,13 +22,27 @@ RUN_RARELY = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_p
 KEEP_BARRIERS = {"xla_disable_hlo_passes": "cse_barrier_expander"}
 
 _COMPILE = {"seconds": 0.0, "count": 0}
+_SPANS: list[tuple[float, float]] = []  # disjoint, sorted (start, end) of the wall-clock time spent compiling
 _LOCK = threading.Lock()  # programs also compile in a background thread (compile_ahead)
+
+
+def add_span(start: float, end: float) -> None:
+  """Counts [start, end] as time spent compiling, once however many threads compiled in it."""
+  merged = []
+  for s, e in _SPANS:
+    if e < start or s > end:
+      merged.append((s, e))
+    else:
+      start, end = min(s, start), max(e, end)
+  _SPANS[:] = sorted([*merged, (start, end)])
+  _COMPILE["seconds"] = sum(e - s for s, e in _SPANS)
 
 
 def _on_event(event: str, seconds: float, **kwargs) -> None:
   with _LOCK:
     if event.startswith("/jax/core/compile/"):
-      _COMPILE["seconds"] += seconds
+      now = time.perf_counter()
+      add_span(now - seconds, now)
     if event == "/jax/core/compile/backend_compile_duration":
       _COMPILE["count"] += 1
 
@@ -36,7 +51,7 @@ jax.monitoring.register_event_duration_secs_listener(_on_event)
 
 
 def seconds() -> float:
-  """Seconds this process has spent tracing, lowering and compiling programs."""
+  """Wall-clock seconds during which this process traced, lowered or compiled a program (in any thread)."""
   return _COMPILE["seconds"]
 
 
