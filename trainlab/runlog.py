@@ -92,9 +92,9 @@ def open_run(cfg: DictConfig, workdir: pathlib.Path, run: Any, state: Any, stop:
     raise
   # Resumed, the logs past the checkpoint go: they are about to be written again (all of them, without one).
   writer = writers.RunWriter(workdir, purge_step=(step + 1 if host else 0) if cfg.resume else None)
-  writer.text("config", OmegaConf.to_yaml(cfg, resolve=True))
+  writer.config(OmegaConf.to_yaml(cfg, resolve=True))
   monitor = diagnostics.Monitor(cfg.diagnostics, run.program.diagnostics, run.dataset.x_train, run.dataset.y_train,
-                                writer, resumed_at=step if host else None)
+                                writer, resumed_at=step if host else None, final_step=run.spec.total_steps)
   record = RunRecord(cfg, workdir, logger, stop, run.spec.total_steps, run.spec.chunk_steps,
                      f"val/{losses.TASKS[run.dataset.task].metric_name}", writer, monitor, checkpointer, stopper,
                      started, time.perf_counter() - started)
@@ -188,9 +188,13 @@ def record_evaluation(record: RunRecord, val: dict, run_now: int, state: Any) ->
   record.writer.write(step, val)
   if metrics.is_better(val[metric], record.best and record.best[metric], metric):
     record.best = {"step": step, **val}
+  # The best point so far as a curve beside the validation curves (a single point would hide in TensorBoard).
+  record.writer.plot(step, {"best_val/loss": record.best["val/loss"], f"best_{metric}": record.best[metric]})
   diagnose(record, state)
-  record.log.info("step %d/%d  train/loss %.4f  val/loss %.4f  %s %.4f", step, record.steps, record.last_loss,
-                  val["val/loss"], metric, val[metric])
+  rate = (step - record.first_step) / max(record.train_seconds, 1e-9)  # steps per second in the chunks
+  record.log.info("step %d/%d  train/loss %.4f  val/loss %.4f  %s %.4f  (%.0f steps/s, about %s left)", step,
+                  record.steps, record.last_loss, val["val/loss"], metric, val[metric], rate,
+                  _duration((record.steps - step) / max(rate, 1e-9)))
   stop_early = record.stopper is not None and record.stopper.update(step, val, state)
   every = record.cfg.checkpoint.every
   passed_a_multiple = bool(every) and step // every > (step - run_now) // every
@@ -255,6 +259,14 @@ def summarize(record: RunRecord, state: Any, evaluate_test: Callable[[Any], dict
 def close(record: RunRecord) -> None:
   record.writer.close()
   record.checkpointer.close()
+
+
+def _duration(seconds: float) -> str:
+  """1 h 02 min, 3 min 05 s, 12 s."""
+  seconds = int(round(seconds))
+  if seconds >= 3600:
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+  return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
 def _container(cfg: DictConfig) -> dict:

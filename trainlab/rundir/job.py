@@ -21,9 +21,7 @@ log = logging.getLogger("trainlab")
 def job_record(hydra_cfg: DictConfig) -> tuple[pathlib.Path, dict]:
   """A job's run directory, and what its summary.json records about how it was asked for."""
   workdir = pathlib.Path(hydra_cfg.runtime.output_dir)
-  # `resume` says how to run the job, not what it is: it stays out of the overrides that results.csv lists.
-  overrides = [o for o in hydra_cfg.overrides.task if jobs.parse_override(o)[0] != "resume"]
-  return workdir, {"overrides": overrides, "run_dir": str(workdir)}
+  return workdir, {"overrides": jobs.run_overrides(list(hydra_cfg.overrides.task)), "run_dir": str(workdir)}
 
 
 def changed_overrides(previous: dict, record: dict) -> list[str]:
@@ -67,6 +65,8 @@ def record_result(workdir: pathlib.Path, record: dict, summary: dict, logger: lo
   if summary["status"] != "interrupted":  # the dashboard shows results; an interrupted run has none yet
     _write_hparams(workdir, record, summary)
     _print_table(summary, logger)
+  logger.info("the run's files are in %s (summary.json, metrics.jsonl, TensorBoard: trainlab tb %s)", workdir,
+              workdir)
   return best_val(summary)
 
 

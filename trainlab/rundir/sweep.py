@@ -155,12 +155,12 @@ class SweepStop(signals.Stopping):
 def _write_views(sweep_dir: pathlib.Path, config: DictConfig) -> None:
   """The HParams experiment summary and the report; they are views of results.csv, so they may fail alone."""
   try:
-    summaries = [summary for _, summary in writers.job_summaries(sweep_dir)]
-    writers.write_hparams_experiment(sweep_dir, [writers.hparam_values(s.get("overrides", [])) for s in summaries],
-                                     writers.task_metric(summaries))
+    writers.write_hparams_experiment(sweep_dir)
   except Exception as e:
     log.warning("could not write the HParams columns: %s: %s", type(e).__name__, e)
   try:
-    report.write_report(sweep_dir, metric=config.report.metric, target=config.report.target)
+    written = report.write_report(sweep_dir, metric=config.report.metric, target=config.report.target)
+    log.info("report in %s, plots %s; TensorBoard: trainlab tb %s", written["report.md"],
+             ", ".join(name for name in written if name.endswith(".png")) or "none", sweep_dir)
   except Exception as e:
     log.warning("could not write the report: %s: %s", type(e).__name__, e, exc_info=True)
