@@ -12,6 +12,7 @@ import pytest
 
 from conftest import QUICK, run_cli, train_in_process
 from trainlab import data
+from trainlab.rundir import writers
 
 FAST = ["steps=40", "eval_every=20", "log_every=10", "model.widths=[16]"]
 
@@ -52,7 +53,8 @@ def test_single_run_writes_its_directory(tmp_path):
   assert "test/accuracy" in proc.stdout + proc.stderr
   summary = json.loads((run_dir / "summary.json").read_text())
   assert summary["status"] == "completed" and summary["overrides"][:2] == FAST[:2]
-  assert (run_dir / ".hydra" / "config.yaml").is_file() and list(run_dir.glob("events.out.tfevents.*"))
+  assert (run_dir / ".hydra" / "config.yaml").is_file()
+  assert list(writers.events_dir(run_dir).glob("events.out.tfevents.*"))
 
 
 def test_default_dirs_are_under_outputs(tmp_path):

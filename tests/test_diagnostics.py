@@ -15,6 +15,7 @@ from conftest import QUICK, train_in_process
 
 from trainlab import diagnostics, initializers, train
 from trainlab.models import MLP
+from trainlab.rundir import writers
 
 # A 2-3-2 ReLU net with chosen weights: hidden unit 2 has negative weights and bias, so with these
 # non-negative inputs it is never positive (dead).
@@ -177,9 +178,11 @@ def test_a_run_writes_diagnostics_at_their_intervals(tmp_path):
 
   from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-  events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0}).Reload()
+  events = EventAccumulator(str(writers.events_dir(tmp_path)), size_guidance={"histograms": 0}).Reload()
   assert "hist/Dense_0/kernel" in events.Tags()["histograms"]
   assert [e.step for e in events.Histograms("hist_grad/Dense_1/bias")] == [0, 300]
+  # The step-0 variances are for the report (metrics.jsonl): one point per run would read as broken there.
+  assert not any(tag.startswith("step0/") for tag in events.Tags()["scalars"])
   histogram = events.Histograms("hist/Dense_0/kernel")[0].histogram_value
   assert histogram.num == 40 * 16  # MNIST-1D has 40 features
 

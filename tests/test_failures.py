@@ -49,9 +49,9 @@ def assert_complete_files(job: pathlib.Path, summary: dict) -> None:
     assert steps == [] and all(p["step"] < summary["diverged_at_step"] for p in points)
   if summary["status"] == "completed":
     assert steps == list(range(10, 41, 10)) and "test/accuracy" in points[-1]
-    events = EventAccumulator(str(job))
+    events = EventAccumulator(str(writers.events_dir(job)))
     events.Reload()
-    assert [e.step for e in events.Scalars("val/loss")] == steps
+    assert [e.step for e in events.Scalars("Val/loss")] == steps
     assert [e.value for e in events.Scalars("test/accuracy")] == [pytest.approx(summary["test/accuracy"])]
 
 

@@ -38,7 +38,7 @@ def read_jsonl(run_dir: pathlib.Path) -> list[dict]:
 
 def read_tensorboard(run_dir: pathlib.Path) -> dict[str, list[tuple[int, float]]]:
   """Every scalar as TensorBoard's own reader sees it, after it applies the purge of a resumed run."""
-  events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+  events = EventAccumulator(str(writers.events_dir(run_dir)), size_guidance={"scalars": 0})
   events.Reload()
   return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
@@ -248,7 +248,7 @@ def test_sigterm_to_trainlab_train_then_resume(write_npz, tmp_path):
   assert 100 <= summary["steps_run"] < 3000
   assert checkpoint_steps(run)[-1] == summary["steps_run"]
   assert read_jsonl(run)[-1]["step"] == summary["steps_run"]  # the logs were flushed up to the checkpoint
-  assert read_tensorboard(run)["val/loss"][-1][0] == summary["steps_run"]
+  assert read_tensorboard(run)[writers.tensorboard_tag("val/loss")][-1][0] == summary["steps_run"]
 
   run_cli(*args, f"hydra.run.dir={run}", "resume=true", cwd=tmp_path)
   run_cli(*args, f"hydra.run.dir={tmp_path / 'reference'}", cwd=tmp_path)

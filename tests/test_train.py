@@ -13,6 +13,7 @@ from trainlab import train
 from trainlab.values import merge as merge_values, split as split_values
 from trainlab import fast
 from trainlab.fast import compilation
+from trainlab.rundir import writers
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +45,12 @@ def test_metrics_jsonl_has_every_logged_point(quick_run):
 
 def test_event_files_hold_the_scalars(quick_run):
   workdir, summary = quick_run
-  events = event_accumulator.EventAccumulator(str(workdir))
+  events = event_accumulator.EventAccumulator(str(writers.events_dir(workdir)))
   events.Reload()
   tags = set(events.Tags()["scalars"])
-  assert {"train/loss", "train/accuracy", "train/learning_rate", "train/grad_norm", "val/loss", "val/accuracy",
-          "test/loss", "test/accuracy"} <= tags
-  assert [e.step for e in events.Scalars("val/accuracy")] == [100, 200, 300, 400, 500, 600]
+  assert {writers.tensorboard_tag(name) for name in ("train/loss", "train/accuracy", "train/learning_rate",
+          "train/grad_norm", "val/loss", "val/accuracy", "test/loss", "test/accuracy")} <= tags
+  assert [e.step for e in events.Scalars("Val/accuracy")] == [100, 200, 300, 400, 500, 600]
   assert events.Scalars("test/accuracy")[0].value == pytest.approx(summary["test/accuracy"])
 
 

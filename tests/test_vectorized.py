@@ -93,7 +93,7 @@ def test_every_job_equals_the_basic_launchers(sweeps):
           assert p[name] is q[name] is None, (key, p["step"], name)
           continue
         np.testing.assert_allclose(p[name], q[name], rtol=1e-4, atol=1e-5, err_msg=f"{key} {p['step']} {name}")
-    assert list(job.glob("events.out.tfevents.*.hparams")), "no HParams session"
+    assert list(writers.events_dir(job).glob("events.out.tfevents.*.hparams")), "no HParams session"
     assert "diag/Dense_0/grad_norm" in ours[0] and ours[0]["step"] == 0  # diagnostics of the member's own state
 
 

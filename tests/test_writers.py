@@ -25,8 +25,9 @@ def test_tensorboard_writers_leave_an_installed_torch_unimported(tmp_path):
       writer.write(1, {{"train/loss": 0.5}})
       writer.histogram(1, "h", [0.0, 1.0, 2.0])
       writer.close()
-      writers.write_hparams_session({str(run)!r}, {{"optimizer.lr": 0.1}}, {{"status": "completed"}})
-      writers.write_hparams_experiment({str(run)!r}, [{{"optimizer.lr": 0.1}}])
+      writers.write_summary({str(run / "0")!r}, {{"status": "completed", "overrides": ["optimizer.lr=0.1"]}})
+      writers.write_hparams_session({str(run / "0")!r}, {{"optimizer.lr": 0.1}}, {{"status": "completed"}})
+      writers.write_hparams_experiment({str(run)!r})
       mark = pathlib.Path({str(fake / 'imported')!r})
       assert "torch" not in sys.modules and not mark.exists(), "the writers imported torch"
       import torch  # the user's own import of torch is untouched
@@ -34,12 +35,13 @@ def test_tensorboard_writers_leave_an_installed_torch_unimported(tmp_path):
       """)
   proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr
-  assert list(run.glob("events.out.tfevents.*")), "no TensorBoard events written"
+  assert list(run.glob("defaults/events.out.tfevents.*")), "no TensorBoard events written"
+  assert list(run.glob("0/defaults/events.out.tfevents.*.sweep.hparams")), "no HParams columns written"
 
 
 def test_a_resumed_runs_hparams_session_survives_its_purge_within_one_second(tmp_path):
   """A resumed run that finishes in the second it started: its HParams session file and its own event file carry
-  the same second, and TensorBoard must read the session's points after the purge, not before it."""
+  the same second: TensorBoard must keep both the session and the run's points after the purge."""
   from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
   from trainlab.rundir import writers
@@ -50,9 +52,8 @@ def test_a_resumed_runs_hparams_session_survives_its_purge_within_one_second(tmp
   resumed = writers.RunWriter(tmp_path, purge_step=100)
   resumed.write(300, {"val/loss": 1.0})
   resumed.close()
-  writers.write_hparams_session(tmp_path, {"optimizer.lr": 0.1},
-                                {"status": "completed", "steps_run": 300, "best_val/loss": 1.0})
-  events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+  writers.write_hparams_session(tmp_path, {"optimizer.lr": 0.1}, {"status": "completed", "steps_run": 300})
+  events = EventAccumulator(str(writers.events_dir(tmp_path)), size_guidance={"scalars": 0})
   events.Reload()
-  assert [(e.step, e.value) for e in events.Scalars("best_val/loss")] == [(300, 1.0)]
-  assert [(e.step, e.value) for e in events.Scalars("val/loss")] == [(300, 1.0)]
+  assert set(events.PluginTagToContent("hparams")) == {"_hparams_/session_start_info", "_hparams_/session_end_info"}
+  assert [(e.step, e.value) for e in events.Scalars("Val/loss")] == [(300, 1.0)]

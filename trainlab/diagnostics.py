@@ -16,8 +16,10 @@ interval. Metric names are `split/layer/quantity`, so TensorBoard groups them by
   from the probe gradient in its current state (the state is not changed);
 - `step0/<layer>/act_var` and `step0/<layer>/grad_var`, at step 0 only: the variance of the layer's output
   (forward) and of the per-example loss gradient with respect to that output, ∂ℓᵢ/∂zᵢ (backward), over probe
-  examples and units: Glorot and Bengio's argument is that both should stay the same from layer to layer;
-- `hist/<layer>/<param>` and `hist_grad/<layer>/<param>`: histograms of weights and probe gradients;
+  examples and units: Glorot and Bengio's argument is that both should stay the same from layer to layer. They
+  go to metrics.jsonl only, for the report's init_layers.png: in TensorBoard one point per run reads as broken;
+- `hist/<layer>/<param>` and `hist_grad/<layer>/<param>`: histograms of weights and probe gradients, also at
+  the run's last step, so that the Distributions tab shows the whole run;
 - `curvature/top_eigenvalue`: the largest-magnitude eigenvalue of the Hessian of the mean probe loss, by the
   power method on Hessian-vector products (`jax.jvp` of `jax.grad`).
 
@@ -264,11 +266,12 @@ class Monitor:
     writer: the run's RunWriter.
     resumed_at: the step a resumed run continues from, whose diagnostics the interrupted run has written;
       None for a run from the start.
+    final_step: the run's last step, where the histograms are written too.
   """
 
   def __init__(self, cfg: Any, diagnostics: Diagnostics, x: np.ndarray, y: np.ndarray, writer: Any,
-               resumed_at: int | None = None):
-    self.cfg, self.diagnostics, self.writer = cfg, diagnostics, writer
+               resumed_at: int | None = None, final_step: int | None = None):
+    self.cfg, self.diagnostics, self.writer, self.final_step = cfg, diagnostics, writer, final_step
     self.x, self.y = jax.device_put((x[:cfg.probe_size], y[:cfg.probe_size]))
     # Only last // interval matters, and after any boundary it equals that boundary's: a resumed run's
     # schedule goes on exactly as it would have uninterrupted.
@@ -277,10 +280,15 @@ class Monitor:
 
   def is_due(self, step: int) -> bool:
     """Whether any diagnostic is due at `step` (so a caller can skip producing the state when none is)."""
-    return any(_due(self.cfg[k], last, step) for k, last in self.last.items())
+    return any(self._due(step).values())
+
+  def _due(self, step: int) -> dict[str, bool]:
+    due = {k: _due(self.cfg[k], last, step) for k, last in self.last.items()}
+    due["histogram_every"] |= self.cfg.histogram_every > 0 and step == self.final_step
+    return due
 
   def __call__(self, step: int, state: Any) -> None:
-    due = {k: _due(self.cfg[k], last, step) for k, last in self.last.items()}
+    due = self._due(step)
     if not any(due.values()):
       return
     tick = time.perf_counter()
@@ -291,7 +299,7 @@ class Monitor:
                                  if q not in ("act_var", "grad_var")})
       if step == 0:
         self.writer.write(step, {f"step0/{layer}/{q}": d[q] for layer, d in stats.items()
-                                 for q in ("act_var", "grad_var") if q in d})
+                                 for q in ("act_var", "grad_var") if q in d}, tensorboard=False)
       if due["histogram_every"]:
         self._histograms(step, state.params, grads)
     if due["hessian_every"]:

@@ -17,6 +17,11 @@ def parse_override(override: str) -> tuple[str, str]:
   return key.lstrip("+~"), value
 
 
+def run_overrides(overrides: list[str]) -> list[str]:
+  """The overrides that say what a job is: `resume` says how to run it, so it is left out."""
+  return [o for o in overrides if parse_override(o)[0] != "resume"]
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, str]:
   """key -> value as written on the command line, in order (a repeated key: its last value)."""
   return dict(map(parse_override, overrides))

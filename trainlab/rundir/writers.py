@@ -1,7 +1,8 @@
 """What a run writes into its directory: TensorBoard events, metrics.jsonl and summary.json.
 
 The names are a contract that reports, resume and the sweep table read: metric names are `split/name`
-(`train/loss`, `val/accuracy`, ...), the same in TensorBoard and in metrics.jsonl.
+(`train/loss`, `val/accuracy`, ...) in metrics.jsonl and summary.json; TensorBoard shows them under the tags
+of `tensorboard_tag`, in a folder of the run directory named after the run (`run_name`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import math
 import os
 import pathlib
 import time
+import zlib
 
 from trainlab import metrics
 from trainlab.rundir.tensorboard_import import import_tensorboardx
@@ -20,6 +22,39 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 STOP_FILE = ".stop-requested"  # in a sweep directory: the sweep got a signal, so every job stops (sweep.py)
 HISTOGRAM_BUCKETS = 30  # as TensorBoard's own summary API
+EXPERIMENT_SUFFIX = ".sweep.hparams"  # the event file of a sweep's HParams columns, in its first job's run
+
+
+def recorded_overrides(workdir: pathlib.Path) -> list[str]:
+  """The run's overrides as Hydra recorded them in its directory, `resume` left out; [] where none are."""
+  from omegaconf import OmegaConf
+
+  recorded = pathlib.Path(workdir) / ".hydra" / "overrides.yaml"
+  return jobs.run_overrides(list(OmegaConf.load(recorded))) if recorded.is_file() else []
+
+
+def run_name(workdir: pathlib.Path) -> str:
+  """The run's name in TensorBoard: its overrides (`optimizer=adam,init=he,seed=0`), so that a resumed run keeps
+  its name; `defaults` for a run without overrides."""
+  name = ",".join(recorded_overrides(workdir)).replace("/", "_") or "defaults"  # one folder, not a path
+  if len(name) > 200:  # a folder's name has at most 255 bytes: the start, and a checksum of the rest
+    name = f"{name[:190]}...{zlib.crc32(name.encode()):08x}"
+  return name
+
+
+def events_dir(workdir: pathlib.Path) -> pathlib.Path:
+  """The folder of the run's TensorBoard event files: TensorBoard names a run by its folder."""
+  return pathlib.Path(workdir) / run_name(workdir)
+
+
+def tensorboard_tag(name: str) -> str:
+  """A metric's tag in TensorBoard. TensorBoard sorts tag groups by name, capitals first, and opens the first
+  two: the training and validation curves are `Train/` and `Val/`, so they open first and the diagnostics
+  follow; the best validation point so far is a curve beside them (`best_val/loss` -> `Val/best_loss`)."""
+  split, _, rest = name.partition("/")
+  if split == "best_val":
+    return f"Val/best_{rest}"
+  return f"{split.capitalize()}/{rest}" if split in ("train", "val") else name
 
 
 def _finite_or_none(x):
@@ -64,7 +99,8 @@ def _truncate_metrics(workdir: pathlib.Path, purge_step: int) -> None:
 
 
 class RunWriter:
-  """Scalars to TensorBoard (tensorboardX: no TensorFlow needed) and to metrics.jsonl, one line per point."""
+  """Scalars to TensorBoard (tensorboardX: no TensorFlow needed) and to metrics.jsonl, one line per point; the
+  events go to `events_dir(workdir)`."""
 
   def __init__(self, workdir: pathlib.Path, purge_step: int | None = None):
     """With `purge_step` (a resumed run), the points of steps >= purge_step already logged are dropped."""
@@ -78,17 +114,26 @@ class RunWriter:
     # TensorBoard hides the events of steps >= purge_step written before this file; the suffix orders this
     # file after the earlier ones of the run even when both were opened within the same second.
     suffix = "" if purge_step is None else f".resumed{purge_step:010d}.{os.getpid()}"
-    self._tb = SummaryWriter(logdir=str(self.workdir), flush_secs=10, purge_step=purge_step, filename_suffix=suffix)
+    self._tb = SummaryWriter(logdir=str(events_dir(self.workdir)), flush_secs=10, purge_step=purge_step,
+                             filename_suffix=suffix)
     self._jsonl = open(self.workdir / METRICS_FILE, "a")
 
-  def write(self, step: int, metrics: dict[str, float]) -> None:
-    for name, x in metrics.items():
-      self._tb.add_scalar(name, x, global_step=step)
+  def write(self, step: int, metrics: dict[str, float], tensorboard: bool = True) -> None:
+    """The points to metrics.jsonl and, unless `tensorboard` is False, to TensorBoard."""
+    if tensorboard:
+      self.plot(step, metrics)
     self._jsonl.write(json.dumps({"step": step, **{k: _finite_or_none(v) for k, v in metrics.items()}}) + "\n")
 
-  def text(self, name: str, text: str) -> None:
-    """Text in TensorBoard's Text tab (markdown; a code block keeps YAML's indentation)."""
-    self._tb.add_text(name, "```\n" + text + "\n```", global_step=0)
+  def plot(self, step: int, metrics: dict[str, float]) -> None:
+    """The points to TensorBoard only (a view, such as the best validation point so far)."""
+    for name, x in metrics.items():
+      self._tb.add_scalar(tensorboard_tag(name), x, global_step=step)
+
+  def config(self, yaml_text: str) -> None:
+    """The config in TensorBoard's Text tab: the run's overrides (what sets it apart) first, then the whole
+    config as YAML in a code block (markdown, which keeps its indentation)."""
+    overrides = ", ".join(recorded_overrides(self.workdir)) or "(none)"
+    self._tb.add_text("config", f"**overrides:** {overrides}\n\n```\n{yaml_text}\n```", global_step=0)
 
   def histogram(self, step: int, name: str, values) -> None:
     # TensorBoard's own summary API buckets histograms 30 ways; tensorboardX's default, about 1,500 buckets,
@@ -108,8 +153,8 @@ class RunWriter:
 # TensorBoard's hparams plugin reads three summaries (tensorboard/plugins/hparams/summary_v2.py): per run a
 # session start (its hyperparameter values) and end (its status), and once per experiment the list of columns
 # (hyperparameters and metrics). Without the experiment summary TensorBoard guesses the columns from the runs
-# and lists every scalar as a metric; with it, the table and parallel-coordinates views show exactly these.
-_SUMMARY_ONLY = tuple(f"best_val/{m}" for m in (*metrics.TASK_METRIC.values(), "loss"))  # not scalars in the run
+# and lists every scalar as a metric; with it, the table and parallel-coordinates views show exactly these. A
+# metric's value is the last point of its tag in the run (the best validation point: its best-so-far curve).
 
 
 def task_metric(summaries: list[dict]) -> str:
@@ -159,7 +204,7 @@ def _hparams_summary(**fields):
 
 
 def write_hparams_session(workdir: pathlib.Path, hparams: dict, summary: dict) -> None:
-  """One run's row of the HParams dashboard: its hyperparameters, status and the summary-only metrics."""
+  """One run's row of the HParams dashboard: its hyperparameters and status, in the run's events folder."""
   import_tensorboardx()
   from tensorboardX import SummaryWriter
   from tensorboardX.proto.api_pb2 import Status
@@ -179,23 +224,29 @@ def write_hparams_session(workdir: pathlib.Path, hparams: dict, summary: dict) -
   # The suffix: tensorboardX names files by the second, and a second writer in that second would overwrite. It
   # also orders this file after the run's own files of that second (".session" > ".resumed..."): TensorBoard
   # reads files by name, and a resumed run's file, read later, would purge the points written here.
-  with SummaryWriter(logdir=str(workdir), filename_suffix=".session.hparams") as tb:
+  with SummaryWriter(logdir=str(events_dir(workdir)), filename_suffix=".session.hparams") as tb:
     tb.file_writer.add_summary(_hparams_summary(session_start_info=start), global_step=step)
-    for name in _SUMMARY_ONLY:
-      if isinstance(summary.get(name), (int, float)):
-        tb.add_scalar(name, summary[name], global_step=step)
     tb.file_writer.add_summary(_hparams_summary(session_end_info=SessionEndInfo(status=Status.Value(status))),
                                global_step=step)
 
 
-def write_hparams_experiment(logdir: pathlib.Path, runs_hparams: list[dict], metric: str = "accuracy") -> None:
-  """The columns of the dashboard, once per sweep: every hyperparameter any job set, and the final metrics
-  (those of the task `metric`: accuracy, or mse for regression)."""
+def write_hparams_experiment(sweep_dir: pathlib.Path) -> None:
+  """The columns of the dashboard, once per sweep: every hyperparameter any job set, and the final metrics of
+  the sweep's task (accuracy, or mse for regression). They go into the first job's run (TensorBoard reads them
+  from any run; a folder of their own would show as an empty run on every page), replacing earlier ones."""
   import_tensorboardx()
   from tensorboardX import SummaryWriter
   from tensorboardX.proto.api_pb2 import DataType, Experiment, HParamInfo, MetricInfo, MetricName
   from google.protobuf import struct_pb2
 
+  found = job_summaries(sweep_dir)
+  if not found:
+    return
+  for job_dir in jobs.job_dirs(sweep_dir):
+    for old in job_dir.glob(f"*/events.out.tfevents.*{EXPERIMENT_SUFFIX}"):
+      old.unlink()
+  summaries = [summary for _, summary in found]
+  runs_hparams = [hparam_values(summary.get("overrides", [])) for summary in summaries]
   infos = {}
   for hparams in runs_hparams:
     for key, x in hparams.items():
@@ -208,7 +259,10 @@ def write_hparams_experiment(logdir: pathlib.Path, runs_hparams: list[dict], met
       info.domain_discrete.CopyFrom(struct_pb2.ListValue(values=[struct_pb2.Value(string_value=str(v))
                                                                  for v in sorted(seen, key=str)]))
     hparam_infos.append(info)
-  metric_infos = [MetricInfo(name=MetricName(tag=name)) for name in hparams_metrics(metric)]
+  metric_infos = [MetricInfo(name=MetricName(tag=tensorboard_tag(name)), display_name=name)
+                  for name in hparams_metrics(task_metric(summaries))]
   experiment = Experiment(hparam_infos=hparam_infos, metric_infos=metric_infos)
-  with SummaryWriter(logdir=str(logdir), filename_suffix=".hparams") as tb:
-    tb.file_writer.add_summary(_hparams_summary(experiment=experiment))
+  first_dir, first = found[0]
+  # At that run's last step, as its session (write_hparams_session says why).
+  with SummaryWriter(logdir=str(events_dir(first_dir)), filename_suffix=EXPERIMENT_SUFFIX) as tb:
+    tb.file_writer.add_summary(_hparams_summary(experiment=experiment), global_step=first.get("steps_run") or 0)
