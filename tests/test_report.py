@@ -50,9 +50,10 @@ def test_table_equals_statistics_computed_from_the_summaries(tmp_path):
   out = report.write_report(sweep_dir, metric="val/accuracy", target=0.5)
   summaries = [json.loads((d / "summary.json").read_text()) for d in sorted(sweep_dir.iterdir()) if d.is_dir()]
   rows = list(csv.DictReader(open(out["report.csv"])))
+  # Ranked by validation: the mean over seeds of each run's best validation accuracy.
   assert [r["optimizer.lr"] for r in rows] == sorted(
-      ("0.1", "0.01"), key=lambda lr: -np.mean([s["test/accuracy"] for s in summaries
-                                                if f"optimizer.lr={lr}" in s["overrides"] and "test/accuracy" in s]))
+      ("0.1", "0.01"), key=lambda lr: -np.mean([s["best_val/accuracy"] for s in summaries
+                                                if f"optimizer.lr={lr}" in s["overrides"]]))
   for row in rows:
     mine = [s for s in summaries if f"optimizer.lr={row['optimizer.lr']}" in s["overrides"]]
     assert int(row["runs"]) == 3
@@ -74,8 +75,14 @@ def test_table_equals_statistics_computed_from_the_summaries(tmp_path):
   assert {row["optimizer.lr"]: row["diverged"] for row in rows} == {"0.1": "1", "0.01": "0"}
   text = out["report.md"].read_text()
   best = rows[0]
-  assert f"{float(best['test/accuracy mean']):.4g} ± {float(best['test/accuracy std']):.4g}" in text
+  stat = lambda name: f"{name} {float(best[name + ' mean']):#.3g} ± {float(best[name + ' std']):#.3g}"
+  assert (f"**Best configuration** (by best_val/accuracy, the mean over seeds of each run's best validation "
+          f"point; the test set is reported for it alone): optimizer.lr={best['optimizer.lr']}: "
+          f"{stat('best_val/accuracy')}, {stat('test/accuracy')}, {stat('test/loss')} (3 runs)") in text
+  assert text.count("test/") == 2  # on the best configuration's line only: the table is the validation's
+  assert f"| 0.1 | 3 | 1 | 0 | {stat('best_val/accuracy').split(' ', 1)[1]} |" in text
   assert "| optimizer.lr |" in text and "common to all: steps=40" in text
+  assert "Plots: [curves.png](curves.png), [sensitivity_optimizer.lr.png](sensitivity_optimizer.lr.png)" in text
 
 
 def test_sensitivity_plot_uses_a_log_axis_across_decades(tmp_path):
@@ -121,7 +128,7 @@ def test_a_sweep_of_regressions_is_judged_by_mse_lower_first(tmp_path):
         json.dumps({"step": 10 * (i + 1), "val/mse": m, "val/loss": m}) + "\n" for i, m in enumerate(mse)))
   out = report.write_report(tmp_path, target=0.3)
   rows = list(csv.DictReader(open(out["report.csv"])))
-  means = [float(r["test/mse mean"]) for r in rows]
+  means = [float(r["best_val/mse mean"]) for r in rows]
   assert means == sorted(means) and "test/accuracy mean" not in rows[0]
   reached = {r["optimizer.lr"]: r["steps to val/mse=0.3 reached"] for r in rows}
   assert reached == {"0.1": "1", "0.01": "0", "0.001": "0"}  # 0.2 <= 0.3 only for the first job
@@ -188,6 +195,7 @@ def test_plots_of_the_real_sweep_have_one_series_per_configuration(real_sweep):
   assert labels == sorted(f"init={i}, optimizer.lr={lr}" for i in ("he", "glorot") for lr in ("0.003", "0.03"))
 
   curves = report.plot_curves(groups)
+  assert [ax.get_title() for ax in curves.axes] == ["train/loss", "val/loss", "train/accuracy", "val/accuracy"]
   for ax in curves.axes:
     assert sorted(line.get_label() for line in ax.get_lines()) == labels
     assert len(ax.collections) == len(labels)  # a band per configuration
@@ -197,17 +205,20 @@ def test_plots_of_the_real_sweep_have_one_series_per_configuration(real_sweep):
   np.testing.assert_allclose(train_loss.get_xdata(), [10, 20, 30, 40])
   np.testing.assert_allclose(train_loss.get_ydata(), [np.mean([c[s] for c in per_seed]) for s in (10, 20, 30, 40)])
 
+  # The learning rate does not act at step 0: the configurations of one init draw one line, named so.
   layers = report.plot_init_layers(groups)
   for ax, quantity in zip(layers.axes, ("act_var", "grad_var")):
-    assert sorted(line.get_label() for line in ax.get_lines()) == labels
-    line = ax.get_lines()[0]
-    group = next(g for g in groups if g.label == line.get_label())
-    first = [json.loads(l) for l in open(group.runs[0].dir / "metrics.jsonl")]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["Dense_0", "Dense_1", "Dense_2"]
-    want = [np.mean([np.sqrt(next(p[f"step0/Dense_{i}/{quantity}"] for p in writers.read_metrics(r.dir)
-                                  if f"step0/Dense_{i}/{quantity}" in p)) for r in group.runs]) for i in range(3)]
-    np.testing.assert_allclose(line.get_ydata(), want, rtol=1e-6)
-    assert first[0]["step"] == 0
+    assert sorted(line.get_label() for line in ax.get_lines()) == [
+        f"init={i} (alike for optimizer.lr=0.003|0.03)" for i in ("glorot", "he")]
+    for line in ax.get_lines():
+      init = line.get_label().split(" ")[0]
+      assert [t.get_text() for t in ax.get_xticklabels()] == ["Dense_0", "Dense_1", "Dense_2"]
+      for group in (g for g in groups if g.label.startswith(init + ",")):
+        first = [json.loads(l) for l in open(group.runs[0].dir / "metrics.jsonl")]
+        want = [np.mean([np.sqrt(next(p[f"step0/Dense_{i}/{quantity}"] for p in writers.read_metrics(r.dir)
+                                      if f"step0/Dense_{i}/{quantity}" in p)) for r in group.runs]) for i in range(3)]
+        np.testing.assert_allclose(line.get_ydata(), want, rtol=1e-6)
+        assert first[0]["step"] == 0
 
 
 def test_hparams_are_readable_by_tensorboards_own_reader(real_sweep):
@@ -218,14 +229,20 @@ def test_hparams_are_readable_by_tensorboards_own_reader(real_sweep):
   mux.AddRunsFromDirectory(str(real_sweep))
   mux.Reload()
   content = mux.PluginRunToTagToContent(metadata.PLUGIN_NAME)
-  experiment = metadata.parse_experiment_plugin_data(content["."][metadata.EXPERIMENT_TAG])
+  summaries = [json.loads((real_sweep / str(job) / "summary.json").read_text()) for job in range(8)]
+  runs = [f"{job}/{','.join(s['overrides'])}" for job, s in enumerate(summaries)]
+  assert sorted(mux.Runs()) == sorted(runs)  # a run per job, named by its overrides; no run of the sweep's own
+  # The columns live in the first job's run.
+  assert [run for run in content if metadata.EXPERIMENT_TAG in content[run]] == [runs[0]]
+  experiment = metadata.parse_experiment_plugin_data(content[runs[0]][metadata.EXPERIMENT_TAG])
   assert {h.name for h in experiment.hparam_infos} == {override.split("=")[0] for override in SWEEP}
   init_info = next(h for h in experiment.hparam_infos if h.name == "init")
   assert sorted(v.string_value for v in init_info.domain_discrete.values) == ["glorot", "he"]
-  assert [m.name.tag for m in experiment.metric_infos] == list(writers.hparams_metrics("accuracy"))
-  for job in range(8):
-    summary = json.loads((real_sweep / str(job) / "summary.json").read_text())
-    tags = content[str(job)]
+  assert [m.display_name for m in experiment.metric_infos] == list(writers.hparams_metrics("accuracy"))
+  assert [m.name.tag for m in experiment.metric_infos] == ["test/accuracy", "test/loss", "Val/best_accuracy",
+                                                           "Val/best_loss", "Val/accuracy", "Val/loss", "Train/loss"]
+  for job, summary in enumerate(summaries):
+    tags = content[runs[job]]
     start = metadata.parse_session_start_info_plugin_data(tags[metadata.SESSION_START_INFO_TAG])
     want = dict(o.split("=", 1) for o in summary["overrides"])
     assert start.hparams["init"].string_value == want["init"]
@@ -234,11 +251,11 @@ def test_hparams_are_readable_by_tensorboards_own_reader(real_sweep):
     end = metadata.parse_session_end_info_plugin_data(tags[metadata.SESSION_END_INFO_TAG])
     assert end.status == api_pb2.STATUS_SUCCESS
     # The dashboard's metric values are the runs' last scalars under those tags.
-    accumulator = mux.GetAccumulator(str(job))
-    assert accumulator.Scalars("best_val/accuracy")[-1].value == pytest.approx(summary["best_val/accuracy"])
+    accumulator = mux.GetAccumulator(runs[job])
+    assert accumulator.Scalars("Val/best_accuracy")[-1].value == pytest.approx(summary["best_val/accuracy"])
     assert accumulator.Scalars("test/accuracy")[-1].value == pytest.approx(summary["test/accuracy"])
-    texts = accumulator.Tensors("config/text_summary")
-    assert b"optimizer:" in texts[0].tensor_proto.string_val[0]
+    text = accumulator.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert text.startswith(f"**overrides:** {', '.join(summary['overrides'])}\n\n```\n") and "optimizer:" in text
 
 
 def test_trainlab_tb_serves_the_hparams_dashboard(real_sweep):

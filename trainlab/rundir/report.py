@@ -2,14 +2,17 @@
 
 `trainlab report DIR` (and the callback at the end of every multirun) writes into the sweep directory:
 - `report.md`, `report.csv`: one row per configuration (the job's overrides without `seed`), with the number
-  of runs, how many diverged or failed, mean ± sample standard deviation over seeds of the final test metrics
-  and the best validation metrics, and, when `report.target` is set, the steps to reach it; best first;
-- `curves.png`: train and validation loss against steps, a line per configuration (the mean over seeds) in a
-  band of ± one standard deviation;
-- `sensitivity_<key>.png` for each swept numeric hyperparameter: the final test metric against its value, a
-  line per setting of the other swept keys, on a log axis when the values span a decade or more;
+  of runs, how many diverged or failed, mean ± sample standard deviation over seeds of the best validation
+  metrics (and, in report.csv, the final test metrics), and, when `report.target` is set, the steps to reach
+  it; ranked by the best validation metric. Configurations are selected by validation: report.md gives the test
+  metrics of the selected (best) configuration only, on its "best configuration" line, and links the plots;
+- `curves.png`: train and validation loss and task metric against steps, a line per configuration (the mean
+  over seeds) in a band of ± one standard deviation;
+- `sensitivity_<key>.png` for each swept numeric hyperparameter: the best validation metric against its value,
+  a line per setting of the other swept keys, on a log axis when the values span a decade or more;
 - `init_layers.png`: per-layer activation and backward gradient standard deviation at step 0 (from the
-  diagnostics' `step0/<layer>/act_var` and `grad_var`), a line per configuration.
+  diagnostics' `step0/<layer>/act_var` and `grad_var`), a line per configuration; configurations whose step-0
+  statistics are identical (they differ only in what acts later, such as the optimizer) share one line.
 It reads only the run directories' files (summary.json, metrics.jsonl), never the training code. The metric
 beside the loss is the task's: accuracy (higher is better), or mse for a sweep of regressions (lower is better).
 """
@@ -104,8 +107,8 @@ def _mean_std(xs: list[float]) -> tuple[float | None, float | None]:
 # --- the table -----------------------------------------------------------------------------------------------
 def table(groups: list[Group], metric: str = "val/accuracy", target: float | None = None,
           task_metric: str = "accuracy") -> list[dict]:
-  """One row per configuration, best first (by the test metric): its overrides, run counts, and mean/std of each
-  metric."""
+  """One row per configuration, best first by the best validation metric (mean over seeds): its overrides, run
+  counts, and mean/std of each metric."""
   rows = []
   names = writers.final_metrics(task_metric)
   if any(r.summary.get(writers.ZERO_FRACTION) for g in groups for r in g.runs):  # sparse weights: show how sparse
@@ -122,13 +125,30 @@ def table(groups: list[Group], metric: str = "val/accuracy", target: float | Non
       row[f"{key} mean"], row[f"{key} std"] = _mean_std([s for s in steps if s is not None])
       row[f"{key} reached"] = sum(s is not None for s in steps)
     rows.append(row)
-  sort, sign = f"test/{task_metric} mean", -1.0 if metrics.higher_is_better(task_metric) else 1.0
+  sort, sign = f"best_val/{task_metric} mean", -1.0 if metrics.higher_is_better(task_metric) else 1.0
   rows.sort(key=lambda r: (r[sort] is None, sign * (r[sort] or 0.0)))
   return rows
 
 
+SIGNIFICANT_DIGITS = 3  # of every number in report.md
+
+
 def _fmt(x: Any) -> str:
-  return "" if x is None else f"{x:.4g}" if isinstance(x, float) else str(x)
+  """A number for people: floats to SIGNIFICANT_DIGITS significant digits, trailing zeros kept (0.400), and
+  whole numbers of that many digits or more as integers (1250, not 1.25e+03)."""
+  if not isinstance(x, float):
+    return "" if x is None else str(x)
+  if math.isfinite(x) and abs(x) >= 10 ** SIGNIFICANT_DIGITS:
+    return f"{x:.0f}"
+  return f"{x:#.{SIGNIFICANT_DIGITS}g}".rstrip(".")
+
+
+def _csv_value(x: Any) -> Any:
+  """A float that a float32 holds exactly (the metrics, computed in float32) as float32's shortest form: 0.406,
+  not 0.4059999883174896; any other float in full."""
+  if isinstance(x, float) and math.isfinite(x) and float(np.float32(x)) == x:
+    return str(np.float32(x))
+  return x
 
 
 def to_csv(rows: list[dict], columns: list[str] | None = None) -> str:
@@ -137,7 +157,7 @@ def to_csv(rows: list[dict], columns: list[str] | None = None) -> str:
   out = csv.DictWriter(text, fieldnames=columns or list({k: None for row in rows for k in row}),
                        lineterminator="\n", extrasaction="ignore")
   out.writeheader()
-  out.writerows(rows)
+  out.writerows({k: _csv_value(x) for k, x in row.items()} for row in rows)
   return text.getvalue()
 
 
@@ -166,11 +186,11 @@ def to_markdown(rows: list[dict]) -> str:
 
 
 # --- plots ---------------------------------------------------------------------------------------------------
-def _figure(ncols: int):
+def _figure(ncols: int, nrows: int = 1):
   from matplotlib.figure import Figure  # the object API: no pyplot, no display, no global state
 
-  fig = Figure(figsize=(6 * ncols, 4.5), layout="constrained")
-  return fig, [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+  fig = Figure(figsize=(6 * ncols, 4.5 * nrows), layout="constrained")
+  return fig, [fig.add_subplot(nrows, ncols, i + 1) for i in range(nrows * ncols)]
 
 
 def _legend(ax) -> None:
@@ -187,10 +207,12 @@ def _band(points_per_run: list[dict[int, float]]) -> tuple[np.ndarray, np.ndarra
   return np.array(steps), mean, std
 
 
-def plot_curves(groups: list[Group]):
-  """Train and validation loss against steps: a line per configuration, a band over its seeds."""
-  fig, axes = _figure(2)
-  for ax, name in zip(axes, ("train/loss", "val/loss")):
+def plot_curves(groups: list[Group], task_metric: str = "accuracy"):
+  """Train and validation loss (top) and task metric (bottom) against steps: a line per configuration, a band
+  over its seeds."""
+  fig, axes = _figure(2, 2)
+  names = ("train/loss", "val/loss", f"train/{task_metric}", f"val/{task_metric}")
+  for ax, name in zip(axes, names):
     for group in groups:
       curves = [c for c in (curve(writers.read_metrics(r.dir), name) for r in group.runs) if c]
       if not curves:
@@ -251,21 +273,36 @@ def step0_layers(points: list[dict]) -> dict[str, dict[str, float]]:
   return layers
 
 
+def alike_label(groups: list[Group]) -> str:
+  """The label of a line that several configurations draw alike: the overrides they share, then how the others
+  vary (`init=he (alike for optimizer.lr=0.003|0.03)`); one configuration's own label."""
+  if len(groups) == 1:
+    return groups[0].label
+  configs = [dict(g.config) for g in groups]
+  keys = {k: None for config in configs for k in config}
+  values = {k: list({config.get(k, "(unset)"): None for config in configs}) for k in keys}
+  shared = ", ".join(f"{k}={v[0]}" for k, v in values.items() if len(v) == 1) or "all"
+  return f"{shared} (alike for {', '.join(f'{k}=' + '|'.join(v) for k, v in values.items() if len(v) > 1)})"
+
+
 def plot_init_layers(groups: list[Group]):
-  """Per-layer activation and gradient standard deviation at step 0, a line per configuration (seed mean)."""
+  """Per-layer activation and gradient standard deviation at step 0, a line per configuration (seed mean);
+  configurations with identical values share a line (alike_label), which would otherwise hide the others."""
   fig, axes = _figure(2)
   drawn = False
   for ax, quantity, title in zip(axes, ("act_var", "grad_var"), ("activation std (forward)",
                                                                   "gradient std (backward)")):
+    lines: dict[tuple, list[Group]] = {}  # (layers, values) -> the configurations that draw it
     for group in groups:
       per_run = [step0_layers(writers.read_metrics(r.dir)) for r in group.runs]
       per_run = [p for p in per_run if p]
-      if not per_run:
-        continue
-      layers = [layer for layer in per_run[0] if quantity in per_run[0][layer]]
-      std = [np.mean([math.sqrt(p[layer][quantity]) for p in per_run if quantity in p.get(layer, {})])
-             for layer in layers]
-      ax.plot(range(len(layers)), std, marker="o", label=group.label)
+      if per_run:
+        layers = tuple(layer for layer in per_run[0] if quantity in per_run[0][layer])
+        std = tuple(float(np.mean([math.sqrt(p[layer][quantity]) for p in per_run if quantity in p.get(layer, {})]))
+                    for layer in layers)
+        lines.setdefault((layers, std), []).append(group)
+    for (layers, std), alike in lines.items():
+      ax.plot(range(len(layers)), std, marker="o", label=alike_label(alike))
       ax.set_xticks(range(len(layers)), layers, rotation=30, fontsize="small")
       drawn = True
     ax.set(title=f"{title} at step 0", xlabel="layer", ylabel="std", yscale="log")
@@ -289,20 +326,40 @@ def write_report(sweep_dir: pathlib.Path, metric: str | None = None, target: flo
   common = sorted({f"{k}={v}" for r in runs for k, v in r.overrides.items() if k != "seed"}
                   - {f"{k}={v}" for g in groups for k, v in g.config})
   rows = table(groups, metric, target, task_metric)
-  markdown = (f"{len(runs)} runs in {len(groups)} configurations; common to all: "
-              f"{' '.join(common) or '(nothing)'}\n\n" + to_markdown(rows))
-  out = {"markdown": markdown, "report.md": sweep_dir / "report.md", "report.csv": sweep_dir / "report.csv"}
-  atomic.write_text(out["report.md"], f"# Report: {sweep_dir}\n\n" + markdown)
+  out = {"report.md": sweep_dir / "report.md", "report.csv": sweep_dir / "report.csv"}
   atomic.write_text(out["report.csv"], to_csv(rows))
-  figures = {"curves.png": plot_curves(groups), "init_layers.png": plot_init_layers(groups)}
+  figures = {"curves.png": plot_curves(groups, task_metric), "init_layers.png": plot_init_layers(groups)}
   for key in numeric_keys(groups):
-    figures[f"sensitivity_{_slug(key)}.png"] = plot_sensitivity(groups, key, f"test/{task_metric}")
+    figures[f"sensitivity_{_slug(key)}.png"] = plot_sensitivity(groups, key, f"best_val/{task_metric}")
   for name, fig in figures.items():
     if fig is not None:
       with atomic.replacing(sweep_dir / name) as f:
         fig.savefig(f, format="png", dpi=100)
       out[name] = sweep_dir / name
-  return out
+  validation_rows = [{k: x for k, x in row.items() if not k.startswith("test/")} for row in rows]
+  markdown = (f"{len(runs)} runs in {len(groups)} configurations; common to all: "
+              f"{' '.join(common) or '(nothing)'}\n\n{best_line(rows, task_metric)}\n\n"
+              + to_markdown(validation_rows) + "\nPlots: " + ", ".join(f"[{name}]({name})" for name in out
+                                                                       if name.endswith(".png")) + "\n")
+  atomic.write_text(out["report.md"], f"# Report: {sweep_dir}\n\n" + markdown)
+  return {"markdown": markdown, **out}
+
+
+def best_line(rows: list[dict], task_metric: str) -> str:
+  """The selected configuration (the table's first row: best by validation) with its test metrics, and the
+  rule that selected it."""
+  selected, best = f"best_val/{task_metric}", rows[0] if rows else None
+  if best is None or best[f"{selected} mean"] is None:
+    return f"No configuration has a {selected}: none is selected."
+
+  def stat(name: str) -> str:
+    mean, std = best[f"{name} mean"], best[f"{name} std"]
+    return f"{name} {_fmt(mean)}" + (f" ± {_fmt(std)}" if std is not None else "")
+
+  config = ", ".join(f"{k}={best[k]}" for k in list(best)[:list(best).index("runs")])  # its overrides come first
+  return (f"**Best configuration** (by {selected}, the mean over seeds of each run's best validation point; the "
+          f"test set is reported for it alone): {config or 'all runs'}: {stat(selected)}, "
+          f"{stat(f'test/{task_metric}')}, {stat('test/loss')} ({best['runs']} runs)")
 
 
 def main(argv: list[str]) -> int:
