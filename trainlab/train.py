@@ -262,7 +262,7 @@ def setup(cfg: DictConfig) -> Setup:
   Raises:
     config.ConfigError, data.DataError: a config or a data set that cannot be run, with one clear message.
   """
-  config.check_ranges(cfg)
+  config.check(cfg)
   fast.enable_persistent_cache()
   dataset = load_data(cfg.data)
   models.check_input(cfg.model._target_, cfg.data._target_, dataset.layout, dataset.x_train.shape[1:])
@@ -272,6 +272,7 @@ def setup(cfg: DictConfig) -> Setup:
     raise config.ConfigError(
         f"batch_size={cfg.batch_size} is not allowed: it must be <= {n_train}, the size of the training split")
   steps = total_steps(cfg, n_train)
+  config.warn_ineffective(cfg, steps)
   program_cfg = {g: OmegaConf.to_container(cfg[g], resolve=True) for g in values.PROGRAM_GROUPS}
   structure, run_values = values.split(program_cfg)
   run_values = jax.tree.map(np.float32, run_values)

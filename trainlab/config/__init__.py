@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional
 from hydra.core.config_store import ConfigStore
 
 from trainlab.config import data, model, optimizer, regularizer  # noqa: F401 (they register theirs)
+from trainlab.config.checks import check, warn_ineffective  # noqa: F401
 from trainlab.config.model import ACTIVATIONS, NORMS  # noqa: F401
 from trainlab.config.schema import MISSING, SCHEMAS, ConfigError, Interval, check_ranges, schema, value  # noqa: F401
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import field
 from typing import List, Optional
 
 from trainlab.config.schema import FRACTION, HELD_OUT, MISSING, TargetConfig, choice, schema, value
@@ -16,7 +17,7 @@ class Mnist1dConfig(TargetConfig):
 
 @schema("data_npz_schema")
 class NpzConfig(TargetConfig):
-  path: str = MISSING
+  path: str = field(default=MISSING, metadata={"example": "my_data.npz"})  # the one `???` of conf/
   val_fraction: float = value(**HELD_OUT)
   split_seed: int = value(0)
   layout: Optional[str] = choice("vector", "sequence", "image", default=None)
