@@ -298,8 +298,8 @@ class Monitor:
         self.writer.write(step, {f"diag/{layer}/{q}": v for layer, d in stats.items() for q, v in d.items()
                                  if q not in ("act_var", "grad_var")})
       if step == 0:
-        self.writer.write(step, {f"step0/{layer}/{q}": d[q] for layer, d in stats.items()
-                                 for q in ("act_var", "grad_var") if q in d}, tensorboard=False)
+        self.writer.write_jsonl(step, {f"step0/{layer}/{q}": d[q] for layer, d in stats.items()
+                                       for q in ("act_var", "grad_var") if q in d})
       if due["histogram_every"]:
         self._histograms(step, state.params, grads)
     if due["hessian_every"]:

@@ -118,10 +118,13 @@ class RunWriter:
                              filename_suffix=suffix)
     self._jsonl = open(self.workdir / METRICS_FILE, "a")
 
-  def write(self, step: int, metrics: dict[str, float], tensorboard: bool = True) -> None:
-    """The points to metrics.jsonl and, unless `tensorboard` is False, to TensorBoard."""
-    if tensorboard:
-      self.plot(step, metrics)
+  def write(self, step: int, metrics: dict[str, float]) -> None:
+    """The points to TensorBoard and metrics.jsonl."""
+    self.plot(step, metrics)
+    self.write_jsonl(step, metrics)
+
+  def write_jsonl(self, step: int, metrics: dict[str, float]) -> None:
+    """The points to metrics.jsonl only (data for the report that TensorBoard would show badly)."""
     self._jsonl.write(json.dumps({"step": step, **{k: _finite_or_none(v) for k, v in metrics.items()}}) + "\n")
 
   def plot(self, step: int, metrics: dict[str, float]) -> None:
