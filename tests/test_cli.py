@@ -77,13 +77,17 @@ def test_multirun_writes_results_csv(tmp_path):
 
 
 @pytest.mark.parametrize("args,expected", [
-    (["optimizer=adamx"], "Could not find 'optimizer/adamx'"),
+    (["optimizer=adamx"], "error: optimizer has no option adamx: did you mean adam? (options: adagrad, adam, "
+                          "adam_then_sgd, adamw, momentum, nesterov, rmsprop, sgd)"),
+    (["optimizer=qqq"], "Could not find 'optimizer/qqq'"),
     (["optimizer.lr=fast"], "optimizer.lr"),
     (["optimizer.betas=1"], "betas"),
     (["optimizer.lr=-1"], "optimizer.lr=-1.0 is not allowed: it must be > 0"),
     (["regularizer=[dropout]", "regularizer.dropout.rate=1"], "regularizer.dropout.rate=1.0 is not allowed"),
     (["batch_size=100000"], "batch_size=100000 is not allowed: it must be <= 3600"),
     (["data=npz", "data.path=nowhere.npz"], "nowhere.npz does not exist"),
+    (["data=npz"], "error: data.path is mandatory and not set: add it to the command, for example "
+                   "data.path=my_data.npz"),
 ])
 def test_bad_input_gets_one_clear_error(args, expected, tmp_path):
   proc = run_cli("train", *args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=False)

@@ -13,6 +13,7 @@ import time
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
@@ -48,6 +49,7 @@ def train_app(cfg: DictConfig) -> float | None:
   started = time.perf_counter()
   hydra_cfg = HydraConfig.get()
   workdir, record = job.job_record(hydra_cfg)
+  created = job.created_by_this_job(hydra_cfg)  # before the job writes there
   multirun = hydra_cfg.mode == RunMode.MULTIRUN
   previous = writers.read_summary(workdir)
   if not cfg.resume and job.holds_run(workdir):
@@ -75,12 +77,42 @@ def train_app(cfg: DictConfig) -> float | None:
   except checkpoint.ResumeError as e:  # the run directory stays as it was, ready for the right command
     return job.refuse(str(e), multirun)
   except Exception as e:  # one failed job must not take the sweep down
-    job.record_failure(workdir, record, e, multirun)
+    job.record_failure(workdir, record, e, multirun, created=created)
     return None
   result = job.record_result(workdir, record, summary)
   if summary["status"] == "interrupted":
     job.stop_interrupted(summary, workdir, multirun, hydra_cfg)
   return result
+
+
+def train(argv: list[str]) -> None:
+  """`trainlab train`: the Hydra app, where a misspelled group, option or key gets its close match in one line
+  instead of Hydra's advice to add it as a new key."""
+  sys.argv = ["trainlab train", *argv]
+  if os.environ.get("HYDRA_FULL_ERROR"):  # the user asked for Hydra's own tracebacks
+    train_app()
+    return
+  os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its error here instead of printing it and exiting
+  try:
+    train_app()
+  except Exception as e:
+    del os.environ["HYDRA_FULL_ERROR"]
+    from trainlab.config import suggest
+
+    hint = suggest.close_match(str(e), argv, CONF_DIR) if isinstance(e, HydraException) else None
+    if hint:
+      print(f"error: {hint}", file=sys.stderr)
+      raise SystemExit(1) from None
+    # Hydra's own report of every other error; it has no public function for it.
+    from hydra._internal.utils import run_and_report
+
+    run_and_report(lambda: _raise(e))
+  finally:
+    os.environ.pop("HYDRA_FULL_ERROR", None)
+
+
+def _raise(e: Exception):
+  raise e
 
 
 def tensorboard(argv: list[str]) -> int:
@@ -109,8 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     return
   command, rest = argv[0], argv[1:]
   if command == "train":
-    sys.argv = ["trainlab train", *rest]
-    train_app()
+    train(rest)
     return
   if command == "report":
     from trainlab.rundir import report  # matplotlib is imported only for reports

@@ -61,7 +61,7 @@ def _schedule(schedule: DictConfig, steps: int) -> list[str]:
   if schedule.get("step_size") is not None and schedule.step_size >= steps - warmup:
     found.append(f"schedule.step_size={schedule.step_size} is not below steps - warmup_steps={steps - warmup}: "
                  "the learning rate never decays")
-  if schedule.get("staircase") and (schedule.decay_steps or steps - warmup) >= steps - warmup:
+  if schedule.get("staircase") and (schedule.decay_steps is None or schedule.decay_steps >= steps - warmup):
     found.append(f"schedule.staircase=true with decay_steps={schedule.decay_steps or 'null (steps - warmup_steps)'}"
                  ": its first stair is past the last step, so the learning rate never decays")
   return found
@@ -77,9 +77,10 @@ def _between_chunks(cfg: DictConfig, edges: list[int], chunk: int) -> list[str]:
     every = OmegaConf.select(cfg, key)
     if not every or every % chunk == 0:
       continue
-    last, due = (None, []) if key.startswith("diagnostics") else (0, [])  # a checkpoint at step 0 is the init
-    for edge in edges:  # histograms and checkpoints are written at the last step too
-      if _due(every, last, edge) or (key in ("diagnostics.histogram_every", "checkpoint.every") and edge == edges[-1]):
+    last, due = (None, []) if key.startswith("diagnostics") else (0, [])  # diagnostics only run at step 0
+    at_end = key in ("diagnostics.histogram_every", "checkpoint.every")  # these are written at the last step too
+    for edge in edges:
+      if _due(every, last, edge) or (at_end and edge == edges[-1]):
         last, due = edge, [*due, edge]
     shown = ", ".join(map(str, due)) if len(due) <= 6 else f"{', '.join(map(str, due[:4]))}, ..., {due[-1]}"
     found.append(f"{key}={every} is not a multiple of eval_every={cfg.eval_every}: it can act at chunk edges only, "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import shutil
 import signal
 import sys
 
@@ -41,15 +42,30 @@ def holds_run(workdir: pathlib.Path) -> bool:
               or (workdir / writers.METRICS_FILE).exists())
 
 
+def created_by_this_job(hydra_cfg: DictConfig) -> bool:
+  """Whether the job's directory holds only what Hydra wrote there for this job (its .hydra/ and an empty log),
+  so that a refused run may remove it without touching anything that was there before."""
+  workdir, log_name = pathlib.Path(hydra_cfg.runtime.output_dir), f"{hydra_cfg.job.name}.log"
+  held = {p.name for p in workdir.iterdir()} if workdir.is_dir() else set()
+  empty_log = not (workdir / log_name).exists() or (workdir / log_name).stat().st_size == 0
+  return held <= {str(hydra_cfg.output_subdir), log_name} and empty_log
+
+
 def record_failure(workdir: pathlib.Path, record: dict, e: Exception, multirun: bool,
-                   logger: logging.Logger = log) -> None:
-  """A job that raised: `failed` in its summary.json and the dashboard; alone, an error exit."""
+                   logger: logging.Logger = log, created: bool = False) -> None:
+  """A job that raised: `failed` in its summary.json and the dashboard; alone, an error exit.
+
+  A run refused for a bad value (ConfigError, DataError) shows in no dashboard: alone, it leaves no directory
+  if this job `created` it; in a sweep, its summary.json stays, so that results.csv lists it with its error and
+  resume=true runs it again.
+  """
   if isinstance(e, (config.ConfigError, data.DataError)):  # our own errors say all in one line
-    write_summary(workdir, {"status": "failed", "error": str(e), **record})
-    _write_hparams(workdir, record, {"status": "failed"})
     if not multirun:
+      if created:
+        _remove_run_dir(workdir)
       print(f"error: {e}", file=sys.stderr)
       raise SystemExit(2)
+    write_summary(workdir, {"status": "failed", "error": str(e), **record})
     logger.error("job failed: %s", e)
     return
   write_summary(workdir, {"status": "failed", "error": f"{type(e).__name__}: {e}", **record})
@@ -84,6 +100,17 @@ def stop_interrupted(summary: dict, workdir: pathlib.Path, multirun: bool, hydra
     from trainlab.rundir import sweep
     sweep.write_results(pathlib.Path(hydra_cfg.sweep.dir), sweep.collect(pathlib.Path(hydra_cfg.sweep.dir)))
   raise SystemExit(128 + signal.Signals[summary["interrupted_by"]])
+
+
+def _remove_run_dir(workdir: pathlib.Path) -> None:
+  """Removes a refused run's directory, and the parents inside the working directory that it leaves empty
+  (Hydra's dated outputs/runs/DAY/ of a first run)."""
+  shutil.rmtree(workdir, ignore_errors=True)
+  here = pathlib.Path.cwd().resolve()
+  for parent in workdir.resolve().parents:
+    if here not in parent.parents or any(parent.iterdir()):
+      break
+    parent.rmdir()
 
 
 def _write_hparams(workdir: pathlib.Path, record: dict, summary: dict) -> None:
