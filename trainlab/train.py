@@ -294,14 +294,14 @@ def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | 
   started = time.perf_counter() if started is None else started
   with StopRequest(stop_file) as stop:
     compiling_before = fast.seconds()
-    logger.info("run directory %s; loading data=%s", workdir, cfg.data._target_.rsplit(".", 1)[-1])
+    logger.info("loading data=%s", cfg.data._target_.rsplit(".", 1)[-1])
     run = setup(cfg)
     program = run.program
     train_split = jax.device_put(run.dataset[:2])  # once; they stay there
     val, test = eval_splits(run.dataset)
-    logger.info("%d training, %d validation, %d test examples; compiling the program (a structure's first run "
-                "compiles, later runs take it from the cache)", len(run.dataset.y_train), len(run.dataset.y_val),
-                len(run.dataset.y_test))
+    logger.info("run directory %s; %d training, %d validation, %d test examples; compiling the program (a "
+                "structure's first run compiles, later runs take it from the cache)", workdir,
+                len(run.dataset.y_train), len(run.dataset.y_val), len(run.dataset.y_test))
     state = program.init(np.int32(cfg.seed), run.values)
     record, state = runlog.open_run(cfg, pathlib.Path(workdir), run, state, stop, logger, started)
     try:
