@@ -136,7 +136,7 @@ def test_a_sweep_of_regressions_is_judged_by_mse_lower_first(tmp_path):
   sweep.ResultsTable().on_multirun_end(cfg)
   header = (tmp_path / sweep.RESULTS_FILE).read_text().splitlines()[0].split(",")
   assert {"test/mse", "best_val/mse"} <= set(header) and "test/accuracy" not in header
-  assert writers.hparams_metrics(writers.task_metric([{"best_val/mse": 0.1}]))[0] == "test/mse"
+  assert writers.task_metric([{"best_val/mse": 0.1}]) == "mse"
 
 
 def test_jobs_are_read_in_job_order_10_after_2(tmp_path):
@@ -157,7 +157,7 @@ def test_overrides_are_keyed_without_hydras_prefixes(tmp_path):
   overrides = ["+extra=1", "++optimizer.lr=0.1", "~scheduler", "model.widths=[16,16]", "name=a=b"]
   assert jobs.parse_overrides(overrides) == {"extra": "1", "optimizer.lr": "0.1", "scheduler": "",
                                              "model.widths": "[16,16]", "name": "a=b"}
-  assert writers.hparam_values(overrides) == {"extra": 1.0, "optimizer.lr": 0.1, "scheduler": "",
+  assert writers.hparam_values(overrides) == {"extra": 1, "optimizer.lr": 0.1, "scheduler": "",
                                               "model.widths": "[16,16]", "name": "a=b"}
   writers.write_summary(tmp_path / "0", {"status": "completed", "overrides": overrides})
   (row,) = sweep.collect(tmp_path)
@@ -232,22 +232,15 @@ def test_hparams_are_readable_by_tensorboards_own_reader(real_sweep):
   summaries = [json.loads((real_sweep / str(job) / "summary.json").read_text()) for job in range(8)]
   runs = [f"{job}/{','.join(s['overrides'])}" for job, s in enumerate(summaries)]
   assert sorted(mux.Runs()) == sorted(runs)  # a run per job, named by its overrides; no run of the sweep's own
-  # The columns live in the first job's run.
-  assert [run for run in content if metadata.EXPERIMENT_TAG in content[run]] == [runs[0]]
-  experiment = metadata.parse_experiment_plugin_data(content[runs[0]][metadata.EXPERIMENT_TAG])
-  assert {h.name for h in experiment.hparam_infos} == {override.split("=")[0] for override in SWEEP}
-  init_info = next(h for h in experiment.hparam_infos if h.name == "init")
-  assert sorted(v.string_value for v in init_info.domain_discrete.values) == ["glorot", "he"]
-  assert [m.display_name for m in experiment.metric_infos] == list(writers.hparams_metrics("accuracy"))
-  assert [m.name.tag for m in experiment.metric_infos] == ["test/accuracy", "test/loss", "Val/best_accuracy",
-                                                           "Val/best_loss", "Val/accuracy", "Val/loss", "Train/loss"]
+  # No run names the columns: TensorBoard takes them from all sessions (tests/test_hparams_view.py reads them).
+  assert not [run for run in content if metadata.EXPERIMENT_TAG in content[run]]
   for job, summary in enumerate(summaries):
     tags = content[runs[job]]
     start = metadata.parse_session_start_info_plugin_data(tags[metadata.SESSION_START_INFO_TAG])
     want = dict(o.split("=", 1) for o in summary["overrides"])
     assert start.hparams["init"].string_value == want["init"]
     assert start.hparams["optimizer.lr"].number_value == pytest.approx(float(want["optimizer.lr"]))
-    assert start.hparams["seed"].number_value == float(want["seed"])
+    assert start.hparams["seed"].string_value == want["seed"]  # an integer, shown as written
     end = metadata.parse_session_end_info_plugin_data(tags[metadata.SESSION_END_INFO_TAG])
     assert end.status == api_pb2.STATUS_SUCCESS
     # The dashboard's metric values are the runs' last scalars under those tags.

@@ -153,11 +153,8 @@ class SweepStop(signals.Stopping):
 
 
 def _write_views(sweep_dir: pathlib.Path, config: DictConfig) -> None:
-  """The HParams experiment summary and the report; they are views of results.csv, so they may fail alone."""
-  try:
-    writers.write_hparams_experiment(sweep_dir)
-  except Exception as e:
-    log.warning("could not write the HParams columns: %s: %s", type(e).__name__, e)
+  """The report: a view of results.csv, so it may fail alone. (The HParams columns need nothing of the sweep:
+  TensorBoard computes them from the runs' sessions, writers.py says why.)"""
   try:
     written = report.write_report(sweep_dir, metric=config.report.metric, target=config.report.target)
     log.info("report in %s, plots %s; TensorBoard: trainlab tb %s", written["report.md"],

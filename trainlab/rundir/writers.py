@@ -22,7 +22,6 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 STOP_FILE = ".stop-requested"  # in a sweep directory: the sweep got a signal, so every job stops (sweep.py)
 HISTOGRAM_BUCKETS = 30  # as TensorBoard's own summary API
-EXPERIMENT_SUFFIX = ".sweep.hparams"  # the event file of a sweep's HParams columns, in its first job's run
 
 
 def recorded_overrides(workdir: pathlib.Path) -> list[str]:
@@ -153,11 +152,12 @@ class RunWriter:
 
 
 # --- the HParams dashboard ----------------------------------------------------------------------------------
-# TensorBoard's hparams plugin reads three summaries (tensorboard/plugins/hparams/summary_v2.py): per run a
-# session start (its hyperparameter values) and end (its status), and once per experiment the list of columns
-# (hyperparameters and metrics). Without the experiment summary TensorBoard guesses the columns from the runs
-# and lists every scalar as a metric; with it, the table and parallel-coordinates views show exactly these. A
-# metric's value is the last point of its tag in the run (the best validation point: its best-so-far curve).
+# TensorBoard's hparams plugin reads, per run, a session start (its hyperparameter values) and end (its status)
+# (tensorboard/plugins/hparams/summary_v2.py). Its columns come from an experiment summary when the logdir holds
+# one, but it takes the first it finds (backend_context.py): one sweep's columns would hide every other run's
+# overrides and metric in outputs/. So none is written, and the plugin computes the columns from every session in
+# the logdir: every hyperparameter any run set, and every scalar tag of those runs as a metric (the task's
+# accuracy or mse among them; a metric's value is the run's last point of its tag).
 
 
 def task_metric(summaries: list[dict]) -> str:
@@ -175,32 +175,35 @@ def final_metrics(metric: str = "accuracy") -> tuple[str, ...]:
   return (f"test/{metric}", "test/loss", f"best_val/{metric}", "best_val/loss")
 
 
-def hparams_metrics(metric: str = "accuracy") -> tuple[str, ...]:
-  """The dashboard's metric columns for a sweep whose task metric is `metric`."""
-  return (*final_metrics(metric), f"val/{metric}", "val/loss", "train/loss")
-
-
-def hparam_values(overrides: list[str]) -> dict[str, float | str | bool]:
+def hparam_values(overrides: list[str]) -> dict[str, int | float | str | bool]:
   """The hyperparameters of a run for the dashboard: its command-line overrides, numbers parsed as numbers."""
   values = {}
   for key, text in jobs.parse_overrides(overrides).items():
     if text.lower() in ("true", "false"):
       values[key] = text.lower() == "true"
       continue
-    try:
-      values[key] = float(text)
-    except ValueError:
-      values[key] = text
+    for parse in (int, float, str):
+      try:
+        values[key] = parse(text)
+        break
+      except ValueError:
+        pass
   return values
+
+
+def session_group_name(workdir: pathlib.Path) -> str:
+  """The run's row name: the plugin lists rows by it, so a sweep's job number is zero-padded (job 2 before 10);
+  the absolute path keeps it apart from every other run of a logdir."""
+  workdir = pathlib.Path(workdir).resolve()
+  return str(workdir.with_name(f"{int(workdir.name):06d}")) if workdir.name.isdigit() else str(workdir)
 
 
 def _hparams_summary(**fields):
   from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
   from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
 
-  (kind, message), = fields.items()
-  tag = {"experiment": "_hparams_/experiment", "session_start_info": "_hparams_/session_start_info",
-         "session_end_info": "_hparams_/session_end_info"}[kind]
+  (kind, _), = fields.items()
+  tag = f"_hparams_/{kind}"  # the plugin's tag of each summary (metadata.py)
   content = HParamsPluginData(version=0, **fields).SerializeToString()
   metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="hparams", content=content))
   return Summary(value=[Summary.Value(tag=tag, metadata=metadata)])
@@ -213,13 +216,13 @@ def write_hparams_session(workdir: pathlib.Path, hparams: dict, summary: dict) -
   from tensorboardX.proto.api_pb2 import Status
   from tensorboardX.proto.plugin_hparams_pb2 import SessionEndInfo, SessionStartInfo
 
-  start = SessionStartInfo(start_time_secs=time.time())
+  start = SessionStartInfo(start_time_secs=time.time(), group_name=session_group_name(workdir))
   for key, x in hparams.items():
     if isinstance(x, bool):
       start.hparams[key].bool_value = x
-    elif isinstance(x, (int, float)):
-      start.hparams[key].number_value = float(x)
-    else:
+    elif isinstance(x, float):
+      start.hparams[key].number_value = x
+    else:  # TensorBoard prints every number to five digits (seed 0 as 0.0000): an integer is shown as its text
       start.hparams[key].string_value = str(x)
   status = "STATUS_SUCCESS" if summary.get("status") == "completed" else "STATUS_FAILURE"
   # At the run's last step: TensorBoard reads a step that goes back as a restart and drops the later points.
@@ -231,41 +234,3 @@ def write_hparams_session(workdir: pathlib.Path, hparams: dict, summary: dict) -
     tb.file_writer.add_summary(_hparams_summary(session_start_info=start), global_step=step)
     tb.file_writer.add_summary(_hparams_summary(session_end_info=SessionEndInfo(status=Status.Value(status))),
                                global_step=step)
-
-
-def write_hparams_experiment(sweep_dir: pathlib.Path) -> None:
-  """The columns of the dashboard, once per sweep: every hyperparameter any job set, and the final metrics of
-  the sweep's task (accuracy, or mse for regression). They go into the first job's run (TensorBoard reads them
-  from any run; a folder of their own would show as an empty run on every page), replacing earlier ones."""
-  import_tensorboardx()
-  from tensorboardX import SummaryWriter
-  from tensorboardX.proto.api_pb2 import DataType, Experiment, HParamInfo, MetricInfo, MetricName
-  from google.protobuf import struct_pb2
-
-  found = job_summaries(sweep_dir)
-  if not found:
-    return
-  for job_dir in jobs.job_dirs(sweep_dir):
-    for old in job_dir.glob(f"*/events.out.tfevents.*{EXPERIMENT_SUFFIX}"):
-      old.unlink()
-  summaries = [summary for _, summary in found]
-  runs_hparams = [hparam_values(summary.get("overrides", [])) for summary in summaries]
-  infos = {}
-  for hparams in runs_hparams:
-    for key, x in hparams.items():
-      kind = "BOOL" if isinstance(x, bool) else "FLOAT64" if isinstance(x, (int, float)) else "STRING"
-      infos.setdefault(key, (kind, set()))[1].add(x)
-  hparam_infos = []
-  for key, (kind, seen) in infos.items():
-    info = HParamInfo(name=key, type=DataType.Value(f"DATA_TYPE_{kind}"))
-    if kind == "STRING":  # discrete domains give the dashboard its filter checkboxes
-      info.domain_discrete.CopyFrom(struct_pb2.ListValue(values=[struct_pb2.Value(string_value=str(v))
-                                                                 for v in sorted(seen, key=str)]))
-    hparam_infos.append(info)
-  metric_infos = [MetricInfo(name=MetricName(tag=tensorboard_tag(name)), display_name=name)
-                  for name in hparams_metrics(task_metric(summaries))]
-  experiment = Experiment(hparam_infos=hparam_infos, metric_infos=metric_infos)
-  first_dir, first = found[0]
-  # At that run's last step, as its session (write_hparams_session says why).
-  with SummaryWriter(logdir=str(events_dir(first_dir)), filename_suffix=EXPERIMENT_SUFFIX) as tb:
-    tb.file_writer.add_summary(_hparams_summary(experiment=experiment), global_step=first.get("steps_run") or 0)
