@@ -122,7 +122,8 @@ def bare_scan_epoch(x, y, widths, batch) -> Callable[[int], float]:
 
 def compose_run(overrides: list[str]):
   with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-    cfg = compose(config_name="train", overrides=overrides)
+    # The workloads train without the default dropout, as every bench run before it did.
+    cfg = compose(config_name="train", overrides=["regularizer=[]", *overrides])
   with open_dict(cfg):
     cfg.pop("hydra", None)
   return cfg
@@ -179,7 +180,7 @@ def bench_sweep(tiny: bool, tmp: pathlib.Path) -> dict:
   lrs, seeds = ([1e-3, 3e-3], [0]) if tiny else ([3e-4, 1e-3, 3e-3, 1e-2], [0, 1, 2, 3])
   # Small runs, the scale of the speed issue's own sweep (an MLP 64-64-10, 20 epochs): start-up and compilation
   # are what such a sweep waits for.
-  base = ["steps=20", "eval_every=10"] if tiny else ["model.widths=[64,64]", "epochs=20"]
+  base = ["regularizer=[]", *(["steps=20", "eval_every=10"] if tiny else ["model.widths=[64,64]", "epochs=20"])]
   jobs = [base + [f"optimizer.lr={lr}", f"seed={s}"] for lr in lrs for s in seeds]
 
   def in_process(recompile: bool, tag: str) -> float:
@@ -243,7 +244,7 @@ def bench_diagnostics(tiny: bool, tmp: pathlib.Path) -> dict:
   `cold`, every run compiling from scratch (a structure's first run); `warm`, programs from JAX's persistent
   cache on disk, in-memory caches cleared (a later run of that structure in a fresh process: `trainlab train`
   again, a joblib job); `sweep`, programs in memory (a later job of a one-process sweep, the basic launcher)."""
-  base = ["steps=100", "eval_every=25"] if tiny else []
+  base = ["regularizer=[]", *(["steps=100", "eval_every=25"] if tiny else [])]
   repeats = 1 if tiny else 7  # a run takes seconds, and a 2-core machine's noise is of the size measured
   train.load_data(compose_run(base).data)  # generate and cache MNIST-1D before any clock starts
   results = {}

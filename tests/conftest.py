@@ -26,7 +26,7 @@ CONF = ROOT / "conf"
 
 # A few hundred steps of the default MLP on MNIST-1D: enough to learn, about a second once compiled. Tests of the
 # diagnostics turn them on themselves.
-QUICK = ["steps=300", "eval_every=100", "log_every=25", "model.widths=[64]", "diagnostics=off"]
+QUICK = ["steps=300", "eval_every=100", "log_every=25", "model.widths=[64]", "diagnostics=off", "regularizer=[]"]
 
 config.register_schemas()
 

@@ -161,7 +161,8 @@ def test_log_class_frequency():
 # --- through the training program --------------------------------------------------------------------------
 def program_state(overrides, steps, npz):
   """The TrainState after `steps` steps of the real program on a small npz problem (as train_and_evaluate)."""
-  cfg = compose_config([f"data=npz", f"data.path={npz}", "batch_size=20", "model.widths=[8]", *overrides])
+  cfg = compose_config([f"data=npz", f"data.path={npz}", "batch_size=20", "model.widths=[8]", "regularizer=[]",
+                        *overrides])
   with open_dict(cfg):
     del cfg["hydra"]
   dataset = train.load_data(cfg.data)

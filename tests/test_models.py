@@ -247,8 +247,8 @@ def test_every_data_option_declares_the_layout_of_the_data_it_loads():
 
 def test_a_30_layer_mlp_builds_and_trains(tmp_path):
   widths = "[" + ",".join(["32"] * 30) + "]"
-  summary = train_in_process(["data=digits", f"model.widths={widths}", "steps=150", "eval_every=150",
-                              "log_every=10", "optimizer.lr=0.001", "diagnostics=off"], tmp_path)
+  summary = train_in_process(["data=digits", f"model.widths={widths}", "regularizer=[]", "steps=150",
+                              "eval_every=150", "log_every=10", "optimizer.lr=0.001", "diagnostics=off"], tmp_path)
   points = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   losses = [p["train/loss"] for p in points if "train/loss" in p]
   assert summary["status"] == "completed"

@@ -261,7 +261,7 @@ def test_early_stopping_reports_the_best_parameters(tmp_path, write_npz):
   """Random labels: validation accuracy wanders, so it stops; the test metrics equal those of a run that trains
   exactly to the restored step."""
   common = ["data=npz", f"data.path={write_npz()}", "batch_size=20", "model.widths=[32]", "optimizer=sgd",
-            "optimizer.lr=0.3", "eval_every=5", "log_every=5"]
+            "optimizer.lr=0.3", "eval_every=5", "log_every=5", "regularizer=[]"]
   stopped = train_in_process(common + ["steps=400", "regularizer=[early_stopping]",
                                        "regularizer.early_stopping.patience=3"], tmp_path / "a")
   best = stopped["early_stopping/restored_step"]
