@@ -1,14 +1,15 @@
-"""The README's defaults and recipes do what it says: a healthy default run, the IRNN learning the adding
-problem, and the overfitting preset overfitting (the last two are slow: pytest -m slow)."""
+"""The README's defaults and recipes do what it says: a healthy default run, every everyday command, the IRNN
+learning the adding problem and the overfitting preset overfitting (those two are slow: pytest -m slow)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import pathlib
 
 import pytest
 
-from conftest import train_in_process
+from conftest import run_cli, train_in_process
 
 
 def val_losses(run: pathlib.Path) -> dict[int, float]:
@@ -43,3 +44,30 @@ def test_the_overfitting_preset_overfits_without_dropout(tmp_path):
 def val_losses_of(overrides: list[str], run: pathlib.Path) -> dict[int, float]:
   train_in_process(overrides, run)
   return val_losses(run)
+
+
+def everyday_commands() -> list[list[str]]:
+  """The `trainlab train ...` lines of the README's "Everyday use" block, as argument lists."""
+  readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+  block = readme.split("## Everyday use", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+  return [line.split("#", 1)[0].split()[1:] for line in block.splitlines() if line.startswith("trainlab train")]
+
+
+def test_every_everyday_command_of_the_readme_runs(tmp_path):
+  """Each command as written, shortened to a few steps; the grid makes the 12 runs it announces."""
+  commands = everyday_commands()
+  assert len(commands) == 6
+  short = ["steps=20", "eval_every=10", "log_every=10", "diagnostics=off"]
+  for i, args in enumerate(commands):
+    if "--help" in args or "--cfg" in args:
+      out = run_cli(*args, cwd=tmp_path)
+      assert out.stdout.strip()
+      continue
+    where = f"hydra.sweep.dir={tmp_path / str(i)}" if "-m" in args else f"hydra.run.dir={tmp_path / str(i)}"
+    run_cli(*args, *short, where, cwd=tmp_path)
+    if "-m" in args:
+      with open(tmp_path / str(i) / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+      assert len(rows) == 12 and {r["status"] for r in rows} == {"completed"}
+    else:
+      assert json.loads((tmp_path / str(i) / "summary.json").read_text())["status"] == "completed"
