@@ -8,8 +8,8 @@ For each job, in order, it composes the job's config and run directory as Hydra'
   under the basic launcher: it is skipped, resumed from its checkpoint, refused or rerun there;
 - a job that fails to set up (a bad config, a missing data file) is recorded `failed` and the others run;
 - every other job is prepared (config checked, data loaded, program structure known) and grouped with the
-  jobs of equal `trainlab.vectorized.group_key`; each group of two or more trains as one vmapped program
-  (trainlab/vectorized.py), a group of one trains alone through the single-run loop.
+  jobs of equal `_vectorized_loop.group_key`; each group of two or more trains as one vmapped program
+  (_vectorized_loop.py), a group of one trains alone through the single-run loop.
 
 Every job writes its own run directory, summary.json, HParams session and a log `train.log` of its own, and
 gets its row in results.csv from the sweep callback, as under the basic launcher. The working directory is
