@@ -18,7 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from trainlab import config
-from trainlab.rundir import checkpoint, job, writers
+from trainlab.rundir import checkpoint, job, lock, writers
 
 log = logging.getLogger("trainlab")
 
@@ -51,19 +51,30 @@ def train_app(cfg: DictConfig) -> float | None:
   workdir, record = job.job_record(hydra_cfg)
   created = job.created_by_this_job(hydra_cfg)  # before the job writes there
   multirun = hydra_cfg.mode == RunMode.MULTIRUN
+  try:
+    with lock.holding(workdir):  # one process per run directory, until the job ends
+      return _run_job(cfg, hydra_cfg, workdir, record, created, multirun, started)
+  except lock.DirectoryInUse as e:  # refused before writing anything there
+    return job.refuse(str(e), multirun)
+
+
+def _run_job(cfg: DictConfig, hydra_cfg: DictConfig, workdir: pathlib.Path, record: dict, created: bool,
+             multirun: bool, started: float) -> float | None:
+  """The job, once it holds its directory: the refusals that leave the directory as it was, then the run."""
   previous = writers.read_summary(workdir)
   if not cfg.resume and job.holds_run(workdir):
     status = f" ({previous['status']})" if previous else ""
     return job.refuse(f"{workdir} already holds a run{status}; add resume=true to continue it, or choose another "
-                   "directory (hydra.run.dir=...)", multirun)
+                      "directory (hydra.run.dir=...)", multirun)
   if cfg.resume and previous and job.changed_overrides(previous, record):  # a resumed sweep is the same sweep
     return job.refuse(f"{workdir} holds a run of other values: {'; '.join(job.changed_overrides(previous, record))}"
                       "; resume it with its own overrides, or choose another directory", multirun)
   if cfg.resume and previous and previous["status"] in ("completed", "diverged"):
+    differs = job.finished_run_differs(workdir, cfg, previous)  # what the overrides do not show (a config file)
+    if differs:
+      return job.refuse(differs, multirun)
     log.info("%s: the run has already %s; nothing to do", workdir, previous["status"])
     return job.best_val(previous)
-  if cfg.resume and previous and previous["status"] == "failed":
-    checkpoint.clear(workdir)  # a failed run is run again from the start
   stop_file = pathlib.Path(hydra_cfg.sweep.dir) / writers.STOP_FILE if multirun else None
   if stop_file and stop_file.exists():  # the sweep is stopping: this job is left for resume=true
     log.warning("the sweep is stopping: job not started")
@@ -72,12 +83,16 @@ def train_app(cfg: DictConfig) -> float | None:
     return None
   from trainlab import train  # JAX is imported only when a job runs, not for --help or a skipped job
 
+  # A failed or interrupted run resumes from its newest sound checkpoint, whatever its status: trainlab never
+  # deletes a run's checkpoints.
+  hydra_record = job.write_hydra_record(workdir, HydraConfig.instance().cfg, cfg)
   try:
     summary = train.train_and_evaluate(cfg, workdir, started, stop_file=stop_file)
   except checkpoint.ResumeError as e:  # the run directory stays as it was, ready for the right command
+    job.restore_hydra_record(workdir, hydra_record)
     return job.refuse(str(e), multirun)
   except Exception as e:  # one failed job must not take the sweep down
-    job.record_failure(workdir, record, e, multirun, created=created)
+    job.record_failure(workdir, record, e, multirun, created=created, hydra_record=hydra_record)
     return None
   result = job.record_result(workdir, record, summary)
   if summary["status"] == "interrupted":

@@ -65,6 +65,7 @@ class RunRecord:
   stopper: regularizers.EarlyStopping | None
   started: float  # perf_counter at the job's start
   startup_seconds: float  # from the job's start to the first state
+  data_fingerprint: dict  # what identifies the data (checkpoint.data_fingerprint): a resume must train on the same
   step: int = 0
   first_step: int = 0  # where this session started (a resumed run's checkpoint)
   window: Window = dataclasses.field(default_factory=Window)
@@ -79,14 +80,15 @@ class RunRecord:
 def open_run(cfg: DictConfig, workdir: pathlib.Path, run: Any, state: Any, stop: StopRequest,
              logger: logging.Logger, started: float) -> tuple[RunRecord, Any]:
   """Opens a run's record (run: the train.Setup) and returns it with the state to start from: with resume=true,
-  the latest sound checkpoint's. Its config is checked first, so that a refused resume leaves the directory as
-  it was; a checkpoint that fails its checksums is skipped (and removed) with a warning, for the one before."""
+  the latest sound checkpoint's. Its config and data are checked first, so that a refused resume leaves the
+  directory as it was; a checkpoint that does not restore is set aside with a warning, for the one before."""
   workdir = pathlib.Path(workdir)
+  fingerprint = checkpoint.data_fingerprint(_container(cfg)["data"])
   checkpointer = checkpoint.Checkpointer(workdir, cfg.checkpoint.keep)
   stopping = regularizers.hooks(cfg.regularizer, "between_chunks")
   stopper = stopping[0][0](stopping[0][1]) if stopping else None
   try:
-    step, host, state, checkpointer = _latest_sound(cfg, workdir, checkpointer, state, stopper, logger)
+    step, host, state, checkpointer = _latest_sound(cfg, workdir, checkpointer, state, stopper, fingerprint, logger)
   except Exception:
     checkpointer.close()
     raise
@@ -97,7 +99,7 @@ def open_run(cfg: DictConfig, workdir: pathlib.Path, run: Any, state: Any, stop:
                                 writer, resumed_at=step if host else None, final_step=run.spec.total_steps)
   record = RunRecord(cfg, workdir, logger, stop, run.spec.total_steps, run.spec.chunk_steps,
                      f"val/{losses.TASKS[run.dataset.task].metric_name}", writer, monitor, checkpointer, stopper,
-                     started, time.perf_counter() - started)
+                     started, time.perf_counter() - started, fingerprint)
   if host:
     record.step = record.first_step = int(state.step)
     record.best, record.train_seconds = host["best"], host["train_seconds"]
@@ -110,16 +112,22 @@ def open_run(cfg: DictConfig, workdir: pathlib.Path, run: Any, state: Any, stop:
 
 
 def _latest_sound(cfg: DictConfig, workdir: pathlib.Path, checkpointer: checkpoint.Checkpointer, state: Any,
-                  stopper: regularizers.EarlyStopping | None, logger: logging.Logger):
+                  stopper: regularizers.EarlyStopping | None, fingerprint: dict, logger: logging.Logger):
   """(step, host record, state, checkpointer) of the newest checkpoint that restores and matches its checksums,
-  early stopping's state restored into `stopper`; (0, None, state, checkpointer) when there is none."""
+  early stopping's state restored into `stopper`; (0, None, state, checkpointer) when the run has none.
+
+  Raises:
+    checkpoint.ResumeError: the run's config or data differ from this one's, or it has checkpoints and none of
+      them restores (they are all set aside: starting over would drop the run's logs).
+  """
   for step in reversed(checkpointer.all_steps() if cfg.resume else []):
     try:
       host = checkpointer.restore_host(step)
     except Exception as e:  # noqa: BLE001 - an unreadable record is a corrupt checkpoint
-      host, error = None, checkpoint.CorruptCheckpoint(f"its host record does not read: {e}")
+      host, error = None, checkpoint.CorruptCheckpoint(f"its host record does not read: {_first_line(e)}")
     if host is not None:
       checkpoint.check_same_config(host["config"], checkpoint.run_config(_container(cfg)), workdir)
+      checkpoint.check_same_data(host.get("data_fingerprint"), fingerprint, workdir)
       try:
         restored = _restore(checkpointer, state, step, workdir, "checksums" in host)
         trees = {"state": restored}
@@ -131,12 +139,23 @@ def _latest_sound(cfg: DictConfig, workdir: pathlib.Path, checkpointer: checkpoi
         return step, host, restored, checkpointer
       except checkpoint.CorruptCheckpoint as e:
         error = e
-    logger.warning("the checkpoint at step %d in %s is corrupt (%s): removed, trying the one before", step,
-                   workdir, error)
     checkpointer.close()
-    checkpoint.clear_step(workdir, step)
+    aside = checkpoint.set_aside(workdir, step)
+    logger.warning("the checkpoint at step %d in %s is corrupt (%s): set aside as %s; trying the one before", step,
+                   workdir, error, aside.relative_to(workdir))
     checkpointer = checkpoint.Checkpointer(workdir, cfg.checkpoint.keep)
+  aside = checkpoint.set_aside_ones(workdir)
+  if cfg.resume and aside:
+    raise checkpoint.ResumeError(
+        f"cannot resume the run in {workdir}: none of its checkpoints restores (set aside in "
+        f"{workdir / checkpoint.CHECKPOINT_DIR}: {', '.join(aside)}); the same command with resume=false and "
+        "another hydra.run.dir trains the run again from step 0 in a fresh directory")
   return 0, None, state, checkpointer
+
+
+def _first_line(e: Exception) -> str:
+  """The gist of a library's error: its first line, without TensorStore's pointer to its details."""
+  return str(e).splitlines()[0].split(". See full TensorStore details")[0][:200] if str(e) else type(e).__name__
 
 
 def _restore(checkpointer: checkpoint.Checkpointer, target: Any, step: int, workdir: pathlib.Path,
@@ -147,7 +166,7 @@ def _restore(checkpointer: checkpoint.Checkpointer, target: Any, step: int, work
     return checkpointer.restore(target, step, name)
   except Exception as e:  # noqa: BLE001 - orbax raises many kinds; the message says which
     if checksummed:
-      raise checkpoint.CorruptCheckpoint(f"its {name} does not restore: {str(e).splitlines()[0][:200]}") from None
+      raise checkpoint.CorruptCheckpoint(f"its {name} does not restore: {_first_line(e)}") from None
     raise checkpoint.ResumeError(
         f"cannot resume the run in {workdir}: its checkpoint at step {step} does not hold this program's state "
         f"(written by another version of trainlab?): {str(e).splitlines()[0][:200]}. Start a new run in "
@@ -214,7 +233,7 @@ def save_checkpoint(record: RunRecord, state: Any) -> None:
   record.writer.flush()  # the logs first: a checkpoint must never be ahead of them
   host = {"best": record.best, "train_seconds": record.train_seconds, "window_sums": record.window.sums,
           "window_count": record.window.count, "config": checkpoint.run_config(_container(record.cfg)),
-          "wall_seconds": wall_seconds(record)}
+          "wall_seconds": wall_seconds(record), "data_fingerprint": record.data_fingerprint}
   best = None
   if record.stopper is not None and record.stopper.best_state is not None:
     host["early_stopping"], best = record.stopper.saved(), record.stopper.best_state
@@ -253,6 +272,7 @@ def summarize(record: RunRecord, state: Any, evaluate_test: Callable[[Any], dict
       "startup_time_s": record.startup_seconds,
       "steps_per_second": train_steps / max(record.train_seconds, 1e-9),
       "diagnostics_time_s": record.monitor.seconds,
+      "data_fingerprint": record.data_fingerprint,
   }
 
 

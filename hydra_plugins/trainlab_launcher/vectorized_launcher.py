@@ -20,6 +20,7 @@ interrupted members one by one through the normal path.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -44,6 +45,7 @@ class _Job:
     self.idx, self.overrides, self.sweep_config = idx, list(overrides), sweep_config
     self.task_cfg = self.hydra_cfg = self.workdir = self.record = self.logger = self.handler = None
     self.run = None  # trainlab.train.Setup once prepared
+    self.lock: Optional[contextlib.ExitStack] = None  # the run directory's lock, from _prepare to _close
     self.ret: Optional[JobReturn] = None
 
 
@@ -127,7 +129,7 @@ class VectorizedLauncher(Launcher):
     up before any of them trains, so their directories, configs and logs are made here as run_job makes them.
     """
     from trainlab import train
-    from trainlab.rundir import job as job_record
+    from trainlab.rundir import job as job_record, lock
 
     config = job.sweep_config
     self._activate(job)
@@ -136,12 +138,14 @@ class VectorizedLauncher(Launcher):
       del job.task_cfg["hydra"]
     job.hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
     job.workdir.mkdir(parents=True, exist_ok=True)
-    if config.hydra.output_subdir is not None:
-      hydra_output = job.workdir / str(config.hydra.output_subdir)
-      hydra_output.mkdir(parents=True, exist_ok=True)
-      for name, node in (("config.yaml", job.task_cfg), ("hydra.yaml", job.hydra_cfg),
-                         ("overrides.yaml", config.hydra.overrides.task)):
-        (hydra_output / name).write_text(OmegaConf.to_yaml(node))
+    job.lock = contextlib.ExitStack()
+    try:  # held until the job's group has trained (_close)
+      job.lock.enter_context(lock.holding(job.workdir))
+    except lock.DirectoryInUse as e:
+      log.error("job #%d not run: %s", job.idx, e)
+      self._finish(job, None)
+      return False
+    job_record.write_hydra_record(job.workdir, job.hydra_cfg, job.task_cfg)
     job.logger = logging.getLogger(f"trainlab.job{job.idx}")
     job.logger.setLevel(logging.INFO)
     job.handler = logging.FileHandler(job.workdir / f"{config.hydra.job.name}.log")
@@ -167,6 +171,9 @@ class VectorizedLauncher(Launcher):
     self.hydra_context.callbacks.on_job_end(config=job.sweep_config, job_return=ret)
 
   def _close(self, job: _Job) -> None:
+    if job.lock is not None:
+      job.lock.close()
+      job.lock = None
     if job.handler is not None:
       job.logger.removeHandler(job.handler)
       job.handler.close()

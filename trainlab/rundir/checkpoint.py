@@ -6,15 +6,18 @@ host loop: the partial window of training metrics not yet logged, the best valid
 training time, and the config the run was started with. The data order depends only on the key and the step,
 so this is everything a resumed run needs to continue bit for bit; with early stopping, its best parameters are
 a second tree and its counters part of the host record. The record carries SHA-256 checksums of the trees and of
-itself, verified on restore. Orbax writes each checkpoint into a temporary folder and renames it into place, so
-a run killed while saving keeps its previous checkpoint.
+itself, verified on restore, and the fingerprint of the data the run trains on. Orbax writes each checkpoint into a
+temporary folder and renames it into place, so a run killed while saving keeps its previous checkpoint.
 
-Checkpoints live in `<run dir>/checkpoints/<step>/`.
+Checkpoints live in `<run dir>/checkpoints/<step>/`. trainlab never deletes one of a run it resumes: a checkpoint
+that does not restore is set aside as `<step>.corrupt` (orbax reads only numbered folders), for the user to
+inspect or delete.
 """
 
 from __future__ import annotations
 
 import hashlib
+import functools
 import json
 import logging
 import pathlib
@@ -30,6 +33,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 # Keys that may differ between a run and its resumption: they say how to run it, not what to run.
 RUN_CONTROL_KEYS = ("resume", "checkpoint")
+CORRUPT_SUFFIX = ".corrupt"
 
 
 class ResumeError(config.ConfigError):
@@ -120,14 +124,26 @@ def verify(host: dict, trees: dict[str, Any], step: int) -> None:
       raise CorruptCheckpoint(f"the {name} of step {step} does not match its checksum")
 
 
-def clear(workdir: pathlib.Path) -> None:
-  """Removes a run's checkpoints, so that the run starts again from step 0."""
-  shutil.rmtree(pathlib.Path(workdir) / CHECKPOINT_DIR, ignore_errors=True)
-
-
 def clear_step(workdir: pathlib.Path, step: int) -> None:
   """Removes the checkpoint of one step (the run then resumes from an earlier one)."""
   shutil.rmtree(pathlib.Path(workdir) / CHECKPOINT_DIR / str(step))
+
+
+def set_aside(workdir: pathlib.Path, step: int) -> pathlib.Path:
+  """Renames the checkpoint of `step` to `<step>.corrupt` (`.corrupt-2`, ... if taken), out of orbax's sight."""
+  directory = pathlib.Path(workdir) / CHECKPOINT_DIR
+  aside, n = directory / f"{step}{CORRUPT_SUFFIX}", 1
+  while aside.exists():
+    n += 1
+    aside = directory / f"{step}{CORRUPT_SUFFIX}-{n}"
+  (directory / str(step)).rename(aside)
+  return aside
+
+
+def set_aside_ones(workdir: pathlib.Path) -> list[str]:
+  """The names of the checkpoints set aside as corrupt in `workdir`, in order."""
+  directory = pathlib.Path(workdir) / CHECKPOINT_DIR
+  return sorted(p.name for p in directory.glob(f"*{CORRUPT_SUFFIX}*")) if directory.is_dir() else []
 
 
 def has_checkpoint(workdir: pathlib.Path) -> bool:
@@ -140,13 +156,9 @@ def run_config(cfg_container: dict) -> dict:
   return {k: v for k, v in cfg_container.items() if k not in RUN_CONTROL_KEYS}
 
 
-def check_same_config(saved: dict, current: dict, workdir: pathlib.Path) -> None:
-  """Raises ResumeError naming the first keys whose values differ between a checkpoint's run and this one.
-
-  A key the checkpoint's config lacks came with a newer trainlab than the one that wrote it (a new option, at
-  its default unless overridden now): it is not a difference, since the old run could not have set it; a
-  warning names it.
-  """
+def config_differences(saved: dict, current: dict, holder: str = "the run") -> tuple[list[str], list[str]]:
+  """(differences, added): `key=current (<holder> has saved)` for each key whose value differs, and the keys that
+  only `current` has (a newer trainlab's options: not a difference, since the saved run could not have set them)."""
   differences, added = [], []
 
   def walk(a: Any, b: Any, prefix: str) -> None:
@@ -157,9 +169,20 @@ def check_same_config(saved: dict, current: dict, workdir: pathlib.Path) -> None
         else:
           added.append(f"{prefix}{key}")
     elif a != b:
-      differences.append(f"{prefix[:-1]}={b} (the checkpoint has {a})")
+      differences.append(f"{prefix[:-1]}={b} ({holder} has {a})")
 
   walk(saved, current, "")
+  return differences, added
+
+
+def check_same_config(saved: dict, current: dict, workdir: pathlib.Path) -> None:
+  """Raises ResumeError naming the first keys whose values differ between a checkpoint's run and this one.
+
+  A key the checkpoint's config lacks came with a newer trainlab than the one that wrote it (a new option, at
+  its default unless overridden now): it is not a difference, since the old run could not have set it; a
+  warning names it.
+  """
+  differences, added = config_differences(saved, current, "the checkpoint")
   if added and not differences:
     log.warning("resuming a run whose checkpoint predates the config keys %s: they take their values now",
                 ", ".join(added))
@@ -167,3 +190,45 @@ def check_same_config(saved: dict, current: dict, workdir: pathlib.Path) -> None
     raise ResumeError(
         f"cannot resume the run in {workdir}: its config differs: {'; '.join(differences[:3])}. "
         "Resume with the run's own overrides, or start a new run in another directory")
+
+
+# --- the data a run trains on -------------------------------------------------------------------------------
+def data_fingerprint(data_cfg: dict) -> dict:
+  """What identifies a run's data: its loader's config (for a generated or published data set, whose files are
+  checked against their published checksums, that is all), and the size and SHA-256 of a file the user names
+  (`data.path`)."""
+  files = {}
+  path = data_cfg.get("path")
+  if isinstance(path, str) and pathlib.Path(path).expanduser().is_file():
+    file = pathlib.Path(path).expanduser().resolve()
+    files[str(file)] = _file_fingerprint(str(file), *_identity(file))
+  return {"config": data_cfg, "files": files}
+
+
+def _identity(file: pathlib.Path) -> tuple[int, int, int]:
+  stat = file.stat()
+  return stat.st_size, stat.st_mtime_ns, stat.st_ino
+
+
+@functools.lru_cache(maxsize=16)
+def _file_fingerprint(path: str, size: int, mtime_ns: int, inode: int) -> dict:
+  """Size and SHA-256 of a file, hashed once per process for an unchanged file (the jobs of a sweep share it)."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return {"bytes": size, "sha256": digest.hexdigest()}
+
+
+def check_same_data(saved: dict | None, current: dict, workdir: pathlib.Path) -> None:
+  """Raises ResumeError naming the data file whose contents differ from those the run in `workdir` trained on
+  (a record without a fingerprint, from an older trainlab, passes)."""
+  if saved is None:
+    return
+  for path, was in saved.get("files", {}).items():
+    now = current["files"].get(path)
+    if now != was:
+      what = ("is missing" if now is None else f"has {now['bytes']} bytes, the run trained on {was['bytes']}"
+              if now["bytes"] != was["bytes"] else "is not the file the run trained on (its SHA-256 differs)")
+      raise ResumeError(f"cannot resume the run in {workdir}: its data file {path} {what}; put the run's file "
+                        "back, or start a new run in another directory")

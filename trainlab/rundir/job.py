@@ -11,10 +11,10 @@ import signal
 import sys
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from trainlab import config, data, metrics
-from trainlab.rundir import atomic, checkpoint, jobs, writers
+from trainlab.rundir import atomic, checkpoint, jobs, lock, writers
 
 log = logging.getLogger("trainlab")
 
@@ -43,28 +43,92 @@ def holds_run(workdir: pathlib.Path) -> bool:
 
 
 def created_by_this_job(hydra_cfg: DictConfig) -> bool:
-  """Whether the job's directory holds only what Hydra wrote there for this job (its .hydra/ and an empty log),
-  so that a refused run may remove it without touching anything that was there before."""
+  """Whether the job's directory holds only what Hydra or this job wrote there (an empty log, the lock, the
+  .hydra/ record), so that a refused run may remove it without touching anything that was there before."""
   workdir, log_name = pathlib.Path(hydra_cfg.runtime.output_dir), f"{hydra_cfg.job.name}.log"
   held = {p.name for p in workdir.iterdir()} if workdir.is_dir() else set()
   empty_log = not (workdir / log_name).exists() or (workdir / log_name).stat().st_size == 0
-  return held <= {str(hydra_cfg.output_subdir), log_name} and empty_log
+  return held <= {HYDRA_RECORD, lock.LOCK_FILE, log_name} and empty_log
+
+
+# --- the .hydra/ record --------------------------------------------------------------------------------------
+# Hydra would write .hydra/ before the job function runs, so that a command refused there (a fresh run into a
+# finished run's directory, a resume with other values, a second process) rewrote the record of the run it
+# refused to touch. trainlab sets hydra.output_subdir to null and writes the same three files itself, once the
+# job has the directory; a job that then fails before its first step puts the previous record back.
+HYDRA_RECORD = ".hydra"
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
+
+
+def write_hydra_record(workdir: pathlib.Path, hydra_cfg: DictConfig, task_cfg: DictConfig) -> dict[str, str | None]:
+  """Writes `.hydra/` as Hydra's run_job would (the job's config, Hydra's config and the command-line overrides);
+  returns the previous record's texts (None: a file that was not there), for `restore_hydra_record`.
+
+  Args:
+    hydra_cfg: Hydra's whole config, `HydraConfig.instance().cfg` (its root holds `hydra`).
+    task_cfg: the job's config, without `hydra`.
+  """
+  folder = pathlib.Path(workdir) / HYDRA_RECORD
+  previous = {name: (folder / name).read_text() if (folder / name).is_file() else None for name in HYDRA_FILES}
+  texts = (OmegaConf.to_yaml(task_cfg), OmegaConf.to_yaml(hydra_cfg), OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task))
+  for name, text in zip(HYDRA_FILES, texts):
+    atomic.write_text(folder / name, text)
+  return previous
+
+
+def restore_hydra_record(workdir: pathlib.Path, previous: dict[str, str | None] | None) -> None:
+  """Puts back the record that `write_hydra_record` replaced."""
+  folder = pathlib.Path(workdir) / HYDRA_RECORD
+  for name, text in (previous or {}).items():
+    if text is None:
+      (folder / name).unlink(missing_ok=True)
+    else:
+      atomic.write_text(folder / name, text)
+  if previous and all(text is None for text in previous.values()) and folder.is_dir() and not any(folder.iterdir()):
+    folder.rmdir()
+
+
+def finished_run_differs(workdir: pathlib.Path, task_cfg: DictConfig, summary: dict) -> str | None:
+  """Why a resume of the finished run in `workdir` with `task_cfg` is not a resume of that run (its recorded
+  config or its data differ), or None."""
+  recorded = pathlib.Path(workdir) / HYDRA_RECORD / "config.yaml"
+  if recorded.is_file():
+    saved = checkpoint.run_config(OmegaConf.to_container(OmegaConf.load(recorded)))
+    differences, _ = checkpoint.config_differences(saved, checkpoint.run_config(OmegaConf.to_container(task_cfg)))
+    if differences:
+      return (f"cannot resume the run in {workdir}: its config differs: {'; '.join(differences[:3])}. Resume with "
+              "the run's own overrides, or start a new run in another directory")
+  try:
+    fingerprint = checkpoint.data_fingerprint(OmegaConf.to_container(task_cfg.data, resolve=True))
+    checkpoint.check_same_data(summary.get("data_fingerprint"), fingerprint, workdir)
+  except checkpoint.ResumeError as e:
+    return str(e)
+  return None
 
 
 def record_failure(workdir: pathlib.Path, record: dict, e: Exception, multirun: bool,
-                   logger: logging.Logger = log, created: bool = False) -> None:
+                   logger: logging.Logger = log, created: bool = False,
+                   hydra_record: dict[str, str | None] | None = None) -> None:
   """A job that raised: `failed` in its summary.json and the dashboard; alone, an error exit.
 
-  A run refused for a bad value (ConfigError, DataError) shows in no dashboard: alone, it leaves no directory
-  if this job `created` it; in a sweep, its summary.json stays, so that results.csv lists it with its error and
-  resume=true runs it again.
+  A run refused for a bad value (ConfigError, DataError: raised before its first step) shows in no dashboard
+  and leaves a directory that holds a run as it was (its summary, logs and checkpoints; its .hydra/ record, the
+  `hydra_record` that write_hydra_record replaced, put back): a failed attempt at a resume takes nothing away.
+  Alone, it leaves no directory if this job `created` it; in a sweep, a job's first attempt leaves its
+  summary.json, so that results.csv lists it with its error and resume=true runs it again.
   """
   if isinstance(e, (config.ConfigError, data.DataError)):  # our own errors say all in one line
+    holds = holds_run(workdir)
+    if holds:
+      restore_hydra_record(workdir, hydra_record)
     if not multirun:
       if created:
         _remove_run_dir(workdir)
       print(f"error: {e}", file=sys.stderr)
       raise SystemExit(2)
+    if holds:
+      logger.error("job not run: %s (its directory is as it was)", e)
+      return
     write_summary(workdir, {"status": "failed", "error": str(e), **record})
     logger.error("job failed: %s", e)
     return
