@@ -292,3 +292,18 @@ def test_a_finished_run_resumed_with_another_config_is_refused(tmp_path):
   assert refused == (f"error: cannot resume the run in {run}: its config differs: optimizer.lr=0.05 (the run has "
                      "0.01). Resume with the run's own overrides, or start a new run in another directory")
   assert writers.read_summary(run) == summary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["basic", "vectorized"])
+def test_a_sweep_job_whose_directory_is_held_is_not_run(launcher, tmp_path):
+  """A job directory held by another process: that job is not run (one line in the sweep's log), the others are."""
+  sweep = tmp_path / "sweep"
+  (sweep / "1").mkdir(parents=True)
+  with lock.holding(sweep / "1"):
+    proc = run_cli("train", "-m", f"hydra/launcher={launcher}", "steps=20", "eval_every=10", "model.widths=[8]",
+                   "diagnostics=off", "seed=0,1", f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=False)
+  assert f"{sweep / '1'} is in use by process {os.getpid()}" in proc.stdout + proc.stderr
+  assert "Traceback" not in proc.stdout + proc.stderr
+  assert writers.read_summary(sweep / "0")["status"] == "completed"
+  assert sorted(p.name for p in (sweep / "1").iterdir()) in ([lock.LOCK_FILE], [lock.LOCK_FILE, "train.log"])

@@ -61,8 +61,8 @@ def train_app(cfg: DictConfig) -> float | None:
 def _run_job(cfg: DictConfig, hydra_cfg: DictConfig, workdir: pathlib.Path, record: dict, created: bool,
              multirun: bool, started: float) -> float | None:
   """The job, once it holds its directory: the refusals that leave the directory as it was, then the run."""
-  previous = writers.read_summary(workdir)
-  if not cfg.resume and job.holds_run(workdir):
+  previous, held = writers.read_summary(workdir), job.holds_run(workdir)
+  if not cfg.resume and held:
     status = f" ({previous['status']})" if previous else ""
     return job.refuse(f"{workdir} already holds a run{status}; add resume=true to continue it, or choose another "
                       "directory (hydra.run.dir=...)", multirun)
@@ -92,7 +92,7 @@ def _run_job(cfg: DictConfig, hydra_cfg: DictConfig, workdir: pathlib.Path, reco
     job.restore_hydra_record(workdir, hydra_record)
     return job.refuse(str(e), multirun)
   except Exception as e:  # one failed job must not take the sweep down
-    job.record_failure(workdir, record, e, multirun, created=created, hydra_record=hydra_record)
+    job.record_failure(workdir, record, e, multirun, created=created, held=held, hydra_record=hydra_record)
     return None
   result = job.record_result(workdir, record, summary)
   if summary["status"] == "interrupted":

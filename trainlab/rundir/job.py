@@ -107,26 +107,26 @@ def finished_run_differs(workdir: pathlib.Path, task_cfg: DictConfig, summary: d
 
 
 def record_failure(workdir: pathlib.Path, record: dict, e: Exception, multirun: bool,
-                   logger: logging.Logger = log, created: bool = False,
+                   logger: logging.Logger = log, created: bool = False, held: bool = False,
                    hydra_record: dict[str, str | None] | None = None) -> None:
   """A job that raised: `failed` in its summary.json and the dashboard; alone, an error exit.
 
-  A run refused for a bad value (ConfigError, DataError: raised before its first step) shows in no dashboard
-  and leaves a directory that holds a run as it was (its summary, logs and checkpoints; its .hydra/ record, the
-  `hydra_record` that write_hydra_record replaced, put back): a failed attempt at a resume takes nothing away.
-  Alone, it leaves no directory if this job `created` it; in a sweep, a job's first attempt leaves its
-  summary.json, so that results.csv lists it with its error and resume=true runs it again.
+  A run refused for a bad value (ConfigError, DataError: raised before its first step) shows in no dashboard,
+  and in a directory that `held` a run before this attempt it leaves that run as it was (its summary, logs and
+  checkpoints; its .hydra/ record, the `hydra_record` that write_hydra_record replaced, put back): a failed
+  attempt at a resume takes nothing away. Alone, it leaves no directory if this job `created` it; in a sweep, a
+  job's first attempt leaves its summary.json, so that results.csv lists it with its error and resume=true runs
+  it again.
   """
   if isinstance(e, (config.ConfigError, data.DataError)):  # our own errors say all in one line
-    holds = holds_run(workdir)
-    if holds:
+    if held:
       restore_hydra_record(workdir, hydra_record)
     if not multirun:
       if created:
         _remove_run_dir(workdir)
       print(f"error: {e}", file=sys.stderr)
       raise SystemExit(2)
-    if holds:
+    if held:
       logger.error("job not run: %s (its directory is as it was)", e)
       return
     write_summary(workdir, {"status": "failed", "error": str(e), **record})
