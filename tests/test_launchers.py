@@ -58,15 +58,14 @@ def test_a_submitit_local_sweep_runs_every_job_in_its_own_process(tmp_path):
   assert (sweep_dir / ".submitit").is_dir()  # submitit's own logs of each job, beside the jobs
 
 
-def test_a_sigterm_to_a_submitit_sweep_then_resume_completes_every_job_once(tmp_path):
-  """The sweep's process gets SIGTERM while its jobs train in their own processes: it writes the stop file, each
-  job checkpoints at the end of its chunk and is listed interrupted; resume=true finishes them from there, and
-  each job's metrics.jsonl holds every logged step once."""
-  pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+def stop_then_resume(tmp_path, launcher: list[str], stop) -> tuple[subprocess.CompletedProcess, list[dict]]:
+  """Starts a sweep of 4 jobs on `launcher`, calls stop(process, sweep_dir) once every job trains, checks that each
+  job stopped at a chunk's end (listed interrupted), resumes with resume=true and checks that every job completed
+  with each logged step once. Returns the stopped sweep's process and its results.csv rows."""
   sweep_dir = tmp_path / "sweep"
-  overrides = ["-m", "hydra/launcher=submitit_local", "steps=1500", "eval_every=100", "log_every=100",
-               "model.widths=[8]", "diagnostics=off", "checkpoint.every=100", "batch_size=32",
-               "optimizer.lr=0.01,0.1", "seed=0,1", f"hydra.sweep.dir={sweep_dir}"]
+  overrides = ["-m", *launcher, "steps=1500", "eval_every=100", "log_every=100", "checkpoint.every=100",
+               "model.widths=[8]", "diagnostics=off", "batch_size=32", "optimizer.lr=0.01,0.1", "seed=0,1",
+               f"hydra.sweep.dir={sweep_dir}"]
   env = {**os.environ, "PYTHONPATH": str(ROOT)}
   sweep = subprocess.Popen([sys.executable, "-m", "trainlab", "train", *overrides], cwd=tmp_path, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -74,19 +73,27 @@ def test_a_sigterm_to_a_submitit_sweep_then_resume_completes_every_job_once(tmp_
   while not all((sweep_dir / str(i) / writers.METRICS_FILE).is_file() for i in range(4)):  # every job trains
     assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()[0][-3000:]
     time.sleep(0.2)
-  sweep.send_signal(signal.SIGTERM)
-  output = sweep.communicate(timeout=300)[0]
-  assert sweep.returncode == 128 + signal.SIGTERM, output[-3000:]
-  stopped = results(sweep_dir)
-  assert {row["status"] for row in stopped} == {"interrupted"}, stopped
-  assert all(int(row["steps_run"]) < 1500 for row in stopped)
+  stop(sweep, sweep_dir)
+  stopped = subprocess.CompletedProcess(sweep.args, sweep.wait(timeout=300), sweep.stdout.read())
+  rows = results(sweep_dir)
+  assert {row["status"] for row in rows} == {"interrupted"}, (rows, stopped.stdout[-3000:])
+  assert all(int(row["steps_run"]) < 1500 for row in rows)
 
   run_cli("train", *overrides, "resume=true", cwd=tmp_path)
-  rows = assert_complete(sweep_dir, 4)
-  assert all(row["steps_run"] == "1500" for row in rows)
-  for row in rows:
+  for row in assert_complete(sweep_dir, 4):
+    assert row["steps_run"] == "1500"
     for key in ("train/loss", "val/loss"):
       assert logged_steps(sweep_dir / row["job"], key) == list(range(100, 1501, 100)), (row["job"], key)
+  return stopped, rows
+
+
+def test_a_sigterm_to_a_submitit_sweep_then_resume_completes_every_job_once(tmp_path):
+  """The sweep's process gets SIGTERM while its jobs train in their own processes: it writes the stop file, each
+  job checkpoints at the end of its chunk, and the sweep exits with 128 + SIGTERM."""
+  pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+  stopped, _ = stop_then_resume(tmp_path, ["hydra/launcher=submitit_local"],
+                                lambda sweep, sweep_dir: sweep.send_signal(signal.SIGTERM))
+  assert stopped.returncode == 128 + signal.SIGTERM, stopped.stdout[-3000:]
 
 
 def test_a_ray_sweep_on_a_local_instance(tmp_path):
@@ -95,6 +102,14 @@ def test_a_ray_sweep_on_a_local_instance(tmp_path):
   run_cli("train", "-m", "hydra/launcher=ray_cluster", "hydra.launcher.ray.init.num_cpus=2", *TINY,
           "optimizer.lr=0.01,0.1", "seed=0,1", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
   assert_complete(sweep_dir, 4)
+
+
+def test_the_stop_file_stops_a_ray_sweep_and_resume_completes_every_job_once(tmp_path):
+  """Ray takes the driver's SIGTERM for its own (it ends the driver and a local instance's workers at once), so a
+  Ray sweep is stopped in order by writing its stop file, which every job reads at the end of its chunks."""
+  pytest.importorskip("hydra_plugins.hydra_ray_launcher")
+  stop_then_resume(tmp_path, ["hydra/launcher=ray_cluster", "hydra.launcher.ray.init.num_cpus=4"],  # 4 at once
+                   lambda sweep, sweep_dir: (sweep_dir / writers.STOP_FILE).write_text("SIGTERM"))
 
 
 def test_an_optuna_search_of_6_trials_ranks_them_by_the_jobs_return(tmp_path):
