@@ -30,9 +30,10 @@ from hydra.utils import get_method
 from trainlab import regularizers, values
 from trainlab.config import ConfigError
 
-# Keys of the optimizer group read here rather than passed to the optimizer's own factory.
-PHASE_KEYS = ("_target_", "lr", "staleness", "clip_value", "clip_norm", "noise_eta", "noise_gamma", "then",
-              "switch_step")
+# Keys of the optimizer group read here rather than passed to the optimizer's own factory;
+# workers and backup_workers act on the batch, in train_step (trainlab.backup_workers), not in the chain.
+PHASE_KEYS = ("_target_", "lr", "staleness", "workers", "backup_workers", "clip_value", "clip_norm", "noise_eta",
+              "noise_gamma", "then", "switch_step")
 
 
 def _scale_by(schedule_factory: Callable[..., optax.Schedule]) -> Callable[..., optax.GradientTransformation]:

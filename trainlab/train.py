@@ -24,7 +24,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab import config, data, diagnostics, fast, initializers, losses, models, optim, regularizers, runlog, values
+from trainlab import (backup_workers, config, data, diagnostics, fast, initializers, losses, models, optim,
+                      regularizers, runlog, values)
 from trainlab.signals import StopRequest
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,9 @@ def loss_fn(params, spec: Spec, state: TrainState, x: jax.Array, y: jax.Array, r
 def train_step(spec: Spec, state: TrainState, x: jax.Array, y: jax.Array) -> tuple[TrainState, dict]:
   """One optimizer step on one batch; returns the new state and the step's metrics (float32 scalars)."""
   rng = jax.random.fold_in(jax.random.fold_in(state.key, 1), state.step)
+  optimizer = structure_of(spec)["optimizer"]
+  x, y = backup_workers.arrived(x, y, jax.random.fold_in(rng, 2), optimizer.get("workers", 1),
+                                optimizer.get("backup_workers", 0))
   selected = selected_regularizers(spec, state.hparams)
   x = regularizers.augment_batch(x, selected, jax.random.fold_in(rng, 1))
   (_, (data_loss, outputs, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

@@ -14,12 +14,25 @@ log = logging.getLogger("trainlab")
 
 
 def check(cfg: DictConfig) -> None:
-  """Raises ConfigError for the first mandatory key left unset (`???`), then for the first value out of range."""
+  """Raises ConfigError for the first mandatory key left unset (`???`), then for the first value out of range, then
+  for settings that cannot be run together."""
   missing = sorted(OmegaConf.missing_keys(cfg))
   if missing:
     raise ConfigError(f"{missing[0]} is mandatory and not set: add it to the command, for example "
                       f"{missing[0]}={_example(cfg, missing[0])}")
   check_ranges(cfg)
+  _backup_workers(cfg.optimizer, cfg.batch_size)
+
+
+def _backup_workers(optimizer: DictConfig, batch_size: int) -> None:
+  """N workers with b backups (trainlab.backup_workers) split each batch into N equal shards and wait for N - b."""
+  workers, backups = optimizer.get("workers", 1), optimizer.get("backup_workers", 0)
+  if backups >= workers:
+    raise ConfigError(f"optimizer.backup_workers={backups} is not allowed with optimizer.workers={workers}: it must "
+                      f"be below the number of workers (0 to {workers - 1}), so that some worker's gradient arrives")
+  if batch_size % workers:
+    raise ConfigError(f"optimizer.workers={workers} is not allowed with batch_size={batch_size}: the workers split "
+                      "each batch into equal shards, so it must divide batch_size")
 
 
 def _example(cfg: DictConfig, key: str) -> str:

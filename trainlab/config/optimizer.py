@@ -14,6 +14,8 @@ class OptimizerConfig(TargetConfig):
   """The keys every optimizer takes (conf/optimizer_common.yaml), and its learning rate."""
   lr: float = value(**POSITIVE)
   staleness: int = value(0)  # apply the gradient computed this many steps ago (asynchronous SGD); 0: off
+  workers: int = value(1)  # synchronous SGD: each batch is split into this many worker shards (trainlab.backup_workers)
+  backup_workers: int = value(0)  # of which this many, drawn each step, straggle and are dropped; 0: none
   clip_value: Optional[float] = value(**POSITIVE)  # clip each gradient component to [-c, c]; null: off
   clip_norm: Optional[float] = value(**POSITIVE)  # g <- g min(1, c / ||g||), the global norm; null: off
   noise_eta: Optional[float] = value(0.0)  # gradient noise N(0, eta / (1 + t)^gamma); null: off
