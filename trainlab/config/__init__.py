@@ -36,6 +36,7 @@ class TrainConfig:
   batch_size: int = value(1)
   eval_every: int = value(1)
   log_every: int = value(1)
+  devices: Any = MISSING  # a count or "all", resolved against this host's devices by trainlab.sharding
   resume: bool = MISSING
   checkpoint: CheckpointConfig = MISSING
   data: Any = MISSING
