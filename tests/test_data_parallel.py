@@ -8,6 +8,7 @@ printing what it found as JSON.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -87,12 +88,16 @@ print("RESULTS" + json.dumps(results))
 """
 
 
+def eight_devices() -> dict:
+  """The environment of a process with 8 simulated CPU devices."""
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8".strip()
+  return {**os.environ, "XLA_FLAGS": flags, "PYTHONPATH": str(ROOT)}
+
+
 def run_on_eight_devices(jobs: list[tuple[str, list[str], str]]) -> dict:
   """Runs the jobs in a fresh process with 8 simulated CPU devices; returns their results by name."""
-  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8".strip()
-  env = {**os.environ, "XLA_FLAGS": flags, "PYTHONPATH": str(ROOT)}
-  proc = subprocess.run([sys.executable, "-c", EIGHT_DEVICE_JOBS, json.dumps(jobs)], env=env, capture_output=True,
-                        text=True, timeout=600)
+  proc = subprocess.run([sys.executable, "-c", EIGHT_DEVICE_JOBS, json.dumps(jobs)], env=eight_devices(),
+                        capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads(proc.stdout.split("RESULTS", 1)[1])
   assert results.pop("device_count") == 8
@@ -108,7 +113,8 @@ def assert_same_trees(a: dict, b: dict, rtol: float, atol: float) -> None:
 
 @pytest.mark.parametrize("model", ["mlp_batch_norm", "cnn"])
 def test_eight_devices_end_with_the_parameters_of_one_on_the_same_global_batch(model):
-  overrides = (MLP if model == "mlp_batch_norm" else CNN) + RUN
+  # The MLP also runs the diagnostics between chunks, on the state replicated over the mesh.
+  overrides = (MLP + ["diagnostics=default", "diagnostics.every=20"] if model == "mlp_batch_norm" else CNN) + RUN
   results = run_on_eight_devices([("one", overrides + ["devices=1"], "params"),
                                   ("eight", overrides + ["devices=8"], "params"),
                                   ("eight_by_halves", overrides + ["devices=8"], "resume")])
@@ -127,19 +133,53 @@ def test_eight_devices_end_with_the_parameters_of_one_on_the_same_global_batch(m
   assert_same_trees(eight["trees"], resumed["trees"], rtol=0, atol=0)
 
 
-def test_hundreds_of_steps_on_eight_devices_in_short_and_long_chunks():
-  """XLA's CPU runtime must survive many collective steps: 240 steps in chunks of 10, and in one chunk."""
-  base = MLP + ["data.turns=0.5", "batch_size=64", "steps=240", "log_every=10", "diagnostics=off", "checkpoint.every=null",
-                "devices=8"]
-  results = run_on_eight_devices([("short_chunks", base + ["eval_every=10"], "params"),
-                                  ("one_chunk", base + ["eval_every=240"], "params")])
-  for name, chunks in (("short_chunks", 24), ("one_chunk", 1)):
+LONG = MLP + ["data.turns=0.5", "batch_size=64", "steps=240", "log_every=10", "diagnostics=off",
+              "checkpoint.every=null", "devices=8"]
+
+
+def check_long_runs(results: dict, chunks: dict[str, int]) -> None:
+  for name, count in chunks.items():
     summary, metrics = results[name]["summary"], results[name]["metrics"]
     assert summary["status"] == "completed" and summary["steps_run"] == 240
-    assert len([p for p in metrics if "val/loss" in p]) == chunks
+    assert len([p for p in metrics if "val/loss" in p]) == count
     assert summary["test/accuracy"] > 0.9  # it learns (0.97): chance is 0.5
   # The chunk length is not part of what is computed.
-  assert_same_trees(results["short_chunks"]["trees"], results["one_chunk"]["trees"], rtol=1e-5, atol=1e-6)
+  first, *others = chunks
+  for name in others:
+    assert_same_trees(results[first]["trees"], results[name]["trees"], rtol=1e-5, atol=1e-6)
+
+
+def test_hundreds_of_steps_on_eight_devices_in_one_chunk_and_in_short_ones():
+  """XLA's CPU runtime must survive many collective steps: 240 steps in one chunk, and in 24 chunks."""
+  results = run_on_eight_devices([("one_chunk", LONG + ["eval_every=240"], "params"),
+                                  ("short_chunks", LONG + ["eval_every=10"], "params")])
+  check_long_runs(results, {"one_chunk": 1, "short_chunks": 24})
+
+
+@pytest.mark.slow  # about 30 s: 240 chunks and evaluations
+def test_a_chunk_per_step_on_eight_devices_for_hundreds_of_steps():
+  """Dispatched without waiting, a hundred programs with collectives abort XLA's CPU runtime (docs/speed.md); the
+  loop waits for each chunk's metrics before the next, so 240 chunks of one step each run through."""
+  results = run_on_eight_devices([("one_chunk", LONG + ["eval_every=240"], "params"),
+                                  ("chunk_per_step", LONG + ["eval_every=1"], "params")])
+  check_long_runs(results, {"one_chunk": 1, "chunk_per_step": 240})
+
+
+@pytest.mark.slow  # about 40 s: two sweeps in fresh processes, the vmapped program's compile most of it
+def test_a_vectorized_sweep_on_eight_devices_equals_its_jobs_on_one(tmp_path):
+  """hydra/launcher=vectorized: each member's batches split over the mesh, as in its own run."""
+  args = ["train", "-m", *MLP, *RUN, "seed=0,1"]
+  for launcher, devices in (("vectorized", 8), ("basic", 1)):
+    proc = subprocess.run([sys.executable, "-m", "trainlab", *args, f"hydra/launcher={launcher}", f"devices={devices}",
+                           f"hydra.sweep.dir={tmp_path / launcher}"], cwd=tmp_path, env=eight_devices(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = {launcher: list(csv.DictReader((tmp_path / launcher / "results.csv").open())) for launcher in
+          ("vectorized", "basic")}
+  assert [r["status"] for r in rows["vectorized"]] == ["completed"] * 2
+  for key in ("test/loss", "best_val/loss", "test/accuracy"):
+    np.testing.assert_allclose([float(r[key]) for r in rows["vectorized"]], [float(r[key]) for r in rows["basic"]],
+                               rtol=1e-4, err_msg=key)
 
 
 def test_a_batch_the_devices_cannot_share_equally_is_refused_in_one_line():
