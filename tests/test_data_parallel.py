@@ -30,9 +30,10 @@ CNN = ["data=digits", "model=cnn", "model.features=[4,8]", "model.widths=[16]", 
        "optimizer.lr=0.003"]
 RUN = ["batch_size=64", "steps=40", "eval_every=20", "log_every=10", "diagnostics=off", "checkpoint.every=20"]
 
-# Runs in the 8-device process: argv[1] is a JSON list of [name, overrides, what to do] jobs; prints a JSON
-# {name: result}. "params" ends with the final checkpoint's trees, "resume" deletes the last checkpoint of a
-# finished run and resumes it from the one before, "refused" expects a ConfigError and returns its message.
+# Runs in the 8-device process: argv[1] is a JSON list of [name, overrides, what to do(, resume overrides)] jobs;
+# prints a JSON {name: result}. "params" ends with the final checkpoint's trees, "resume" deletes the last
+# checkpoint of a finished run and resumes it from the one before (with the resume overrides added), "refused"
+# expects a ConfigError and returns its message.
 EIGHT_DEVICE_JOBS = r"""
 import json, pathlib, sys, tempfile
 import jax, numpy as np
@@ -54,12 +55,15 @@ def job_config(overrides):
 def run(overrides, workdir):
   return train.train_and_evaluate(job_config(overrides), workdir)
 
-def all_reduces(overrides):
-  # the collectives in the compiled chunk of the run's program: none on one device
+def collectives(overrides):
+  # the collectives in the compiled chunk of the run's program (none on one device), and the state's layout
   run = train.setup(job_config(overrides))
-  state = sharding.put_state(run.spec.devices, run.program.init(np.int32(0), run.values))
+  state = sharding.put_state(run.spec.devices, run.spec.shard_params, run.program.init(np.int32(0), run.values))
   split = jax.device_put(run.dataset[:2], sharding.replicated(run.spec.devices))
-  return run.program.train_chunk.lower(state, *split, np.int32(1)).compile().as_text().count("all-reduce(")
+  hlo = run.program.train_chunk.lower(state, *split, np.int32(1)).compile().as_text()
+  split_params = sum(not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(state.params))
+  return {"all_reduces": hlo.count("all-reduce("), "all_gathers": hlo.count("all-gather("),
+          "split_params": split_params}
 
 def final_trees(workdir):
   saved = checkpoint.Checkpointer(workdir)
@@ -68,7 +72,7 @@ def final_trees(workdir):
   return {k: [np.asarray(a).tolist() for a in jax.tree.leaves(state[k])] for k in ("params", "model_state")}
 
 results = {"device_count": jax.device_count()}
-for name, overrides, what in json.loads(sys.argv[1]):
+for name, overrides, what, *resume_overrides in json.loads(sys.argv[1]):
   workdir = root / name
   if what == "refused":
     try:
@@ -80,10 +84,10 @@ for name, overrides, what in json.loads(sys.argv[1]):
   summary = run(overrides, workdir)
   if what == "resume":
     checkpoint.clear_step(workdir, summary["steps"])
-    summary = run(overrides + ["resume=true"], workdir)
+    summary = run(overrides + ["resume=true", *(resume_overrides[0] if resume_overrides else [])], workdir)
   metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   results[name] = {"summary": summary, "trees": final_trees(workdir), "metrics": metrics,
-                   "all_reduces": all_reduces(overrides)}
+                   **collectives(overrides)}
 print("RESULTS" + json.dumps(results))
 """
 
@@ -113,14 +117,17 @@ def assert_same_trees(a: dict, b: dict, rtol: float, atol: float) -> None:
 
 @pytest.mark.parametrize("model", ["mlp_batch_norm", "cnn"])
 def test_eight_devices_end_with_the_parameters_of_one_on_the_same_global_batch(model):
-  # The MLP also runs the diagnostics between chunks, on the state replicated over the mesh.
-  overrides = (MLP + ["diagnostics=default", "diagnostics.every=20"] if model == "mlp_batch_norm" else CNN) + RUN
+  # The MLP also runs the diagnostics between chunks, on the state replicated over the mesh, and resumes.
+  if model == "mlp_batch_norm":
+    overrides = MLP + ["diagnostics=default", "diagnostics.every=20"] + RUN
+    resumed = [("eight_by_halves", overrides + ["devices=8"], "resume")]
+  else:
+    overrides, resumed = CNN + RUN, []
   results = run_on_eight_devices([("one", overrides + ["devices=1"], "params"),
-                                  ("eight", overrides + ["devices=8"], "params"),
-                                  ("eight_by_halves", overrides + ["devices=8"], "resume")])
-  one, eight, resumed = results["one"], results["eight"], results["eight_by_halves"]
+                                  ("eight", overrides + ["devices=8"], "params"), *resumed])
+  one, eight = results["one"], results["eight"]
   # The batch was split: the compiler summed the shares of the gradient (and of the batch-norm statistics).
-  assert one["all_reduces"] == 0 and eight["all_reduces"] > 0
+  assert one["all_reduces"] == 0 and eight["all_reduces"] > 0 and eight["split_params"] == 0
   # The sums of the gradient's shares are added in another order than one device adds its batch: float rounding.
   assert_same_trees(one["trees"], eight["trees"], rtol=1e-4, atol=1e-5)
   # Batch-norm statistics of the global batch, and the same model: the same training and validation curves.
@@ -128,25 +135,25 @@ def test_eight_devices_end_with_the_parameters_of_one_on_the_same_global_batch(m
   for p, q in zip(one["metrics"], eight["metrics"]):
     np.testing.assert_allclose([v for _, v in sorted(p.items())], [v for _, v in sorted(q.items())], rtol=1e-4)
   np.testing.assert_allclose(one["summary"]["test/accuracy"], eight["summary"]["test/accuracy"], atol=1e-3)
-  # Restored onto the mesh at step 20 and run on: bit for bit the run that was not interrupted.
-  assert resumed["summary"]["resumed_from_step"] == 20
-  assert_same_trees(eight["trees"], resumed["trees"], rtol=0, atol=0)
+  if resumed:  # restored onto the mesh at step 20 and run on: bit for bit the run that was not interrupted
+    assert results["eight_by_halves"]["summary"]["resumed_from_step"] == 20
+    assert_same_trees(eight["trees"], results["eight_by_halves"]["trees"], rtol=0, atol=0)
 
 
-LONG = MLP + ["data.turns=0.5", "batch_size=64", "steps=240", "log_every=10", "diagnostics=off",
-              "checkpoint.every=null", "devices=8"]
-
-
-def check_long_runs(results: dict, chunks: dict[str, int]) -> None:
-  for name, count in chunks.items():
-    summary, metrics = results[name]["summary"], results[name]["metrics"]
-    assert summary["status"] == "completed" and summary["steps_run"] == 240
-    assert len([p for p in metrics if "val/loss" in p]) == count
-    assert summary["test/accuracy"] > 0.9  # it learns (0.97): chance is 0.5
-  # The chunk length is not part of what is computed.
-  first, *others = chunks
-  for name in others:
-    assert_same_trees(results[first]["trees"], results[name]["trees"], rtol=1e-5, atol=1e-6)
+def test_a_sharded_state_and_a_run_moved_onto_more_devices_end_as_on_one():
+  """parallel.shard_params=true splits parameters and optimizer state over the devices (the compiler gathers them
+  where the step needs them whole); a run checkpointed on one device resumes on 8, its state restored onto them."""
+  overrides = MLP + RUN
+  results = run_on_eight_devices([("one", overrides + ["devices=1"], "params"),
+                                  ("sharded", overrides + ["devices=8", "parallel.shard_params=true"], "params"),
+                                  ("moved", overrides + ["devices=1"], "resume",
+                                   ["devices=8", "parallel.shard_params=true"])])
+  one, sharded, moved = results["one"], results["sharded"], results["moved"]
+  assert one["split_params"] == 0 and sharded["split_params"] >= 8  # every kernel, and the biases of 32 units
+  assert sharded["all_gathers"] > 0 and sharded["all_reduces"] > 0
+  assert_same_trees(one["trees"], sharded["trees"], rtol=1e-4, atol=1e-5)
+  assert moved["summary"]["resumed_from_step"] == 20
+  assert_same_trees(one["trees"], moved["trees"], rtol=1e-4, atol=1e-5)
 
 
 def test_hundreds_of_steps_on_eight_devices_in_one_chunk_and_in_short_ones():

@@ -9,6 +9,11 @@ device on the same global batch (synchronous SGD), to float rounding: batch-norm
 global batch (the mean over a sharded axis is an all-reduce), and dropout masks, drawn for the global batch,
 are those of one device. Nothing here is hand-written communication: no `psum`, no `pmap`.
 
+With `parallel.shard_params=true` the parameters and the optimizer's state are split over the same axis instead
+of replicated (FSDP/ZeRO style, for a state that would not fit one device): each array along its largest
+dimension that the devices divide, by the same annotations; the compiler gathers a layer's parameters where the
+step needs them whole and splits the summed gradient to their owners. The numbers are the same, to rounding.
+
 With `devices=1` (the default) none of this runs: every function below returns its argument as the
 single-device loop has it, so a run computes exactly what it did before this module existed.
 """
@@ -16,18 +21,23 @@ single-device loop has it, so a run computes exactly what it did before this mod
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 import jax
+import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from trainlab.config import ConfigError
 
+log = logging.getLogger("trainlab")
+
 AXIS = "batch"  # the mesh's one axis: each batch's examples are split along it
 
 
-def resolve_devices(devices: Any, batch_size: int) -> int:
-  """The number of devices of `devices=` (1, N or "all") on this host.
+def resolve_devices(devices: Any, batch_size: int, shard_params: bool = False) -> int:
+  """The number of devices of `devices=` (1, N or "all") on this host; warns when `parallel.shard_params=true`
+  cannot act (one device).
 
   Raises:
     ConfigError: a value that is not a positive count or "all", more devices than this host has, or a batch
@@ -47,6 +57,9 @@ def resolve_devices(devices: Any, batch_size: int) -> int:
   if batch_size % count:
     raise ConfigError(f"batch_size={batch_size} is not allowed with devices={devices}: it must be a multiple of "
                       f"{count}, so that every device takes an equal share of each batch")
+  if shard_params and count == 1:
+    log.warning("parallel.shard_params=true has no effect with devices=%s on this machine: the state sits whole "
+                "on its one device", devices)
   return count
 
 
@@ -64,12 +77,33 @@ def split_batch(devices: int, tree: Any) -> Any:
   return jax.lax.with_sharding_constraint(tree, NamedSharding(mesh(devices), PartitionSpec(AXIS)))
 
 
-def replicate(devices: int, tree: Any) -> Any:
-  """Inside a program: the arrays of `tree` (the train state) whole on every device, which pins the layout of
-  the parameters and optimizer state that the chunk returns to the one it was given."""
+def state_shardings(devices: int, shard_params: bool, state: Any) -> Any:
+  """The sharding of each array of a train state (a NamedTuple with `params` and `opt_state`): all whole on
+  every device, or with `shard_params` the float arrays of the parameters and the optimizer's state split along
+  their largest dimension that `devices` divides (an array with none stays whole: a bias of 10 classes)."""
+  whole = NamedSharding(mesh(devices), PartitionSpec())
+
+  def split(leaf) -> NamedSharding:
+    shape = np.shape(leaf)
+    divisible = [d for d in range(len(shape)) if shape[d] % devices == 0]
+    if not np.issubdtype(jax.numpy.result_type(leaf), np.floating) or not divisible:
+      return whole
+    dim = max(divisible, key=lambda d: shape[d])
+    return NamedSharding(mesh(devices), PartitionSpec(*[None] * dim, AXIS))
+
+  shardings = jax.tree.map(lambda _: whole, state)
+  if shard_params:
+    shardings = shardings._replace(params=jax.tree.map(split, state.params),
+                                   opt_state=jax.tree.map(split, state.opt_state))
+  return shardings
+
+
+def keep_state(devices: int, shard_params: bool, state: Any) -> Any:
+  """Inside a program: the train state in its layout (state_shardings), which pins the layout of the
+  parameters and optimizer state that the chunk returns to the one it was given."""
   if devices == 1:
-    return tree
-  return jax.lax.with_sharding_constraint(tree, NamedSharding(mesh(devices), PartitionSpec()))
+    return state
+  return jax.lax.with_sharding_constraint(state, state_shardings(devices, shard_params, state))
 
 
 def replicated(devices: int) -> NamedSharding | None:
@@ -78,10 +112,10 @@ def replicated(devices: int) -> NamedSharding | None:
   return None if devices == 1 else NamedSharding(mesh(devices), PartitionSpec())
 
 
-def put_state(devices: int, state: Any) -> Any:
-  """On the host: a state made by the `init` program (on the default device) copied onto every device of the
-  mesh, before the first chunk and before a checkpoint is restored into its layout; with one device, as is."""
-  return state if devices == 1 else jax.device_put(state, replicated(devices))
+def put_state(devices: int, shard_params: bool, state: Any) -> Any:
+  """On the host: a state made by the `init` program (on the default device) put onto the mesh in its layout
+  (state_shardings), before the first chunk and before a checkpoint is restored into it; with one device, as is."""
+  return state if devices == 1 else jax.device_put(state, state_shardings(devices, shard_params, state))
 
 
 def padded_batch(devices: int, size: int) -> int:

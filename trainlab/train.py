@@ -24,8 +24,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab import (config, data, diagnostics, fast, initializers, losses, models, optim, regularizers, runlog, sharding,
-                      values)
+from trainlab import (config, data, diagnostics, fast, initializers, losses, models, optim, regularizers, runlog,
+                      sharding, values)
 from trainlab.signals import StopRequest
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class Spec(NamedTuple):
   num_classes: int  # outputs of the model: classes, or regression targets
   task: str = "classification"  # a key of losses.TASKS, set by the data set
   devices: int = 1  # each batch split over this many devices (trainlab.sharding)
+  shard_params: bool = False  # with devices > 1: parameters and optimizer state split over them too
 
 
 def metric_names(spec: Spec) -> tuple[str, ...]:
@@ -173,7 +174,7 @@ def train_chunk(spec: Spec, state: TrainState, x: jax.Array, y: jax.Array, num_s
     idx = jax.lax.dynamic_slice_in_dim(order, state.step % per_epoch * batch, batch)
     run = lambda s: train_step(spec, s, *sharding.split_batch(spec.devices, (x[idx], y[idx])))
     new_state, step_metrics = jax.lax.cond(i < num_steps, run, lambda s: (s, skipped), state)
-    return sharding.replicate(spec.devices, new_state), step_metrics
+    return sharding.keep_state(spec.devices, spec.shard_params, new_state), step_metrics
 
   return jax.lax.scan(body, state, jnp.arange(spec.chunk_steps))
 
@@ -274,7 +275,7 @@ def setup(cfg: DictConfig) -> Setup:
   if cfg.batch_size > n_train:
     raise config.ConfigError(
         f"batch_size={cfg.batch_size} is not allowed: it must be <= {n_train}, the size of the training split")
-  devices = sharding.resolve_devices(cfg.devices, cfg.batch_size)
+  devices = sharding.resolve_devices(cfg.devices, cfg.batch_size, cfg.parallel.shard_params)
   steps = total_steps(cfg, n_train)
   config.warn_ineffective(cfg, steps)
   program_cfg = {g: OmegaConf.to_container(cfg[g], resolve=True) for g in values.PROGRAM_GROUPS}
@@ -284,7 +285,8 @@ def setup(cfg: DictConfig) -> Setup:
     run_values.setdefault("init", {})["log_class_frequency"] = initializers.log_class_frequency(
         dataset.y_train, dataset.num_classes)
   spec = Spec(json.dumps(structure, sort_keys=True), cfg.batch_size, steps, min(cfg.eval_every, steps),
-              tuple(dataset.x_train.shape[1:]), dataset.num_classes, dataset.task, devices)
+              tuple(dataset.x_train.shape[1:]), dataset.num_classes, dataset.task, devices,
+              cfg.parallel.shard_params and devices > 1)
   return Setup(spec, run_values, dataset, compile_program(spec))
 
 
@@ -306,7 +308,8 @@ def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | 
     logger.info("run directory %s; %d training, %d validation, %d test examples; compiling the program (a "
                 "structure's first run compiles, later runs take it from the cache)", workdir,
                 len(run.dataset.y_train), len(run.dataset.y_val), len(run.dataset.y_test))
-    state = sharding.put_state(run.spec.devices, program.init(np.int32(cfg.seed), run.values))
+    state = program.init(np.int32(cfg.seed), run.values)
+    state = sharding.put_state(run.spec.devices, run.spec.shard_params, state)  # onto the mesh; one device: as is
     record, state = runlog.open_run(cfg, pathlib.Path(workdir), run, state, stop, logger, started)
     try:
       wait = lambda: None

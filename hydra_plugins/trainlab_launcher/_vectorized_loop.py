@@ -81,8 +81,8 @@ def train_group(members: list[Member], started: float | None = None) -> list[dic
   val, test = train.eval_splits(run.dataset, devices)
   compiling_before = fast.seconds()
   with StopRequest() as stop:
-    states = sharding.put_state(devices, vector.init(np.array([m.cfg.seed for m in members], np.int32),
-                                                     _stack([m.run.values for m in members])))
+    states = vector.init(np.array([m.cfg.seed for m in members], np.int32), _stack([m.run.values for m in members]))
+    states = sharding.put_state(devices, run.spec.shard_params, states)
     records = [runlog.open_run(m.cfg, m.workdir, m.run, member_state(states, i), stop, m.logger, started)[0]
                for i, m in enumerate(members)]
     try:
