@@ -17,6 +17,11 @@ Workloads:
          convolution and against a jitted single step fed by a Python loop; PyTorch eager when torch is installed.
   resnet the default resnet on synthetic 32x32x3 images, batch 128, Adam, the same comparisons (PyTorch: the
          same net, with BatchNorm2d; its stride-2 convolutions pad 1 on each side where SAME pads 0 and 1).
+  data_parallel  the MLP 784-512-512-10 (batch 128 and 1024, Adam) with `devices=8` (and 2) against `devices=1`
+         on the same global batch, in one process: synchronous data-parallel SGD. Where this process sees a single CPU
+         device, it runs in a child process with 8 simulated ones (XLA_FLAGS=--xla_force_host_platform_device_count=8)
+         that share this machine's cores, so on CPU it measures the overhead of splitting a batch (the partitioned
+         program and its collectives), not a speed-up; on a machine with 8 devices it measures them.
   layers each convolution shape of the default resnet alone, batch 128: forward, input and kernel gradients
          inside a `lax.scan` with the device's lowering, against PyTorch eager's when torch is installed (the
          stem without an input gradient, as in the net); where a conv net's step goes, layer by layer.
@@ -322,6 +327,57 @@ def bench_vectorized(tiny: bool, tmp: pathlib.Path) -> dict:
   }
 
 
+DATA_PARALLEL_DEVICES = 8
+
+
+def bench_data_parallel(tiny: bool, tmp: pathlib.Path) -> dict:
+  """Steps per second of the trainlab loop with each batch split over 8 devices against one device."""
+  if jax.device_count() < DATA_PARALLEL_DEVICES:
+    if jax.devices()[0].platform != "cpu":
+      return {"skipped": f"{jax.device_count()} devices, fewer than {DATA_PARALLEL_DEVICES}"}
+    return _in_child_with_simulated_devices(tiny, tmp)
+  n, widths, batches = (1024, [784, 32, 32, 10], [128]) if tiny else (16384, [784, 512, 512, 10], [128, 1024])
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(n, 784)).astype(np.float32)
+  y = rng.integers(0, 10, n).astype(np.int32)
+  path = tmp / "data_parallel.npz"
+  np.savez(path, x_train=x, y_train=y, x_test=x[:1000], y_test=y[:1000], x_val=x[:1000], y_val=y[:1000])
+  hidden = ",".join(str(w) for w in widths[1:-1])
+  result = {"devices": DATA_PARALLEL_DEVICES, "device": str(jax.devices()[0])}
+  for batch in batches:
+    steps = 20 if tiny else max(25, 25600 // batch)  # 200 steps of 128 examples, 25 of 1024
+    times: dict[int, list[float]] = {1: [], 2: [], DATA_PARALLEL_DEVICES: []}
+    for r in range(1 if tiny else 6):  # interleaved rounds: one device, then the meshes
+      for devices in times:
+        cfg = compose_run([f"data=npz", f"data.path={path}", f"model.widths=[{hidden}]", f"batch_size={batch}",
+                           f"steps={steps}", f"eval_every={steps}", "optimizer=adam", "init=glorot",
+                           "diagnostics=off", f"devices={devices}"])
+        summary = train.train_and_evaluate(cfg, tmp / f"dp-{batch}-{devices}-{r}")
+        times[devices].append(1000 / summary["steps_per_second"])  # ms per step, in the chunks
+    one = np.array(times[1])
+    result[f"batch{batch}_one_device_ms"] = _best(one)
+    for devices in list(times)[1:]:
+      many = np.array(times[devices])
+      result.update({
+          f"batch{batch}_{devices}_devices_ms": _best(many),
+          f"batch{batch}_{devices}_devices_time_ratio": _best(many) / _best(one),
+          f"batch{batch}_{devices}_devices_time_ratio_paired_median": float(np.median(many / one)),
+      })
+    result.update({f"batch{batch}_{devices}_device_rounds_ms": t for devices, t in times.items()})
+  return result
+
+
+def _in_child_with_simulated_devices(tiny: bool, tmp: pathlib.Path) -> dict:
+  """bench_data_parallel in a fresh process whose CPU is split into 8 simulated devices (read when JAX starts)."""
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DATA_PARALLEL_DEVICES}"
+  out = tmp / "data_parallel_child"
+  tiny_flag = ["--tiny"] if tiny else []
+  subprocess.run([sys.executable, __file__, "--only", "data_parallel", "--out", str(out), *tiny_flag], check=True,
+                 env={**os.environ, "XLA_FLAGS": flags.strip()})
+  (table,) = out.glob("bench-*.json")
+  return {**json.loads(table.read_text())["data_parallel"], "simulated_on_cpu": True}
+
+
 # --- convolutional workloads -----------------------------------------------------------------------------------
 PYTORCH_EAGER_CNN_MS = 35.0  # the issue's measurement of the cnn workload (2 cores, AVX-512), for reference only
 
@@ -579,7 +635,8 @@ def bench_layers(tiny: bool) -> dict:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--tiny", action="store_true", help="a smoke run of every path at tiny sizes")
-  parser.add_argument("--only", choices=["mlp", "sweep", "diagnostics", "vectorized", "cnn", "resnet", "layers"],
+  parser.add_argument("--only", choices=["mlp", "sweep", "diagnostics", "vectorized", "data_parallel", "cnn", "resnet",
+                                         "layers"],
                       help="one workload")
   parser.add_argument("--out", default=str(ROOT / "outputs" / "bench"), help="folder for the JSON result")
   args = parser.parse_args()
@@ -597,13 +654,15 @@ def main() -> None:
       results["diagnostics"] = bench_diagnostics(args.tiny, pathlib.Path(tmp))
     if args.only in (None, "vectorized"):
       results["vectorized"] = bench_vectorized(args.tiny, pathlib.Path(tmp))
+    if args.only in (None, "data_parallel"):
+      results["data_parallel"] = bench_data_parallel(args.tiny, pathlib.Path(tmp))
     for workload in ("cnn", "resnet"):
       if args.only in (None, workload):
         results[workload] = bench_conv(workload, args.tiny, pathlib.Path(tmp))
     if args.only in (None, "layers"):
       results["layers"] = bench_layers(args.tiny)
 
-  for workload in ("mlp", "sweep", "diagnostics", "vectorized", "cnn", "resnet", "layers"):
+  for workload in ("mlp", "sweep", "diagnostics", "vectorized", "data_parallel", "cnn", "resnet", "layers"):
     for key, value in results.get(workload, {}).items():
       if isinstance(value, list):
         value = " ".join(f"{v:.3g}" for v in value)

@@ -33,6 +33,8 @@ def test_bench_runs_at_a_tiny_size(tmp_path):
             f"{mode}_diagnostics_cost_pct_outside_chunks", f"{mode}_chunks_time_ratio_paired_median",
             f"{mode}_diagnostics_share_pct_median"} <= set(table["diagnostics"])
   assert table["vectorized"]["jobs"] == 2 and table["vectorized"]["vectorized_s"] > 0
+  # 8 simulated devices in a child process against one, on the same global batch
+  assert table["data_parallel"]["simulated_on_cpu"] and table["data_parallel"]["batch128_8_devices_time_ratio"] > 0
   for workload in ("cnn", "resnet"):  # the loop with the device's convolution, XLA's in the loop, a jitted step
     assert table[workload]["conv_impl_auto"] == "im2col"  # on CPU
     assert table[workload]["trainlab_loop_ms"] > 0 and table[workload]["trainlab_loop_xla_conv_ms"] > 0

@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from trainlab import (backup_workers, config, data, diagnostics, fast, initializers, losses, models, optim,
-                      regularizers, runlog, values)
+                      regularizers, runlog, sharding, values)
 from trainlab.signals import StopRequest
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ class Spec(NamedTuple):
   input_shape: tuple[int, ...]
   num_classes: int  # outputs of the model: classes, or regression targets
   task: str = "classification"  # a key of losses.TASKS, set by the data set
+  devices: int = 1  # each batch split over this many devices (trainlab.sharding)
+  shard_params: bool = False  # with devices > 1: parameters and optimizer state split over them too
 
 
 def metric_names(spec: Spec) -> tuple[str, ...]:
@@ -173,8 +175,9 @@ def train_chunk(spec: Spec, state: TrainState, x: jax.Array, y: jax.Array, num_s
   def body(state, i):
     order = orders[state.step // per_epoch - first_epoch]
     idx = jax.lax.dynamic_slice_in_dim(order, state.step % per_epoch * batch, batch)
-    run = lambda s: train_step(spec, s, x[idx], y[idx])
-    return jax.lax.cond(i < num_steps, run, lambda s: (s, skipped), state)
+    run = lambda s: train_step(spec, s, *sharding.split_batch(spec.devices, (x[idx], y[idx])))
+    new_state, step_metrics = jax.lax.cond(i < num_steps, run, lambda s: (s, skipped), state)
+    return sharding.keep_state(spec.devices, spec.shard_params, new_state), step_metrics
 
   return jax.lax.scan(body, state, jnp.arange(spec.chunk_steps))
 
@@ -185,7 +188,7 @@ def evaluate(spec: Spec, state: TrainState, x: jax.Array, y: jax.Array, n: jax.A
   program evaluates both); only the batches that hold real examples are run."""
   task = losses.TASKS[spec.task]
   rows = x.shape[0]
-  size = min(rows, EVAL_BATCH)
+  size = sharding.padded_batch(spec.devices, min(rows, EVAL_BATCH))
   batches = -(-rows // size)
   pad = batches * size - rows
   xs = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(batches, size, *x.shape[1:])
@@ -193,7 +196,7 @@ def evaluate(spec: Spec, state: TrainState, x: jax.Array, y: jax.Array, n: jax.A
 
   def one(b, sums):
     real = b * size + jnp.arange(size) < n
-    outputs, _ = apply_model(spec, state, state.params, xs[b], train=False)
+    outputs, _ = apply_model(spec, state, state.params, sharding.split_batch(spec.devices, xs[b]), train=False)
     return sums + jnp.stack([jnp.sum(task.loss(outputs, ys[b]) * real), jnp.sum(task.metric(outputs, ys[b]) * real)])
 
   loss, metric = jax.lax.fori_loop(0, (n + size - 1) // size, one, jnp.zeros(2))
@@ -239,12 +242,12 @@ def load_data(data_cfg: DictConfig) -> data.Dataset:
   return _load_data(json.dumps(OmegaConf.to_container(data_cfg, resolve=True), sort_keys=True))
 
 
-def eval_splits(dataset: data.Dataset) -> tuple[tuple, tuple]:
-  """The validation and test splits on the device as (x, y, n), padded to one number of rows, so that one
-  compiled `evaluate` serves both (n: the real examples)."""
+def eval_splits(dataset: data.Dataset, devices: int = 1) -> tuple[tuple, tuple]:
+  """The validation and test splits on the device (on each of `devices`) as (x, y, n), padded to one number of
+  rows, so that one compiled `evaluate` serves both (n: the real examples)."""
   rows = max(len(dataset.y_val), len(dataset.y_test))
   pad = lambda a: np.pad(a, [(0, rows - len(a))] + [(0, 0)] * (a.ndim - 1))
-  return tuple((*jax.device_put((pad(x), pad(y))), np.int32(len(y)))
+  return tuple((*jax.device_put((pad(x), pad(y)), sharding.replicated(devices)), np.int32(len(y)))
                for x, y in ((dataset.x_val, dataset.y_val), (dataset.x_test, dataset.y_test)))
 
 
@@ -275,6 +278,7 @@ def setup(cfg: DictConfig) -> Setup:
   if cfg.batch_size > n_train:
     raise config.ConfigError(
         f"batch_size={cfg.batch_size} is not allowed: it must be <= {n_train}, the size of the training split")
+  devices = sharding.resolve_devices(cfg.devices, cfg.batch_size, cfg.parallel.shard_params)
   steps = total_steps(cfg, n_train)
   config.warn_ineffective(cfg, steps)
   program_cfg = {g: OmegaConf.to_container(cfg[g], resolve=True) for g in values.PROGRAM_GROUPS}
@@ -284,7 +288,8 @@ def setup(cfg: DictConfig) -> Setup:
     run_values.setdefault("init", {})["log_class_frequency"] = initializers.log_class_frequency(
         dataset.y_train, dataset.num_classes)
   spec = Spec(json.dumps(structure, sort_keys=True), cfg.batch_size, steps, min(cfg.eval_every, steps),
-              tuple(dataset.x_train.shape[1:]), dataset.num_classes, dataset.task)
+              tuple(dataset.x_train.shape[1:]), dataset.num_classes, dataset.task, devices,
+              cfg.parallel.shard_params and devices > 1)
   return Setup(spec, run_values, dataset, compile_program(spec))
 
 
@@ -301,12 +306,13 @@ def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | 
     logger.info("loading data=%s", cfg.data._target_.rsplit(".", 1)[-1])
     run = setup(cfg)
     program = run.program
-    train_split = jax.device_put(run.dataset[:2])  # once; they stay there
-    val, test = eval_splits(run.dataset)
+    train_split = jax.device_put(run.dataset[:2], sharding.replicated(run.spec.devices))  # once; they stay there
+    val, test = eval_splits(run.dataset, run.spec.devices)
     logger.info("run directory %s; %d training, %d validation, %d test examples; compiling the program (a "
                 "structure's first run compiles, later runs take it from the cache)", workdir,
                 len(run.dataset.y_train), len(run.dataset.y_val), len(run.dataset.y_test))
     state = program.init(np.int32(cfg.seed), run.values)
+    state = sharding.put_state(run.spec.devices, run.spec.shard_params, state)  # onto the mesh; one device: as is
     record, state = runlog.open_run(cfg, pathlib.Path(workdir), run, state, stop, logger, started)
     try:
       wait = lambda: None

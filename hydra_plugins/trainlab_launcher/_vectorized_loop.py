@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab import fast, runlog, train
+from trainlab import fast, runlog, sharding, train
 from trainlab.signals import StopRequest
 
 
@@ -76,11 +76,13 @@ def train_group(members: list[Member], started: float | None = None) -> list[dic
   started = time.perf_counter() if started is None else started
   run = members[0].run
   vector = compile_vectorized(run.spec)
-  train_split = jax.device_put(run.dataset[:2])
-  val, test = train.eval_splits(run.dataset)
+  devices = run.spec.devices  # each member's batches split over them, as in its single run (trainlab.sharding)
+  train_split = jax.device_put(run.dataset[:2], sharding.replicated(devices))
+  val, test = train.eval_splits(run.dataset, devices)
   compiling_before = fast.seconds()
   with StopRequest() as stop:
     states = vector.init(np.array([m.cfg.seed for m in members], np.int32), _stack([m.run.values for m in members]))
+    states = sharding.put_state(devices, run.spec.shard_params, states)
     records = [runlog.open_run(m.cfg, m.workdir, m.run, member_state(states, i), stop, m.logger, started)[0]
                for i, m in enumerate(members)]
     try:

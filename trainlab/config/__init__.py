@@ -28,6 +28,11 @@ class CheckpointConfig:
   keep: Optional[int] = value(1)  # null: keep every checkpoint
 
 
+@dataclass
+class ParallelConfig:
+  shard_params: bool = MISSING
+
+
 @schema("train_schema")
 class TrainConfig:
   seed: int = value(0, 2**31 - 1)  # an int32: it enters the program as a traced array
@@ -36,6 +41,8 @@ class TrainConfig:
   batch_size: int = value(1)
   eval_every: int = value(1)
   log_every: int = value(1)
+  devices: Any = MISSING  # a count or "all", resolved against this host's devices by trainlab.sharding
+  parallel: ParallelConfig = MISSING
   resume: bool = MISSING
   checkpoint: CheckpointConfig = MISSING
   data: Any = MISSING
