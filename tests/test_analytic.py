@@ -228,3 +228,32 @@ def test_bad_input_is_one_line(overrides, message, tmp_path):
     train_in_process([*overrides, *QUICK], tmp_path)
   assert str(caught.value).startswith(message)
   assert "\n" not in str(caught.value)
+
+
+def test_report_draws_each_run_in_the_plane_over_the_contours(tmp_path):
+  """trajectories.png: a line per run from the start point through each evaluation's (coord_0, coord_1), over f."""
+  from omegaconf import OmegaConf
+  from trainlab.rundir import report
+
+  runs = []
+  for job, (overrides, path) in enumerate({"optimizer.clip_norm=null": [(-1.9, 0.45), (-38.0, 0.04)],
+                                           "optimizer.clip_norm=1.0": [(-1.9, 0.45), (-0.07, 0.0)]}.items()):
+    run_dir = tmp_path / str(job)
+    (run_dir / ".hydra").mkdir(parents=True)
+    model = OmegaConf.to_container(compose_config(["model=cliff"]).model)
+    OmegaConf.save(OmegaConf.create({"model": model}), run_dir / ".hydra" / "config.yaml")
+    writers.write_summary(run_dir, {"status": "completed", "overrides": [overrides]})
+    (run_dir / writers.METRICS_FILE).write_text("".join(
+        f'{{"step": {10 * (i + 1)}, "val/coord_0": {x}, "val/coord_1": {y}, "val/distance": 1.0}}\n'
+        for i, (x, y) in enumerate(path)))
+    runs.append(run_dir)
+  np.testing.assert_allclose(report.trajectory(writers.read_metrics(runs[0])), [(-1.9, 0.45), (-38.0, 0.04)])
+  assert isinstance(report.plane_problem(runs[0]), models.Cliff)
+  out = report.write_report(tmp_path)
+  assert out["trajectories.png"].is_file()
+  fig = report.plot_trajectories(report.group_runs(report.load_runs(tmp_path)))
+  lines = {line.get_label(): line.get_xydata() for line in fig.axes[0].get_lines()}
+  np.testing.assert_allclose(lines["optimizer.clip_norm=null"], [(-2.0, 0.5), (-1.9, 0.45), (-38.0, 0.04)])
+  np.testing.assert_allclose(lines["optimizer.clip_norm=1.0"][-1], (-0.07, 0.0))
+  np.testing.assert_allclose(lines["minimum"], [(0.01 * np.log(1 / 999), 0.0)], rtol=1e-5)
+  assert report.plot_trajectories([]) is None

@@ -61,6 +61,10 @@ class Problem(Model, kw_only=True):
     """The coordinates of θ that are logged (coord_i)."""
     return theta
 
+  def from_coordinates(self, coordinates: jax.Array) -> jax.Array:
+    """θ from its coordinates: the inverse of `coordinates` (the report draws f over them)."""
+    return coordinates
+
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     del train  # Unused: ξ = 0 at evaluation is what makes it the noiseless objective.
@@ -122,10 +126,14 @@ class Quadratic(Problem, kw_only=True):
   def coordinates(self, theta):
     return self._u().T @ theta
 
+  def from_coordinates(self, coordinates):
+    return self._u() @ coordinates
+
 
 class Rosenbrock(Problem, kw_only=True):
-  """f(θ) = Σᵢ b (θᵢ₊₁ - θᵢ²)² + (1 - θᵢ)² (Rosenbrock 1960; the chained form in dim > 2): a curved, flat-bottomed
-  valley with its minimum at (1, ..., 1). Starts at (start_x, start_y, start_x, ...), classically (-1.2, 1)."""
+  """f(θ) = Σᵢ b (θᵢ₊₁ - θᵢ²)² + (1 - θᵢ)² (Rosenbrock 1960; the chained form in dim > 2): a curved,
+  flat-bottomed valley with its minimum at (1, ..., 1). Starts at (start_x, start_y, start_x, ...), classically
+  (-1.2, 1)."""
 
   b: Any = 100.0
   start_x: Any = -1.2
