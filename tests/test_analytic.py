@@ -257,3 +257,17 @@ def test_report_draws_each_run_in_the_plane_over_the_contours(tmp_path):
   np.testing.assert_allclose(lines["optimizer.clip_norm=1.0"][-1], (-0.07, 0.0))
   np.testing.assert_allclose(lines["minimum"], [(0.01 * np.log(1 / 999), 0.0)], rtol=1e-5)
   assert report.plot_trajectories([]) is None
+
+
+def test_diagnostics_see_the_quadratic_curvature(tmp_path):
+  """The power method on Hessian-vector products (diagnostics.hessian_every) finds the largest eigenvalue, κ."""
+  train_in_process(["model=quadratic", "model.dim=3", "model.kappa=7.0", "optimizer=sgd", "regularizer=[]",
+                    "steps=20", "eval_every=10", "diagnostics.every=10", "diagnostics.hessian_every=10",
+                    "diagnostics.histogram_every=0"], tmp_path)
+  by_step: dict[int, dict] = {}
+  for p in writers.read_metrics(tmp_path):
+    by_step.setdefault(p["step"], {}).update(p)
+  assert [s for s, p in by_step.items() if "curvature/top_eigenvalue" in p] == [0, 10, 20]
+  for p in by_step.values():
+    assert p["curvature/top_eigenvalue"] == pytest.approx(7.0, rel=1e-3)
+    assert p["diag/model/param_norm"] > 0  # θ is the one "layer"
