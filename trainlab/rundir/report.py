@@ -16,8 +16,8 @@
 - `trajectories.png`, for analytic problems in the plane (models.analytic): each run's path of θ over the
   contours of f, a colour per configuration.
 It reads only the run directories' files (summary.json, metrics.jsonl, .hydra/config.yaml), and the training code
-only to draw an analytic problem's f. The metric
-beside the loss is the task's: accuracy (higher is better), or mse for a sweep of regressions (lower is better).
+only to draw an analytic problem's f. The metric beside the loss is the task's: accuracy (higher is better), or
+mse for a sweep of regressions, or distance for one of analytic problems (lower is better).
 """
 
 from __future__ import annotations
