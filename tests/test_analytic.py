@@ -271,3 +271,19 @@ def test_diagnostics_see_the_quadratic_curvature(tmp_path):
   for p in by_step.values():
     assert p["curvature/top_eigenvalue"] == pytest.approx(7.0, rel=1e-3)
     assert p["diag/model/param_norm"] > 0  # θ is the one "layer"
+
+
+@pytest.mark.parametrize("batch", [4, 32])
+def test_a_batch_gradient_has_the_noisy_quadratic_models_covariance(batch):
+  """Batches of the training draws: the mean gradient's covariance is noise² Q / B (times (N - B) / (N - 1),
+  drawn without replacement from N centred draws), so it shrinks with the batch size."""
+  model = _quadratic(dim=3, kappa=10.0, noise=0.5)
+  q, _, _ = _q_numpy(3, 10.0)
+  dataset = data.analytic(dim=3, n_train=4096, seed=1)
+  theta = np.asarray(RNG.normal(size=3), np.float32)
+  batches = np.stack([dataset.x_train[RNG.permutation(4096)[:batch]] for _ in range(4000)])
+  mean_loss = lambda t, x: model.apply({"params": {"theta": t}}, x, train=True)[:, 0].mean()
+  grads = np.asarray(jax.vmap(jax.grad(mean_loss), in_axes=(None, 0))(theta, batches), np.float64)
+  np.testing.assert_allclose(grads.mean(axis=0), q @ theta, atol=5 * 0.5 * np.sqrt(10.0 / (batch * 4000)))  # 5 s.e.
+  expected = 0.25 * q / batch * (4096 - batch) / 4095
+  assert np.linalg.norm(np.cov(grads.T) - expected) < 0.1 * np.linalg.norm(expected)
