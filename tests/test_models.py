@@ -219,14 +219,15 @@ def test_model_data_mismatch_is_one_line_naming_what_works(model, data, message,
 
 def test_every_model_option_is_an_exported_model_declaring_its_inputs_and_name():
   """The models check_input suggests are the exported ones; each conf/model file's class is one of them, is
-  called by the file's name in messages and reads layouts of data.LAYOUTS (a model declares them, no default)."""
+  called by the file's name in messages and reads layouts of data.LAYOUTS (a model declares them, no default), or
+  the analytic problems' draws of gradient noise."""
   exported = checks.model_classes()
   targets = {f.stem: OmegaConf.load(f)["_target_"] for f in sorted((CONF / "model").glob("*.yaml"))}
   assert sorted(c.option for c in exported) == sorted(targets)
   for option, target in targets.items():
     model = get_class(target)
     assert model in exported and model.option == option
-    assert model.inputs and set(model.inputs) <= set(data.LAYOUTS), option
+    assert model.inputs and set(model.inputs) <= {*data.LAYOUTS, data.analytic.layout}, option
   assert not hasattr(feedforward.Model, "inputs")
   # A user's own module that declares no inputs is not checked.
   assert models.check_input("flax.linen.Dense", "trainlab.data.spirals", "vector", (2,)) is None
@@ -234,12 +235,13 @@ def test_every_model_option_is_an_exported_model_declaring_its_inputs_and_name()
 
 def test_every_data_option_declares_the_layout_of_the_data_it_loads():
   """check_input lists data options by the layout each loader declares: it must be the layout of the data sets
-  it returns (checked on the loaders that need no download); npz declares None, any layout (by its file)."""
-  assert set(checks.LAYOUT_WORDS) == set(data.LAYOUTS)
+  it returns (checked on the loaders that need no download); npz declares None, any layout (by its file); the
+  analytic problems' data its own, which only they read."""
+  assert set(checks.LAYOUT_WORDS) == {*data.LAYOUTS, data.analytic.layout}
   declared = {f.stem: get_method(OmegaConf.load(f)["_target_"]).layout for f in (CONF / "data").glob("*.yaml")}
-  assert {option for option, layout in declared.items() if layout not in data.LAYOUTS} == {"npz"}
-  assert declared["npz"] is None
-  for option in ("spirals", "teacher", "adding", "digits", "sequential"):
+  assert {option for option, layout in declared.items() if layout not in data.LAYOUTS} == {"npz", "analytic"}
+  assert declared["npz"] is None and declared["analytic"] == "noise"
+  for option in ("spirals", "teacher", "adding", "digits", "sequential", "analytic"):
     cfg = compose_config([f"data={option}"])
     assert instantiate(OmegaConf.to_container(cfg.data, resolve=True)).layout == declared[option], option
   assert checks.data_options("sequence") == ["adding", "mnist1d", "npz", "sequential"]

@@ -6,6 +6,9 @@ interval. Metric names are `split/layer/quantity`, so TensorBoard groups them by
 
 - `diag/<layer>/act_mean`, `act_std`: mean and standard deviation of the layer's output over the probe batch
   (for a Dense layer that is the pre-activation z = xW + b);
+- `diag/<layer>/unit_std`: the standard deviation of the layer's output across its units, for each probe
+  example, averaged over the examples: 0 when every unit computes the same function (a constant init keeps it
+  0: the units get equal gradients and never become different);
 - `diag/<layer>/dead_fraction` (ReLU-like activations): the fraction of the layer's units whose output is
   <= 0 on every probe example, so that the activation after it never fires;
 - `diag/<layer>/saturated_fraction` (sigmoid, tanh): the fraction of outputs whose activation lies within 1%
@@ -96,6 +99,11 @@ def _mean_var(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   return mean, jnp.mean(jnp.square(x - mean))
 
 
+def _mean_var_rows(x: jax.Array) -> jax.Array:
+  """The variance of each row of x (across a layer's units, for each example)."""
+  return jnp.mean(jnp.square(x - jnp.mean(x, axis=-1, keepdims=True)), axis=-1)
+
+
 def forward_with_taps(apply_fn: Callable, params: Any, x: jax.Array, layers: list[tuple[str, ...]],
                       perturbations: dict[str, jax.Array], order: list[str] | None = None):
   """Runs apply_fn(params, x) while recording each layer's output and adding `perturbations[layer]` to it.
@@ -175,6 +183,8 @@ def layer_statistics(apply_fn: Callable, params: Any, x: jax.Array, y: jax.Array
       out = jnp.concatenate([o.reshape(-1, o.shape[-1]) for o in taps[name]])  # (examples x positions, units)
       layer["act_mean"], layer["act_var"] = _mean_var(out)
       layer["act_std"] = jnp.sqrt(layer["act_var"])
+      # 0 exactly when every unit computes the same function: the symmetry a constant init never breaks
+      layer["unit_std"] = jnp.mean(jnp.sqrt(_mean_var_rows(out)))
       hidden = not any(o is logits for o in taps[name])
       if hidden and activation in RELU_LIKE:
         layer["dead_fraction"] = jnp.all(out <= 0, axis=0).mean()

@@ -26,15 +26,36 @@ def squared_error(outputs: jax.Array, targets: jax.Array) -> jax.Array:
   return jnp.mean(jnp.square(outputs - targets), axis=-1)
 
 
+def objective_value(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+  """An analytic problem's loss, per example: the first column its model returns (models.analytic)."""
+  del targets  # Unused: the problem's function is its loss.
+  return outputs[:, 0]
+
+
+def distance_to_minimizer(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+  """The distance from θ to the problem's nearest minimizer, the second column of an analytic problem's outputs."""
+  del targets  # Unused.
+  return outputs[:, 1]
+
+
+def coordinates(outputs: jax.Array, targets: jax.Array) -> dict[str, jax.Array]:
+  """The logged coordinates of θ (coord_0, coord_1, ...), the columns after the distance."""
+  del targets  # Unused.
+  return {f"coord_{i}": outputs[:, 2 + i] for i in range(outputs.shape[1] - 2)}
+
+
 class Task(NamedTuple):
-  """How a kind of data set is trained and judged: its per-example loss, and the metric reported beside it."""
+  """How a kind of data set is trained and judged: its per-example loss, the metric reported beside it, and
+  optionally further per-example values that evaluation reports (`extras`: {name: values})."""
   loss: Callable[[jax.Array, jax.Array], jax.Array]
   metric_name: str
   metric: Callable[[jax.Array, jax.Array], jax.Array]
+  extras: Callable[[jax.Array, jax.Array], dict[str, jax.Array]] | None = None
 
 
 # Keyed by data.Dataset.task: the data set chooses the loss, not the user.
 TASKS = {
     "classification": Task(cross_entropy, metrics.TASK_METRIC["classification"], correct),
     "regression": Task(squared_error, metrics.TASK_METRIC["regression"], squared_error),
+    "objective": Task(objective_value, metrics.TASK_METRIC["objective"], distance_to_minimizer, coordinates),
 }

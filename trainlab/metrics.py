@@ -4,8 +4,9 @@ table, the report and the HParams dashboard all use. Plain Python: the CLI's too
 from __future__ import annotations
 
 # The metric each kind of task reports beside its loss (data.Dataset.task -> name).
-TASK_METRIC = {"classification": "accuracy", "regression": "mse"}
-HIGHER_IS_BETTER = ("accuracy",)  # every other metric (loss, mse) is better lower
+# objective: an analytic problem (data=analytic), judged by θ's distance to the nearest minimizer.
+TASK_METRIC = {"classification": "accuracy", "regression": "mse", "objective": "distance"}
+HIGHER_IS_BETTER = ("accuracy",)  # every other metric (loss, mse, distance) is better lower
 
 
 def higher_is_better(metric: str) -> bool:

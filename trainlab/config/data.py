@@ -84,3 +84,10 @@ class AddingConfig(TargetConfig):
   n_test: int = value(1)
   seed: int = value(0)
 
+
+
+@schema("data_analytic_schema")
+class AnalyticConfig(TargetConfig):
+  dim: int = value(1)  # the problem's dimension: model.dim, or 2 for the problems in the plane
+  n_train: int = value(1)
+  seed: int = value(0)

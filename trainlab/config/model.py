@@ -118,3 +118,48 @@ class IdentityInitConfig(InitConfig):
   gain: float = value(**POSITIVE)
   non_square: str = choice("error", "eye", "orthogonal")
 
+
+
+# The analytic test problems (models.analytic): every float is a traced value, dim and seeds are structure.
+@dataclass
+class ProblemConfig(TargetConfig):
+  noise: float = value(0.0)  # the scale of the gradient noise; 0: exact gradients
+
+
+@schema("model_quadratic_schema")
+class QuadraticConfig(ProblemConfig):
+  dim: int = value(2)
+  kappa: float = value(1.0)  # the condition number: eigenvalues log-spaced from 1 to kappa
+  start: float = value()
+  rotation_seed: int = value(0)
+
+
+@schema("model_rosenbrock_schema")
+class RosenbrockConfig(ProblemConfig):
+  dim: int = value(2)
+  b: float = value(**POSITIVE)
+  start_x: float = value()
+  start_y: float = value()
+
+
+@schema("model_plane_schema")
+class PlaneProblemConfig(ProblemConfig):
+  """A problem in the plane (beale): where it starts."""
+  start_x: float = value()
+  start_y: float = value()
+
+
+@schema("model_saddle_schema")
+class SaddleConfig(ProblemConfig):
+  dim: int = value(2)
+  negative: int = value(1)  # 1 to dim - 1 (checked by the model)
+  radius: float = value(**POSITIVE)
+  start_x: float = value()
+  start_y: float = value()
+
+
+@schema("model_cliff_schema")
+class CliffConfig(PlaneProblemConfig):
+  slope: float = value(**POSITIVE)
+  wall: float = value(**POSITIVE)  # must exceed slope, or the valley has no minimum
+  width: float = value(**POSITIVE)

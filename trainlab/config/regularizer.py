@@ -35,7 +35,7 @@ class DropoutConfig:
 @schema("regularizer_early_stopping_schema")
 class EarlyStoppingConfig:
   patience: int = value(1)
-  metric: str = choice("accuracy", "loss", "mse")
+  metric: str = choice("accuracy", "loss", "mse", "distance")
 
 
 @schema("regularizer_label_smoothing_schema")

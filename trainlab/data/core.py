@@ -21,7 +21,7 @@ class DataError(ValueError):
 
 
 LAYOUTS = ("vector", "sequence", "image")  # unordered features (N, D); (N, T) or (N, T, F); (N, H, W, C)
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "objective")  # objective: an analytic problem's f (data=analytic)
 NPZ_ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 MAX_CLASSES = 1 << 20  # a label beyond this is a corrupt file, not a classification problem (it sizes the model)
 

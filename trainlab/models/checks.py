@@ -11,7 +11,8 @@ from trainlab import data
 from trainlab.config import ConfigError
 from trainlab.models.feedforward import Model
 
-LAYOUT_WORDS = {"vector": "unordered vectors", "sequence": "sequences", "image": "images"}  # keys: data.LAYOUTS
+LAYOUT_WORDS = {"vector": "unordered vectors", "sequence": "sequences", "image": "images",  # keys: data.LAYOUTS
+                "noise": "draws of gradient noise"}  # data=analytic, read by the analytic problems only
 
 
 def model_classes() -> list[type[Model]]:
@@ -23,9 +24,11 @@ def model_classes() -> list[type[Model]]:
 
 
 def data_options(layout: str) -> list[str]:
-  """The data options whose examples have `layout`; a loader declaring None (npz) gives any, by its config."""
+  """The data options whose examples have `layout`; a loader declaring None (npz) gives any of data.LAYOUTS, by
+  its config."""
   loaders = (getattr(data, name) for name in data.__all__)
-  return [f.__name__ for f in loaders if inspect.isfunction(f) and getattr(f, "layout", "") in (layout, None)]
+  either = (layout, None) if layout in data.LAYOUTS else (layout,)
+  return [f.__name__ for f in loaders if inspect.isfunction(f) and getattr(f, "layout", "") in either]
 
 
 def _option(model_target: str) -> str:

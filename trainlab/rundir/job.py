@@ -151,7 +151,7 @@ def record_result(workdir: pathlib.Path, record: dict, summary: dict, logger: lo
 
 
 def best_val(summary: dict) -> float | None:
-  """The job's return value (what a Hydra sweeper optimizes): its best validation accuracy, or mse."""
+  """The job's return value (what a Hydra sweeper optimizes): its best validation accuracy, mse or distance."""
   names = [f"best_val/{name}" for name in metrics.TASK_METRIC.values() if f"best_val/{name}" in summary]
   return summary[names[0]] if names else None
 
@@ -204,9 +204,10 @@ def refuse(message: str, multirun: bool) -> None:
 
 
 def _print_table(summary: dict, logger: logging.Logger = log) -> None:
-  rows = [(k, summary.get(k)) for k in ("status", "test/accuracy", "test/mse", "test/loss", "best_val/accuracy",
-                                    "best_val/mse", "best_val/step", "steps_run", "steps_per_second",
-                                    "compile_time_s", "wall_time_s") if k in summary or k == "status"]
+  rows = [(k, summary.get(k)) for k in ("status", "test/accuracy", "test/mse", "test/distance", "test/loss",
+                                    "best_val/accuracy", "best_val/mse", "best_val/distance", "best_val/step",
+                                    "steps_run", "steps_per_second", "compile_time_s", "wall_time_s")
+          if k in summary or k == "status"]
   width = max(len(k) for k, _ in rows)
   lines = [f"  {k:<{width}}  {v:.4g}" if isinstance(v, float) else f"  {k:<{width}}  {v}" for k, v in rows]
   logger.info("final metrics:\n%s", "\n".join(lines))

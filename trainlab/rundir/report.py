@@ -12,9 +12,12 @@
   a line per setting of the other swept keys, on a log axis when the values span a decade or more;
 - `init_layers.png`: per-layer activation and backward gradient standard deviation at step 0 (from the
   diagnostics' `step0/<layer>/act_var` and `grad_var`), a line per configuration; configurations whose step-0
-  statistics are identical (they differ only in what acts later, such as the optimizer) share one line.
-It reads only the run directories' files (summary.json, metrics.jsonl), never the training code. The metric
-beside the loss is the task's: accuracy (higher is better), or mse for a sweep of regressions (lower is better).
+  statistics are identical (they differ only in what acts later, such as the optimizer) share one line;
+- `trajectories.png`, for analytic problems in the plane (models.analytic): each run's path of θ over the
+  contours of f, a colour per configuration.
+It reads only the run directories' files (summary.json, metrics.jsonl, .hydra/config.yaml), and the training code
+only to draw an analytic problem's f. The metric beside the loss is the task's: accuracy (higher is better), or
+mse for a sweep of regressions, or distance for one of analytic problems (lower is better).
 """
 
 from __future__ import annotations
@@ -310,6 +313,75 @@ def plot_init_layers(groups: list[Group]):
   return fig if drawn else None
 
 
+def plane_problem(run_dir: pathlib.Path):
+  """The analytic problem in the plane (models.analytic, dim 2) that a run trained, from its .hydra/config.yaml;
+  None for any other model. The one place the report reads code: to draw f's contours under the runs' paths."""
+  from omegaconf import OmegaConf
+
+  config_file = pathlib.Path(run_dir) / ".hydra" / "config.yaml"
+  if not config_file.is_file():
+    return None
+  model_cfg = OmegaConf.load(config_file).get("model")
+  if model_cfg is None or not str(model_cfg.get("_target_", "")).startswith("trainlab.models."):
+    return None
+  from hydra.utils import instantiate
+
+  from trainlab.models import analytic  # JAX: only for a sweep of analytic problems
+
+  problem = instantiate(model_cfg, num_outputs=1)
+  return problem if isinstance(problem, analytic.Problem) and problem.dim == 2 else None
+
+
+def trajectory(points: list[dict]) -> np.ndarray:
+  """(steps, 2): θ's two coordinates at each evaluation (val/coord_0, val/coord_1) of a run in the plane."""
+  return np.array([(p["val/coord_0"], p["val/coord_1"]) for p in points if "val/coord_1" in p
+                   and "val/coord_2" not in p], np.float64).reshape(-1, 2)
+
+
+def plot_trajectories(groups: list[Group]):
+  """For analytic problems in the plane: each run's path of θ (its coordinates, from the start point, at every
+  evaluation) over the contours of f, a colour per configuration (its overrides in the legend); a panel per
+  distinct problem. None when no run is one."""
+  import jax
+
+  panels: dict[str, tuple[Any, list[tuple[int, Group, np.ndarray]]]] = {}
+  for i, group in enumerate(groups):
+    for run in group.runs:
+      path = trajectory(writers.read_metrics(run.dir))
+      problem = plane_problem(run.dir) if len(path) else None
+      if problem is not None:
+        panels.setdefault(repr(problem), (problem, []))[1].append((i, group, path))
+  if not panels:
+    return None
+  fig, axes = _figure(len(panels))
+  for ax, (problem, lines) in zip(axes, panels.values()):
+    start = np.asarray(problem.coordinates(problem.start_point()), np.float64)
+    best = np.asarray(problem.coordinates(problem.minimizer(problem.start_point())), np.float64)
+    paths = [np.concatenate([start[None], path]) for _, _, path in lines]
+    shown = np.concatenate([start[None], best[None], *paths])
+    span = np.ptp(np.stack([start, best]), axis=0).max() or 1.0
+    shown = shown[np.all(np.isfinite(shown) & (np.abs(shown - start) < 100 * span), axis=1)]  # not a divergence
+    lo, hi = shown.min(axis=0), shown.max(axis=0)
+    pad = 0.1 * np.maximum(hi - lo, 1e-3 * span)
+    grid = np.stack(np.meshgrid(np.linspace(lo[0] - pad[0], hi[0] + pad[0], 200),
+                                np.linspace(lo[1] - pad[1], hi[1] + pad[1], 200)), axis=-1)
+    f = jax.vmap(lambda c: problem.objective(problem.from_coordinates(c)))(grid.reshape(-1, 2).astype(np.float32))
+    f = np.asarray(f, np.float64).reshape(grid.shape[:2])
+    floor = float(problem.objective(problem.minimizer(problem.start_point())))
+    levels = floor + np.geomspace(1e-3, max(np.nanmax(f) - floor, 1e-2), 20)
+    ax.contour(grid[..., 0], grid[..., 1], f, levels=levels, colors="0.75", linewidths=0.7)
+    labelled = set()
+    for (i, group, _), path in zip(lines, paths):
+      ax.plot(path[:, 0], path[:, 1], marker=".", markersize=3, linewidth=1, color=f"C{i % 10}",
+              label=None if i in labelled else group.label)
+      labelled.add(i)
+    ax.plot(*best, marker="*", markersize=12, color="black", linestyle="none", label="minimum")
+    ax.set(title=f"model={problem.option}: θ at each evaluation over the contours of f", xlabel="coord_0",
+           ylabel="coord_1", xlim=(lo[0] - pad[0], hi[0] + pad[0]), ylim=(lo[1] - pad[1], hi[1] + pad[1]))
+    _legend(ax)
+  return fig
+
+
 def _slug(key: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
 
@@ -328,7 +400,8 @@ def write_report(sweep_dir: pathlib.Path, metric: str | None = None, target: flo
   rows = table(groups, metric, target, task_metric)
   out = {"report.md": sweep_dir / "report.md", "report.csv": sweep_dir / "report.csv"}
   atomic.write_text(out["report.csv"], to_csv(rows))
-  figures = {"curves.png": plot_curves(groups, task_metric), "init_layers.png": plot_init_layers(groups)}
+  figures = {"curves.png": plot_curves(groups, task_metric), "init_layers.png": plot_init_layers(groups),
+             "trajectories.png": plot_trajectories(groups)}
   for key in numeric_keys(groups):
     figures[f"sensitivity_{_slug(key)}.png"] = plot_sensitivity(groups, key, f"best_val/{task_metric}")
   for name, fig in figures.items():

@@ -161,10 +161,11 @@ class RunWriter:
 
 
 def task_metric(summaries: list[dict]) -> str:
-  """The metric beside the loss in these runs' summaries: mse when they are regressions, else accuracy."""
-  mse, accuracy = metrics.TASK_METRIC["regression"], metrics.TASK_METRIC["classification"]
-  regression = any(f"best_val/{mse}" in s or f"test/{mse}" in s for s in summaries)
-  return mse if regression and not any(f"best_val/{accuracy}" in s for s in summaries) else accuracy
+  """The metric beside the loss in these runs' summaries: accuracy where any run classifies, else the one they
+  have (mse for regressions, distance for analytic problems), else accuracy."""
+  accuracy = metrics.TASK_METRIC["classification"]
+  found = [m for m in metrics.TASK_METRIC.values() if any(f"best_val/{m}" in s or f"test/{m}" in s for s in summaries)]
+  return accuracy if accuracy in found or not found else found[0]
 
 
 ZERO_FRACTION = "weights/zero_fraction"  # summary.json: the final weights' fraction of exact zeros
