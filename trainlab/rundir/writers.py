@@ -143,12 +143,35 @@ class RunWriter:
     self._tb.add_histogram(name, values, global_step=step, bins=HISTOGRAM_BUCKETS)
 
   def flush(self) -> None:
+    """Everything written so far onto the disk, TensorBoard's events included (before a checkpoint: a kill
+    after it must find every file holding the points up to it)."""
+    _write_queued_events(self._tb)
     self._tb.flush()
     self._jsonl.flush()
+    os.fsync(self._jsonl.fileno())
 
   def close(self) -> None:
     self._tb.close()
     self._jsonl.close()
+
+
+def _write_queued_events(tb) -> None:
+  """Writes the events tensorboardX still holds in its queue into the event file.
+
+  tensorboardX writes events from a thread that takes them off a queue (up to 10) and its flush() syncs only what
+  that thread has written: the events still queued reached the file later, unsynced, and a kill lost them. The
+  thread's stop signal queues behind them, so stopping it writes them all; a new thread then serves the same file
+  and queue. (tensorboardX has no public call for this; its version is pinned in pyproject.toml.)
+  """
+  from tensorboardX.event_file_writer import _EventLoggerThread
+
+  for file_writer in (tb.all_writers or {}).values():
+    events = file_writer.event_writer
+    if events._closed:
+      continue
+    events._worker.stop()
+    events._worker = _EventLoggerThread(events._event_queue, events._ev_writer, events._flush_secs)
+    events._worker.start()
 
 
 # --- the HParams dashboard ----------------------------------------------------------------------------------

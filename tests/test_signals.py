@@ -1,0 +1,75 @@
+"""Signals and kills around checkpoints, with real processes: what a run leaves on disk must be whole.
+
+SIGKILL right after a checkpoint: every file holds the points up to it (TensorBoard's events included). A second
+signal during the stop of the first: the run still ends `interrupted`, in one line, and its next start clears
+what orbax left half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import ROOT
+from trainlab.rundir import writers
+
+
+def read_tensorboard(run_dir: pathlib.Path) -> dict[str, list[tuple[int, float]]]:
+  """Every scalar as TensorBoard's own reader sees it."""
+  events = EventAccumulator(str(writers.events_dir(run_dir)), size_guidance={"scalars": 0})
+  events.Reload()
+  return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def run_python(code: str, *args: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+KILL_AFTER_CHECKPOINT = """
+import os, signal, sys, time
+from tensorboardX import event_file_writer
+from trainlab import main
+from trainlab.rundir import checkpoint
+write_event = event_file_writer.EventsWriter.write_event
+def slow_write_event(self, event):  # a slow disk: the event writer's thread falls behind the training loop
+  time.sleep(0.005)
+  write_event(self, event)
+event_file_writer.EventsWriter.write_event = slow_write_event
+save, kill_at = checkpoint.Checkpointer.save, int(sys.argv[2])
+def save_then_die(self, step, *args, **kwargs):
+  save(self, step, *args, **kwargs)
+  if step == kill_at:
+    os.kill(os.getpid(), signal.SIGKILL)
+checkpoint.Checkpointer.save = save_then_die
+main.main(["train", "hydra.run.dir=" + sys.argv[1], *sys.argv[3:]])
+"""
+
+
+def test_sigkill_right_after_a_checkpoint_leaves_tensorboard_complete_up_to_it(write_npz, tmp_path):
+  """Every point of metrics.jsonl up to the checkpoint is in TensorBoard's events too, on a disk slow enough that
+  tensorboardX's writing thread lags behind: its queue is written out before the checkpoint is taken (its own
+  flush() does not wait for the events still queued)."""
+  run, at = tmp_path / "run", 60
+  proc = run_python(KILL_AFTER_CHECKPOINT, str(run), str(at), "data=npz", f"data.path={write_npz()}", "steps=200",
+                    "eval_every=20", "log_every=1", "batch_size=16", "model.widths=[16]", "checkpoint.every=60",
+                    "diagnostics=off", cwd=tmp_path)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+  points = [p for p in writers.read_metrics(run) if p["step"] <= at]
+  assert points[-1]["step"] == at
+  expected = {}
+  for point in points:
+    for name, x in point.items():
+      if name != "step":
+        expected.setdefault(writers.tensorboard_tag(name), []).append((point["step"], x))
+  seen = read_tensorboard(run)
+  assert {tag: [s for s, _ in values if s <= at][-1] for tag, values in seen.items()} == dict.fromkeys(seen, at)
+  for tag, values in expected.items():
+    assert [(s, float(f"{x:.6g}")) for s, x in seen.get(tag, []) if s <= at] == [
+        (s, float(f"{x:.6g}")) for s, x in values], tag
