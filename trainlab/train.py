@@ -244,6 +244,16 @@ def eval_splits(dataset: data.Dataset) -> tuple[tuple, tuple]:
                for x, y in ((dataset.x_val, dataset.y_val), (dataset.x_test, dataset.y_test)))
 
 
+def _warn_unseen_labels(dataset: data.Dataset) -> None:
+  """One warning line when the validation or test split holds labels the training split lacks."""
+  for split, labels in data.core.labels_missing_from_training(dataset).items():
+    y = dataset.y_val if split == "val" else dataset.y_test
+    shown = ", ".join(map(str, labels[:10])) + (", ..." if len(labels) > 10 else "")
+    log.warning("the %s split holds labels that never occur in the training split: %s (%d of its %d examples); "
+                "the model cannot learn them, so those examples count as errors", split, shown,
+                int(np.isin(y, labels).sum()), len(y))
+
+
 def total_steps(cfg: DictConfig, n_train: int) -> int:
   return cfg.steps if cfg.epochs is None else cfg.epochs * (n_train // cfg.batch_size)
 
@@ -265,6 +275,7 @@ def setup(cfg: DictConfig) -> Setup:
   config.check(cfg)
   fast.enable_persistent_cache()
   dataset = load_data(cfg.data)
+  _warn_unseen_labels(dataset)
   models.check_input(cfg.model._target_, cfg.data._target_, dataset.layout, dataset.x_train.shape[1:])
   models.check_init(cfg.model._target_, cfg.init.get("recurrent", "same"))
   n_train = len(dataset.y_train)
