@@ -1,8 +1,8 @@
 """Signals and kills around checkpoints, with real processes: what a run leaves on disk must be whole.
 
 SIGKILL right after a checkpoint: every file holds the points up to it (TensorBoard's events included). A second
-signal during the stop of the first: the run still ends `interrupted`, in one line, and its next start clears
-what orbax left half-written.
+signal during the stop of the first: one line, and the run still ends `interrupted` after its checkpoint; the
+next start clears what a cut-off save leaves.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import pathlib
 import signal
 import subprocess
 import sys
+import time
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import ROOT
@@ -73,3 +75,40 @@ def test_sigkill_right_after_a_checkpoint_leaves_tensorboard_complete_up_to_it(w
   for tag, values in expected.items():
     assert [(s, float(f"{x:.6g}")) for s, x in seen.get(tag, []) if s <= at] == [
         (s, float(f"{x:.6g}")) for s, x in values], tag
+
+
+@pytest.mark.parametrize("second", ["SIGTERM", pytest.param("SIGINT", marks=pytest.mark.slow)])
+def test_a_second_signal_is_one_line_and_the_run_still_ends_interrupted(second, write_npz, tmp_path):
+  """SIGTERM, then SIGTERM or SIGINT 50 ms later, while the first one's stop is under way: one line says so, no
+  traceback; the run checkpoints, exits 143 with summary.json `interrupted` and no temporary folder; resume=true
+  clears the one orbax leaves when a save is cut off (a third signal, a kill) and completes the run."""
+  run = tmp_path / "run"
+  args = ["train", "data=npz", f"data.path={write_npz()}", "steps=200", "eval_every=10", "log_every=10",
+          "batch_size=16", "model.widths=[256]", "checkpoint.every=null", "diagnostics=off",
+          f"hydra.run.dir={run}"]
+  proc = subprocess.Popen([sys.executable, "-m", "trainlab", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+  for line in proc.stdout:
+    if "step 100/200" in line:
+      proc.send_signal(signal.SIGTERM)
+      time.sleep(0.05)
+      proc.send_signal(getattr(signal, second))
+      break
+  output = proc.stdout.read()
+  assert proc.wait(timeout=120) == 128 + signal.SIGTERM, output
+  assert "Traceback" not in output
+  assert [line.split(" - ", 1)[1] for line in output.splitlines() if " again: " in line] == [
+      f"{second} again: already stopping at the end of this chunk, after a checkpoint; one more signal ends the "
+      "process at once, without it"], output
+  summary = writers.read_summary(run)
+  assert summary["status"] == "interrupted" and summary["interrupted_by"] == "SIGTERM", output
+  assert 100 <= summary["steps_run"] < 200
+  assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [str(summary["steps_run"])]
+
+  # What a save cut off in the middle leaves behind.
+  (run / "checkpoints" / "990.orbax-checkpoint-tmp" / "state").mkdir(parents=True)
+  proc = subprocess.run([sys.executable, "-m", "trainlab", *args, "resume=true"], cwd=tmp_path, capture_output=True,
+                        text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert writers.read_summary(run)["status"] == "completed"
+  assert [p.name for p in (run / "checkpoints").iterdir() if "tmp" in p.name] == []

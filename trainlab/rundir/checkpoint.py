@@ -44,7 +44,9 @@ class Checkpointer:
 
     self._ocp = ocp
     self.directory = pathlib.Path(workdir).resolve() / CHECKPOINT_DIR
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+    # cleanup_tmp_directories: a save cut off (a second signal, a kill) leaves orbax's temporary folder behind
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
+                                           cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:

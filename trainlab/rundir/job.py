@@ -94,6 +94,8 @@ def best_val(summary: dict) -> float | None:
 
 def stop_interrupted(summary: dict, workdir: pathlib.Path, multirun: bool, hydra_cfg: DictConfig) -> None:
   """After a signal: says how to continue, lists a sweep's jobs run so far, exits with 128 + the signal."""
+  for signum in (signal.SIGTERM, signal.SIGINT):  # one more signal now ends the exit at once, without a traceback
+    signal.signal(signum, signal.SIG_DFL)
   log.warning("interrupted at step %d; continue with the same command and resume=true%s", summary["steps_run"],
               f" hydra.run.dir={workdir}" if not multirun else f" hydra.sweep.dir={hydra_cfg.sweep.dir}")
   if multirun:  # the sweep stops here: list the jobs run so far

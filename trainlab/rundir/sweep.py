@@ -115,10 +115,11 @@ class SweepStop(signals.Stopping):
   train. Jobs in worker processes (joblib) may not get it: a scheduler or `kill` may signal this process alone.
   So the handler writes the sweep's stop file, which every job polls at its chunk boundaries (and a job about to
   start reads: it is left for resume=true); waits up to `grace_s` for the jobs that are running to write their
-  summary.json; writes results.csv; and exits with 128 + the signal. A second signal aborts at once.
+  summary.json; writes results.csv; and exits with 128 + the signal.
   """
 
   SETTLE_S = 2.0
+  STOPPING = "already stopping every job after its checkpoint"
 
   def __init__(self, sweep_dir: pathlib.Path, grace_s: float = 300.0):
     super().__init__()
