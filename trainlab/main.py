@@ -93,8 +93,13 @@ def train(argv: list[str]) -> None:
     train_app()
     return
   os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its error here instead of printing it and exiting
+  logging.raiseExceptions = False  # a log file on a full disk: no "--- Logging error ---" traceback per line
   try:
     train_app()
+  except OSError as e:  # Hydra's own writes: the run or sweep directory cannot be made, or its .hydra/ written
+    print(f"error: cannot write {e.filename or 'the output directory'}: {e.strerror or e}; choose another output "
+          "directory (hydra.run.dir=... or hydra.sweep.dir=...)", file=sys.stderr)
+    raise SystemExit(1) from None
   except Exception as e:
     del os.environ["HYDRA_FULL_ERROR"]
     from trainlab.config import suggest

@@ -25,6 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from trainlab import config, data, diagnostics, fast, initializers, losses, models, optim, regularizers, runlog, values
+from trainlab.rundir import atomic, writers
 from trainlab.signals import StopRequest
 
 log = logging.getLogger(__name__)
@@ -301,7 +302,23 @@ def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | 
 
   With `cfg.resume`, the run continues from the latest checkpoint in `workdir` (from step 0 if there is none),
   and the logs of the steps after that checkpoint are dropped, since they are about to be run again.
+
+  Raises:
+    atomic.WriteError: the disk filled up; what was half-written is removed, the last checkpoint kept.
   """
+  try:
+    return _train_and_evaluate(cfg, workdir, started, logger, stop_file)
+  except Exception as e:
+    reason = atomic.disk_full(e)
+    if reason is None:
+      raise
+    writers.remove_unfinished(workdir)
+    raise atomic.WriteError(f"cannot write the run's files in {workdir}: {reason}; free some space, then continue "
+                            "with the same command and resume=true") from None
+
+
+def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | None, logger: logging.Logger,
+                        stop_file: pathlib.Path | None) -> dict:
   started = time.perf_counter() if started is None else started
   with StopRequest(stop_file) as stop:
     compiling_before = fast.seconds()

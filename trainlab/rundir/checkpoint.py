@@ -14,8 +14,10 @@ Checkpoints live in `<run dir>/checkpoints/<step>/`.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import logging
 import pathlib
 import shutil
@@ -60,6 +62,7 @@ class Checkpointer:
     early stopping's best parameters when there are any, and the host record with the checksums of all three."""
     args = self._ocp.args
     trees = {"state": state} if best is None else {"state": state, "best": best}
+    _check_space(self.directory, trees)
     host = {**host, "checksums": {name: tree_checksum(tree) for name, tree in trees.items()}}
     host["checksums"]["host"] = json_checksum(host)
     saves = {name: args.StandardSave(tree) for name, tree in trees.items()}
@@ -84,6 +87,18 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _check_space(directory: pathlib.Path, trees: dict) -> None:
+  """Raises OSError(ENOSPC) before a save that the disk cannot hold: orbax's many writer threads would each log
+  their own traceback of the failure (the arrays' bytes, plus room for orbax's metadata)."""
+  import jax
+
+  needed = sum(leaf.nbytes for tree in trees.values() for leaf in jax.tree.leaves(tree)) + (1 << 20)
+  free = shutil.disk_usage(directory).free
+  if free < needed:
+    raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (a checkpoint needs about {needed:,} bytes in "
+                  f"{directory}, {free:,} are free)")
 
 
 class CorruptCheckpoint(Exception):

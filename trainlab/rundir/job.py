@@ -59,6 +59,10 @@ def record_failure(workdir: pathlib.Path, record: dict, e: Exception, multirun: 
   if this job `created` it; in a sweep, its summary.json stays, so that results.csv lists it with its error and
   resume=true runs it again.
   """
+  if isinstance(e, atomic.WriteError):  # a full disk: one line; in a sweep, the next job would meet it too
+    write_summary(workdir, {"status": "failed", "error": str(e), **record})
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(1)
   if isinstance(e, (config.ConfigError, data.DataError)):  # our own errors say all in one line
     if not multirun:
       if created:
