@@ -7,6 +7,7 @@ next start clears what a cut-off save leaves.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import pathlib
@@ -19,7 +20,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import ROOT
-from trainlab.rundir import writers
+from trainlab.rundir import sweep, writers
 
 
 def read_tensorboard(run_dir: pathlib.Path) -> dict[str, list[tuple[int, float]]]:
@@ -112,3 +113,33 @@ def test_a_second_signal_is_one_line_and_the_run_still_ends_interrupted(second, 
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert writers.read_summary(run)["status"] == "completed"
   assert [p.name for p in (run / "checkpoints").iterdir() if "tmp" in p.name] == []
+
+
+def test_sigterm_to_a_sweep_on_the_default_launcher_lists_the_jobs_not_started_and_resume_runs_them(write_npz,
+                                                                                                   tmp_path):
+  """The grid sweeper and Hydra's basic launcher, SIGTERM during the first of three jobs: it checkpoints and is
+  `interrupted`, results.csv lists the other two with their overrides as `pending`, the sweep exits 143; the
+  same command with resume=true completes all three."""
+  sweep_dir = tmp_path / "sweep"
+  args = ["train", "-m", f"hydra.sweep.dir={sweep_dir}", "data=npz", f"data.path={write_npz()}", "seed=0,1,2",
+          "steps=200", "eval_every=20", "log_every=20", "batch_size=16", "model.widths=[16]", "diagnostics=off"]
+  proc = subprocess.Popen([sys.executable, "-m", "trainlab", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+  for line in proc.stdout:
+    if "step 60/200" in line:
+      proc.send_signal(signal.SIGTERM)
+      break
+  output = proc.stdout.read()
+  assert proc.wait(timeout=120) == 128 + signal.SIGTERM, output
+  assert "Traceback" not in output
+  with open(sweep_dir / sweep.RESULTS_FILE, newline="") as f:
+    rows = [(row["job"], row["seed"], row["status"]) for row in csv.DictReader(f)]
+  assert rows == [("0", "0", "interrupted"), ("1", "1", "pending"), ("2", "2", "pending")], output
+
+  proc = subprocess.run([sys.executable, "-m", "trainlab", *args, "resume=true"], cwd=tmp_path, capture_output=True,
+                        text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(sweep_dir / sweep.RESULTS_FILE, newline="") as f:
+    rows = [(row["job"], row["seed"], row["status"], row["steps_run"]) for row in csv.DictReader(f)]
+  assert rows == [(str(i), str(i), "completed", "200") for i in range(3)]
+  assert writers.read_summary(sweep_dir / "0")["resumed_from_step"] >= 60

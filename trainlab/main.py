@@ -66,10 +66,7 @@ def train_app(cfg: DictConfig) -> float | None:
     checkpoint.clear(workdir)  # a failed run is run again from the start
   stop_file = pathlib.Path(hydra_cfg.sweep.dir) / writers.STOP_FILE if multirun else None
   if stop_file and stop_file.exists():  # the sweep is stopping: this job is left for resume=true
-    log.warning("the sweep is stopping: job not started")
-    job.write_summary(workdir, {"status": "interrupted", "interrupted_by": stop_file.read_text().strip(),
-                             "steps_run": 0, **record})
-    return None
+    return job.leave_pending(workdir, record, stop_file.read_text().strip(), hydra_cfg)
   from trainlab import train  # JAX is imported only when a job runs, not for --help or a skipped job
 
   try:

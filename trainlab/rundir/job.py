@@ -108,6 +108,18 @@ def stop_interrupted(summary: dict, workdir: pathlib.Path, multirun: bool, hydra
   raise SystemExit(128 + signal.Signals[summary["interrupted_by"]])
 
 
+def leave_pending(workdir: pathlib.Path, record: dict, signal_name: str, hydra_cfg: DictConfig) -> None:
+  """A job of a sweep that a signal stopped before it started: `pending` (resume=true runs it). In the sweep's
+  own process (the basic launcher), the sweep stops here, listing every job; a worker process goes on to its
+  next job, which leaves at once too."""
+  log.warning("the sweep is stopping: job not started")
+  write_summary(workdir, {"status": "pending", "interrupted_by": signal_name, "steps_run": 0, **record})
+  from trainlab.rundir import sweep
+
+  if sweep.SweepStop.in_this_process():
+    stop_interrupted({"steps_run": 0, "interrupted_by": signal_name}, workdir, True, hydra_cfg)
+
+
 def _remove_run_dir(workdir: pathlib.Path) -> None:
   """Removes a refused run's directory, and the parents inside the working directory that it leaves empty
   (Hydra's dated outputs/runs/DAY/ of a first run)."""
