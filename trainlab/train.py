@@ -293,7 +293,36 @@ def setup(cfg: DictConfig) -> Setup:
         dataset.y_train, dataset.num_classes)
   spec = Spec(json.dumps(structure, sort_keys=True), cfg.batch_size, steps, min(cfg.eval_every, steps),
               tuple(dataset.x_train.shape[1:]), dataset.num_classes, dataset.task)
+  check_fits_in_memory(spec, run_values)
   return Setup(spec, run_values, dataset, compile_program(spec))
+
+
+def check_fits_in_memory(spec: Spec, run_values: Any) -> None:
+  """Raises ConfigError when the training state and the gradients alone would not fit in the device's memory,
+  before anything is compiled or allocated (XLA would fail later, with a long traceback)."""
+  if spec not in _TRAINING_BYTES:  # the shapes depend on the structure only, not on the values
+    _TRAINING_BYTES[spec] = _training_bytes(spec, run_values)
+  needed, parameters = _TRAINING_BYTES[spec]
+  device = jax.devices()[0]
+  stats = device.memory_stats() if device.platform != "cpu" else None
+  available = stats["bytes_limit"] - stats["bytes_in_use"] if stats else data.core.available_memory()
+  if needed > available:
+    gib = lambda n: f"{n / 2**30:,.1f} GiB"
+    raise config.ConfigError(
+        f"the model does not fit in memory: its {parameters:,} parameters, their gradients and the optimizer's state "
+        f"need at least {gib(needed)}, and {device.platform} has {gib(available)} available; choose a smaller model "
+        "(model.widths, model.features, model.hidden, ...)")
+
+
+_TRAINING_BYTES: dict[Spec, tuple[int, int]] = {}
+
+
+def _training_bytes(spec: Spec, run_values: Any) -> tuple[int, int]:
+  """(bytes of the state plus one more copy of the parameters for the gradients, number of parameters), from
+  the shapes alone (jax.eval_shape allocates nothing)."""
+  shapes = jax.eval_shape(functools.partial(create_train_state, spec), np.int32(0), run_values)
+  nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+  return nbytes(shapes) + nbytes(shapes.params), sum(x.size for x in jax.tree.leaves(shapes.params))
 
 
 def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | None = None,
