@@ -94,8 +94,9 @@ def train(argv: list[str]) -> None:
   try:
     train_app()
   except OSError as e:  # Hydra's own writes: the run or sweep directory cannot be made, or its .hydra/ written
-    print(f"error: cannot write {e.filename or 'the output directory'}: {e.strerror or e}; choose another output "
-          "directory (hydra.run.dir=... or hydra.sweep.dir=...)", file=sys.stderr)
+    what = f"cannot write {e.filename}: {e.strerror}" if e.filename else str(e)
+    print(f"error: {what}; choose another output directory (hydra.run.dir=... or hydra.sweep.dir=...)",
+          file=sys.stderr)
     raise SystemExit(1) from None
   except Exception as e:
     del os.environ["HYDRA_FULL_ERROR"]

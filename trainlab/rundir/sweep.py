@@ -52,6 +52,7 @@ def collect(sweep_dir: pathlib.Path) -> list[dict]:
 def write_jobs(sweep_dir: pathlib.Path, overrides: list[list[str]]) -> None:
   """Lists the sweep's jobs (each one's overrides, in job order), so that results.csv can list those a signal
   left unstarted."""
+  pathlib.Path(sweep_dir).mkdir(parents=True, exist_ok=True)  # as Hydra would next, with its error for a bad path
   atomic.write_text(pathlib.Path(sweep_dir) / JOBS_FILE, json.dumps([list(o) for o in overrides]) + "\n")
 
 
