@@ -93,12 +93,12 @@ def train(argv: list[str]) -> None:
   logging.raiseExceptions = False  # a log file on a full disk: no "--- Logging error ---" traceback per line
   try:
     train_app()
-  except OSError as e:  # Hydra's own writes: the run or sweep directory cannot be made, or its .hydra/ written
-    what = f"cannot write {e.filename}: {e.strerror}" if e.filename else str(e)
-    print(f"error: {what}; choose another output directory (hydra.run.dir=... or hydra.sweep.dir=...)",
-          file=sys.stderr)
-    raise SystemExit(1) from None
   except Exception as e:
+    if isinstance(e, OSError) and not isinstance(e, HydraException):  # Hydra's own writes: the run or sweep
+      what = f"cannot write {e.filename}: {e.strerror}" if e.filename else str(e)  # directory, its .hydra/
+      print(f"error: {what}; choose another output directory (hydra.run.dir=... or hydra.sweep.dir=...)",
+            file=sys.stderr)
+      raise SystemExit(1) from None
     del os.environ["HYDRA_FULL_ERROR"]
     from trainlab.config import suggest
 
