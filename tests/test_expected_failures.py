@@ -7,6 +7,7 @@ Each case runs the real command in a fresh process, as a user would.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import shutil
@@ -21,7 +22,7 @@ from omegaconf import open_dict
 
 from conftest import ROOT, compose_config, run_cli
 from trainlab import config
-from trainlab.rundir import writers
+from trainlab.rundir import atomic, writers
 
 TINY = ["steps=40", "eval_every=20", "log_every=10", "diagnostics=off"]
 
@@ -99,7 +100,7 @@ def test_an_output_directory_under_a_file_is_one_line(tmp_path):
 FULL_DISK_BY_INJECTION = """
 import errno, os, sys
 from trainlab import main
-from trainlab.rundir import writers
+from trainlab.rundir import atomic, writers
 write_jsonl, written = writers.RunWriter.write_jsonl, []
 def full_after_a_few(self, step, metrics):  # the disk fills up while the run writes its metrics
   written.append(step)
@@ -160,3 +161,23 @@ def test_test_labels_never_seen_in_training_get_a_warning_naming_them(write_npz,
                       "examples); the model cannot learn them, so those examples count as errors"]
   summary = writers.read_summary(tmp_path / "run")
   assert summary["status"] == "completed" and summary["test/accuracy"] == 0
+
+
+def test_a_full_disk_is_recognized_through_a_chain_of_errors_that_loops():
+  """An error re-raised from its own handler (a loader's error unwrapped from Hydra's) chains back to itself."""
+  try:
+    try:
+      raise RuntimeError("wrapper")
+    except RuntimeError as wrapper:
+      cause = ValueError("the loader's own error")
+      wrapper.__cause__ = cause
+      raise cause from None
+  except ValueError as e:
+    assert atomic.disk_full(e) is None
+  full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  assert atomic.disk_full(ValueError("RESOURCE_EXHAUSTED: Failed writing: No space left on device")) == \
+      "No space left on device"
+  try:
+    raise RuntimeError("a library's wrapper") from full
+  except RuntimeError as e:
+    assert atomic.disk_full(e) == "No space left on device"

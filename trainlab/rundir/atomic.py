@@ -22,7 +22,9 @@ def disk_full(e: BaseException | None) -> str | None:
   """The reason, when an error (or one it was raised from) says that the disk is full: an OSError ENOSPC or
   EDQUOT, or a library's error that carries one in its message (orbax's TensorStore: RESOURCE_EXHAUSTED ...
   No space left on device); else None."""
-  while e is not None:
+  seen = set()
+  while e is not None and id(e) not in seen:  # a chain may loop: an error re-raised from its own handler
+    seen.add(id(e))
     if isinstance(e, OSError) and e.errno in DISK_FULL:
       return e.strerror or os.strerror(e.errno)
     for code in DISK_FULL:
