@@ -192,7 +192,7 @@ def test_a_streamed_write_that_raises_leaves_the_old_file_and_its_own_error(tmp_
 
 def test_sigterm_to_a_joblib_sweep_stops_every_job_and_resume_finishes_them(write_npz, tmp_path):
   """SIGTERM to the sweep's own process only (workers run the jobs): the running jobs checkpoint and are
-  `interrupted`, a job not yet started is left for resume, results.csv lists them, the sweep exits 143; the
+  `interrupted`, a job not yet started is `pending`, left for resume, results.csv lists them, the sweep exits 143; the
   same command with resume=true completes every job, the interrupted ones from their checkpoints."""
   sweep_dir = tmp_path / "sweep"
   args = ["train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep_dir}",
@@ -209,10 +209,11 @@ def test_sigterm_to_a_joblib_sweep_stops_every_job_and_resume_finishes_them(writ
   output = proc.communicate(timeout=300)[0]
   assert proc.returncode == 128 + signal.SIGTERM, output
   summaries = jobs(sweep_dir)
-  assert {s["status"] for s in summaries.values()} == {"interrupted"}, output
+  statuses = {name: s["status"] for name, s in summaries.items()}
+  assert statuses == {"0": "interrupted", "1": "interrupted", "2": "pending"}, output
   started = [name for name, s in summaries.items() if s["steps_run"] > 0]
   assert sorted(started) == ["0", "1"] and 0 < summaries["0"]["steps_run"] < 400
-  assert {row["job"]: row["status"] for row in read_results(sweep_dir)} == dict.fromkeys(summaries, "interrupted")
+  assert {row["job"]: row["status"] for row in read_results(sweep_dir)} == statuses
 
   run_cli(*args, "resume=true", cwd=tmp_path)
   summaries = jobs(sweep_dir)

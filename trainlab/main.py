@@ -77,10 +77,7 @@ def _run_job(cfg: DictConfig, hydra_cfg: DictConfig, workdir: pathlib.Path, reco
     return job.best_val(previous)
   stop_file = pathlib.Path(hydra_cfg.sweep.dir) / writers.STOP_FILE if multirun else None
   if stop_file and stop_file.exists():  # the sweep is stopping: this job is left for resume=true
-    log.warning("the sweep is stopping: job not started")
-    job.write_summary(workdir, {"status": "interrupted", "interrupted_by": stop_file.read_text().strip(),
-                             "steps_run": 0, **record})
-    return None
+    return job.leave_pending(workdir, record, stop_file.read_text().strip(), hydra_cfg)
   from trainlab import train  # JAX is imported only when a job runs, not for --help or a skipped job
 
   # A failed or interrupted run resumes from its newest sound checkpoint, whatever its status: trainlab never
@@ -108,9 +105,15 @@ def train(argv: list[str]) -> None:
     train_app()
     return
   os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its error here instead of printing it and exiting
+  logging.raiseExceptions = False  # a log file on a full disk: no "--- Logging error ---" traceback per line
   try:
     train_app()
   except Exception as e:
+    if isinstance(e, OSError) and not isinstance(e, HydraException):  # Hydra's own writes: the run or sweep
+      what = f"cannot write {e.filename}: {e.strerror}" if e.filename else str(e)  # directory, its .hydra/
+      print(f"error: {what}; choose another output directory (hydra.run.dir=... or hydra.sweep.dir=...)",
+            file=sys.stderr)
+      raise SystemExit(1) from None
     del os.environ["HYDRA_FULL_ERROR"]
     from trainlab.config import suggest
 

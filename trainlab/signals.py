@@ -1,8 +1,12 @@
 """Catching SIGTERM and SIGINT (a scheduler's preemption, Ctrl-C) for an orderly stop.
 
 `Stopping` is the mechanism both a run (StopRequest, below) and a sweep (sweep.SweepStop) use: while the
-context is open, the first signal calls `on_signal` and a second one aborts at once (KeyboardInterrupt); on
-exit the previous handlers come back. No JAX here: a sweep's own process may never import it.
+context is open, the first signal calls `on_signal`; a second one says in one line that the stop is under way
+and lets it finish (its checkpoint and summary.json), and a third ends the process at once, as the signal does
+by default. On exit the previous handlers come back. No JAX here: a sweep's own process may never import it.
+
+A second signal raises nothing: an exception raised by a signal handler lands wherever Python happens to be,
+inside orbax's save (leaving its temporary folder) or a garbage-collection callback (which swallows it).
 """
 
 from __future__ import annotations
@@ -34,20 +38,28 @@ class Stopping:
 
   def _handle(self, signum, frame) -> None:
     if self.signal_name is not None:
-      raise KeyboardInterrupt
+      for previous in self._previous:  # a third signal ends the process at once, whatever it is doing then
+        signal.signal(previous, signal.SIG_DFL)
+      log.warning("%s again: %s; one more signal ends the process at once, without it", signal.Signals(signum).name,
+                  self.STOPPING)
+      return
     self.signal_name = signal.Signals(signum).name
     self.on_signal(signum)
+
+  STOPPING = "already stopping"  # what a second signal is told is under way
 
   def on_signal(self, signum: int) -> None:
     """What the first signal does, beyond recording its name."""
 
 
 class StopRequest(Stopping):
-  """SIGTERM or SIGINT during a run: finish the chunk, checkpoint and stop. A second signal aborts at once.
+  """SIGTERM or SIGINT during a run: finish the chunk, checkpoint and stop.
 
   A job of a sweep also stops when its sweep's stop file appears (`stop_file`, holding the signal's name): the
   sweep's own process writes it on a signal, for the jobs that run in worker processes (the joblib launcher).
   """
+
+  STOPPING = "already stopping at the end of this chunk, after a checkpoint"
 
   def __init__(self, stop_file: pathlib.Path | None = None):
     super().__init__()

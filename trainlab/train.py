@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainlab import (backup_workers, config, data, diagnostics, fast, initializers, losses, models, optim,
                       regularizers, runlog, sharding, values)
+from trainlab.rundir import atomic, writers
 from trainlab.signals import StopRequest
 
 log = logging.getLogger(__name__)
@@ -260,6 +261,16 @@ def eval_splits(dataset: data.Dataset, devices: int = 1) -> tuple[tuple, tuple]:
                for x, y in ((dataset.x_val, dataset.y_val), (dataset.x_test, dataset.y_test)))
 
 
+def _warn_unseen_labels(dataset: data.Dataset) -> None:
+  """One warning line when the validation or test split holds labels the training split lacks."""
+  for split, labels in data.core.labels_missing_from_training(dataset).items():
+    y = dataset.y_val if split == "val" else dataset.y_test
+    shown = ", ".join(map(str, labels[:10])) + (", ..." if len(labels) > 10 else "")
+    log.warning("the %s split holds labels that never occur in the training split: %s (%d of its %d examples); "
+                "the model cannot learn them, so those examples count as errors", split, shown,
+                int(np.isin(y, labels).sum()), len(y))
+
+
 def total_steps(cfg: DictConfig, n_train: int) -> int:
   return cfg.steps if cfg.epochs is None else cfg.epochs * (n_train // cfg.batch_size)
 
@@ -281,6 +292,7 @@ def setup(cfg: DictConfig) -> Setup:
   config.check(cfg)
   fast.enable_persistent_cache()
   dataset = load_data(cfg.data)
+  _warn_unseen_labels(dataset)
   models.check_input(cfg.model._target_, cfg.data._target_, dataset.layout, dataset.x_train.shape[1:])
   models.check_init(cfg.model._target_, cfg.init.get("recurrent", "same"))
   n_train = len(dataset.y_train)
@@ -299,7 +311,36 @@ def setup(cfg: DictConfig) -> Setup:
   spec = Spec(json.dumps(structure, sort_keys=True), cfg.batch_size, steps, min(cfg.eval_every, steps),
               tuple(dataset.x_train.shape[1:]), dataset.num_classes, dataset.task, devices,
               cfg.parallel.shard_params and devices > 1)
+  check_fits_in_memory(spec, run_values)
   return Setup(spec, run_values, dataset, compile_program(spec))
+
+
+def check_fits_in_memory(spec: Spec, run_values: Any) -> None:
+  """Raises ConfigError when the training state and the gradients alone would not fit in the device's memory,
+  before anything is compiled or allocated (XLA would fail later, with a long traceback)."""
+  if spec not in _TRAINING_BYTES:  # the shapes depend on the structure only, not on the values
+    _TRAINING_BYTES[spec] = _training_bytes(spec, run_values)
+  needed, parameters = _TRAINING_BYTES[spec]
+  device = jax.devices()[0]
+  stats = device.memory_stats() if device.platform != "cpu" else None
+  available = stats["bytes_limit"] - stats["bytes_in_use"] if stats else data.core.available_memory()
+  if needed > available:
+    gib = lambda n: f"{n / 2**30:,.1f} GiB"
+    raise config.ConfigError(
+        f"the model does not fit in memory: its {parameters:,} parameters, their gradients and the optimizer's state "
+        f"need at least {gib(needed)}, and {device.platform} has {gib(available)} available; choose a smaller model "
+        "(model.widths, model.features, model.hidden, ...)")
+
+
+_TRAINING_BYTES: dict[Spec, tuple[int, int]] = {}
+
+
+def _training_bytes(spec: Spec, run_values: Any) -> tuple[int, int]:
+  """(bytes of the state plus one more copy of the parameters for the gradients, number of parameters), from
+  the shapes alone (jax.eval_shape allocates nothing)."""
+  shapes = jax.eval_shape(functools.partial(create_train_state, spec), np.int32(0), run_values)
+  nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+  return nbytes(shapes) + nbytes(shapes.params), sum(x.size for x in jax.tree.leaves(shapes.params))
 
 
 def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | None = None,
@@ -308,7 +349,23 @@ def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | 
 
   With `cfg.resume`, the run continues from the latest checkpoint in `workdir` (from step 0 if there is none),
   and the logs of the steps after that checkpoint are dropped, since they are about to be run again.
+
+  Raises:
+    atomic.WriteError: the disk filled up; what was half-written is removed, the last checkpoint kept.
   """
+  try:
+    return _train_and_evaluate(cfg, workdir, started, logger, stop_file)
+  except Exception as e:
+    reason = atomic.disk_full(e)
+    if reason is None:
+      raise
+    writers.remove_unfinished(workdir)
+    raise atomic.WriteError(f"cannot write the run's files in {workdir}: {reason}; free some space, then continue "
+                            "with the same command and resume=true") from None
+
+
+def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | None, logger: logging.Logger,
+                        stop_file: pathlib.Path | None) -> dict:
   started = time.perf_counter() if started is None else started
   with StopRequest(stop_file) as stop:
     compiling_before = fast.seconds()

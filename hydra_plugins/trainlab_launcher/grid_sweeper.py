@@ -10,12 +10,15 @@ A launcher that runs jobs elsewhere (joblib, a cluster) composes them again ther
 
 from __future__ import annotations
 
+import pathlib
 from typing import Any, Sequence
 
 # Private: Hydra exports no public grid sweeper to extend, and this one must stay Hydra's own grid.
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
+
+from trainlab.rundir import sweep
 
 
 class _ComposedOnce:
@@ -47,6 +50,13 @@ class GridSweeper(BasicSweeper):
     self.loader = _ComposedOnce(hydra_context.config_loader)
     super().setup(hydra_context=HydraContext(config_loader=self.loader, callbacks=hydra_context.callbacks),
                   task_function=task_function, config=config)
+
+  def split_arguments(self, overrides: Any, max_batch_size: int | None) -> list[list[list[str]]]:
+    """Hydra's batches of the grid; the sweep's whole list of jobs is also written into the sweep directory, so
+    that a sweep stopped by a signal lists its jobs not started in results.csv (as `pending`)."""
+    batches = BasicSweeper.split_arguments(overrides, max_batch_size)
+    sweep.write_jobs(pathlib.Path(self.config.hydra.sweep.dir), [job for batch in batches for job in batch])
+    return batches
 
   def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
     """Composes every job's config of the batch (a bad override fails here, before any job starts) and keeps

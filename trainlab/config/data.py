@@ -70,7 +70,7 @@ class TeacherConfig(TargetConfig):
   n_val: int = value(1)
   n_test: int = value(1)
   input_dim: int = value(1)
-  widths: List[int] = MISSING
+  widths: List[int] = value(1)  # each layer at least one unit
   outputs: int = value(1)
   noise: float = value(0.0)
   seed: int = value(0)

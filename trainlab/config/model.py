@@ -23,22 +23,22 @@ class ActivationConfig(TargetConfig):
 
 @schema("model_mlp_schema")
 class MLPConfig(ActivationConfig):
-  widths: List[int] = MISSING
+  widths: List[int] = value(1)  # each layer at least one unit
   norm: str = choice(*NORMS)
   batch_momentum: float = value(**FRACTION)
 
 
 @schema("model_cnn_schema")
 class CNNConfig(ActivationConfig):
-  features: List[int] = MISSING
+  features: List[int] = value(1)  # each layer at least one unit
   kernel_size: int = value(1)
-  widths: List[int] = MISSING
+  widths: List[int] = value(1)  # each layer at least one unit
   conv_impl: str = choice("auto", "xla", "im2col")  # conv.IMPLS
 
 
 @schema("model_resnet_schema")
 class ResNetConfig(ActivationConfig):
-  features: List[int] = MISSING
+  features: List[int] = value(1)  # each layer at least one unit
   blocks: int = value(1)
   kernel_size: int = value(1)
   norm: str = choice("batch", "layer", "none")

@@ -40,6 +40,18 @@ class Dataset(NamedTuple):
   layout: str = "vector"  # what an example's axes mean; decides which models can read it
 
 
+def labels_missing_from_training(dataset: Dataset) -> dict[str, list[int]]:
+  """{split: its labels that never occur in the training split} for the validation and test splits of a
+  classification data set (those whose labels all occur are left out): the model is never trained to predict
+  them, so every example with one counts as an error."""
+  if dataset.task != "classification":
+    return {}
+  seen = set(np.unique(dataset.y_train).tolist())
+  found = {split: sorted(set(np.unique(y).tolist()) - seen) for split, y in (("val", dataset.y_val),
+                                                                              ("test", dataset.y_test))}
+  return {split: labels for split, labels in found.items() if labels}
+
+
 def resolve_cache_dir(configured: str | None = None) -> pathlib.Path:
   """Where generated data sets are kept: the configured folder, $TRAINLAB_CACHE, or ~/.cache/trainlab."""
   path = configured or os.environ.get("TRAINLAB_CACHE") or pathlib.Path.home() / ".cache" / "trainlab"

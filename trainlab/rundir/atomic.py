@@ -4,6 +4,7 @@ a second writer or a crash sees the old file or the new one, never half of one."
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pathlib
 import tempfile
@@ -12,6 +13,25 @@ from typing import BinaryIO, Iterator
 
 class WriteError(OSError):
   """A file that could not be written (full disk, unwritable folder); its previous contents are intact."""
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(e: BaseException | None) -> str | None:
+  """The reason, when an error (or one it was raised from) says that the disk is full: an OSError ENOSPC or
+  EDQUOT, or a library's error that carries one in its message (orbax's TensorStore: RESOURCE_EXHAUSTED ...
+  No space left on device); else None."""
+  seen = set()
+  while e is not None and id(e) not in seen:  # a chain may loop: an error re-raised from its own handler
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in DISK_FULL:
+      return e.strerror or os.strerror(e.errno)
+    for code in DISK_FULL:
+      if os.strerror(code) in str(e):
+        return os.strerror(code)
+    e = e.__cause__ or e.__context__
+  return None
 
 
 def _error(path: pathlib.Path, e: OSError, unchanged: bool = True) -> WriteError:

@@ -16,9 +16,11 @@ inspect or delete.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import functools
 import json
+import os
 import logging
 import pathlib
 import shutil
@@ -49,7 +51,9 @@ class Checkpointer:
 
     self._ocp = ocp
     self.directory = pathlib.Path(workdir).resolve() / CHECKPOINT_DIR
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+    # cleanup_tmp_directories: a save cut off (a second signal, a kill) leaves orbax's temporary folder behind
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
+                                           cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
@@ -63,6 +67,7 @@ class Checkpointer:
     early stopping's best parameters when there are any, and the host record with the checksums of all three."""
     args = self._ocp.args
     trees = {"state": state} if best is None else {"state": state, "best": best}
+    _check_space(self.directory, trees)
     host = {**host, "checksums": {name: tree_checksum(tree) for name, tree in trees.items()}}
     host["checksums"]["host"] = json_checksum(host)
     saves = {name: args.StandardSave(tree) for name, tree in trees.items()}
@@ -87,6 +92,18 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _check_space(directory: pathlib.Path, trees: dict) -> None:
+  """Raises OSError(ENOSPC) before a save that the disk cannot hold: orbax's many writer threads would each log
+  their own traceback of the failure (the arrays' bytes, plus room for orbax's metadata)."""
+  import jax
+
+  needed = sum(leaf.nbytes for tree in trees.values() for leaf in jax.tree.leaves(tree)) + (1 << 20)
+  free = shutil.disk_usage(directory).free
+  if free < needed:
+    raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (a checkpoint needs about {needed:,} bytes in "
+                  f"{directory}, {free:,} are free)")
 
 
 class CorruptCheckpoint(Exception):

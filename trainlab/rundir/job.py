@@ -118,6 +118,10 @@ def record_failure(workdir: pathlib.Path, record: dict, e: Exception, multirun: 
   job's first attempt leaves its summary.json, so that results.csv lists it with its error and resume=true runs
   it again.
   """
+  if isinstance(e, atomic.WriteError):  # a full disk: one line; in a sweep, the next job would meet it too
+    write_summary(workdir, {"status": "failed", "error": str(e), **record})
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(1)
   if isinstance(e, (config.ConfigError, data.DataError)):  # our own errors say all in one line
     if held:
       restore_hydra_record(workdir, hydra_record)
@@ -158,12 +162,26 @@ def best_val(summary: dict) -> float | None:
 
 def stop_interrupted(summary: dict, workdir: pathlib.Path, multirun: bool, hydra_cfg: DictConfig) -> None:
   """After a signal: says how to continue, lists a sweep's jobs run so far, exits with 128 + the signal."""
+  for signum in (signal.SIGTERM, signal.SIGINT):  # one more signal now ends the exit at once, without a traceback
+    signal.signal(signum, signal.SIG_DFL)
   log.warning("interrupted at step %d; continue with the same command and resume=true%s", summary["steps_run"],
               f" hydra.run.dir={workdir}" if not multirun else f" hydra.sweep.dir={hydra_cfg.sweep.dir}")
   if multirun:  # the sweep stops here: list the jobs run so far
     from trainlab.rundir import sweep
     sweep.write_results(pathlib.Path(hydra_cfg.sweep.dir), sweep.collect(pathlib.Path(hydra_cfg.sweep.dir)))
   raise SystemExit(128 + signal.Signals[summary["interrupted_by"]])
+
+
+def leave_pending(workdir: pathlib.Path, record: dict, signal_name: str, hydra_cfg: DictConfig) -> None:
+  """A job of a sweep that a signal stopped before it started: `pending` (resume=true runs it). In the sweep's
+  own process (the basic launcher), the sweep stops here, listing every job; a worker process goes on to its
+  next job, which leaves at once too."""
+  log.warning("the sweep is stopping: job not started")
+  write_summary(workdir, {"status": "pending", "interrupted_by": signal_name, "steps_run": 0, **record})
+  from trainlab.rundir import sweep
+
+  if sweep.SweepStop.in_this_process():
+    stop_interrupted({"steps_run": 0, "interrupted_by": signal_name}, workdir, True, hydra_cfg)
 
 
 def _remove_run_dir(workdir: pathlib.Path) -> None:

@@ -7,8 +7,10 @@ in either is logged and leaves results.csv as written.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import pathlib
+import signal
 import sys
 import time
 
@@ -21,6 +23,10 @@ from trainlab.rundir import atomic, jobs, report, writers
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.csv"
+JOBS_FILE = ".jobs.json"  # the grid sweeper's list of the sweep's jobs (their overrides, in job order)
+# Launchers that run every job in the sweep's own process, in turn: a signal reaches the job that is running.
+IN_PROCESS_LAUNCHERS = ("hydra._internal.core_plugins.basic_launcher.BasicLauncher",
+                        "hydra_plugins.trainlab_launcher.vectorized_launcher.VectorizedLauncher")
 METRIC_COLUMNS = ("status", "test/accuracy", "test/mse", "test/distance", "test/loss", "best_val/accuracy",
                   "best_val/mse", "best_val/distance", "best_val/loss", "best_val/step", "steps_run", "diverged_at_step",
                   "wall_time_s", "compile_time_s", "steps_per_second", "error")
@@ -30,9 +36,25 @@ TASK_COLUMNS = tuple(f"{split}/{name}" for split in ("test", "best_val") for nam
 
 
 def collect(sweep_dir: pathlib.Path) -> list[dict]:
-  """One row per job directory holding a summary.json: the job's overrides as columns, then its results."""
-  return [{"job": job_dir.name, **jobs.parse_overrides(summary.get("overrides", [])),
+  """One row per job directory holding a summary.json: the job's overrides as columns, then its results; and one
+  row, `pending`, per job of the sweep's list (write_jobs) that has none yet (a sweep stopped before it started)."""
+  rows = [{"job": job_dir.name, **jobs.parse_overrides(summary.get("overrides", [])),
            **{k: summary.get(k) for k in METRIC_COLUMNS}} for job_dir, summary in writers.job_summaries(sweep_dir)]
+  listed = pathlib.Path(sweep_dir) / JOBS_FILE
+  if listed.is_file():
+    done = {tuple(summary.get("overrides", [])) for _, summary in writers.job_summaries(sweep_dir)}
+    taken = {row["job"] for row in rows}
+    for number, overrides in enumerate(json.loads(listed.read_text())):
+      if tuple(jobs.run_overrides(overrides)) not in done and str(number) not in taken:
+        rows.append({"job": str(number), **jobs.parse_overrides(jobs.run_overrides(overrides)), "status": "pending"})
+  return sorted(rows, key=lambda row: (0, int(row["job"]), "") if row["job"].isdigit() else (1, 0, row["job"]))
+
+
+def write_jobs(sweep_dir: pathlib.Path, overrides: list[list[str]]) -> None:
+  """Lists the sweep's jobs (each one's overrides, in job order), so that results.csv can list those a signal
+  left unstarted."""
+  pathlib.Path(sweep_dir).mkdir(parents=True, exist_ok=True)  # as Hydra would next, with its error for a bad path
+  atomic.write_text(pathlib.Path(sweep_dir) / JOBS_FILE, json.dumps([list(o) for o in overrides]) + "\n")
 
 
 def write_results(sweep_dir: pathlib.Path, rows: list[dict]) -> pathlib.Path:
@@ -63,7 +85,8 @@ class ResultsTable(Callback):
       self._refuse_finished_runs(sweep_dir)
     if config.get("resume") and (sweep_dir / "multirun.yaml").is_file():
       self._refuse_another_sweep(sweep_dir, config)
-    self.stop = SweepStop(sweep_dir).__enter__()
+    in_process = config.hydra.launcher._target_ in IN_PROCESS_LAUNCHERS
+    self.stop = SweepStop(sweep_dir, in_process=in_process).__enter__()
 
   def _refuse_finished_runs(self, sweep_dir: pathlib.Path) -> None:
     held = [p.name for p in jobs.job_dirs(sweep_dir)
@@ -90,6 +113,7 @@ class ResultsTable(Callback):
       raise SystemExit(2)
 
   def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+    signal_name = self.stop and self.stop.signal_name  # a signal after the last job, in-process
     if self.stop is not None:
       self.stop.__exit__()
     sweep_dir = pathlib.Path(config.hydra.sweep.dir)
@@ -104,6 +128,8 @@ class ResultsTable(Callback):
     counts = collections.Counter(row["status"] for row in rows)
     log.info("%d jobs (%s); results in %s", len(rows), ", ".join(f"{n} {s}" for s, n in counts.items()), path)
     _write_views(sweep_dir, config)
+    if signal_name:
+      raise SystemExit(128 + signal.Signals[signal_name])
     if counts.get("failed"):
       log.error("%d of %d jobs failed: see the error column of %s", counts["failed"], len(rows), path)
       raise SystemExit(1)
@@ -116,18 +142,38 @@ class SweepStop(signals.Stopping):
   train. Jobs in worker processes (joblib) may not get it: a scheduler or `kill` may signal this process alone.
   So the handler writes the sweep's stop file, which every job polls at its chunk boundaries (and a job about to
   start reads: it is left for resume=true); waits up to `grace_s` for the jobs that are running to write their
-  summary.json; writes results.csv; and exits with 128 + the signal. A second signal aborts at once.
+  summary.json; writes results.csv; and exits with 128 + the signal.
   """
 
   SETTLE_S = 2.0
+  STOPPING = "already stopping every job after its checkpoint"
 
-  def __init__(self, sweep_dir: pathlib.Path, grace_s: float = 300.0):
+  def __init__(self, sweep_dir: pathlib.Path, grace_s: float = 300.0, in_process: bool = False):
+    """in_process: the launcher runs the jobs in this process, in turn (basic, vectorized): the handler then only
+    writes the stop file (a job that is starting here would wait for its own handler to return)."""
     super().__init__()
-    self.sweep_dir, self.grace_s = pathlib.Path(sweep_dir), grace_s
+    self.sweep_dir, self.grace_s, self.in_process = pathlib.Path(sweep_dir), grace_s, in_process
+
+  _active = None  # the SweepStop open in this process: none in a launcher's worker process
+
+  def __enter__(self):
+    SweepStop._active = self
+    return super().__enter__()
+
+  def __exit__(self, *exc) -> None:
+    SweepStop._active = None
+    super().__exit__(*exc)
+
+  @classmethod
+  def in_this_process(cls) -> bool:
+    """Whether this process is a sweep's own, running its jobs in turn (an in-process launcher)."""
+    return cls._active is not None and cls._active.in_process
 
   def on_signal(self, signum: int) -> None:
     log.warning("%s: every running job stops at the end of its chunk, after a checkpoint", self.signal_name)
     atomic.write_text(self.sweep_dir / writers.STOP_FILE, self.signal_name)
+    if self.in_process:  # the job starting or running now reads the stop file, and ends the sweep
+      return
     deadline, quiet_since = time.monotonic() + self.grace_s, None
     # Done when no job has run for SETTLE_S: workers may take up a queued job (which then leaves at once)
     # just after the others stop.

@@ -7,9 +7,11 @@ of `tensorboard_tag`, in a folder of the run directory named after the run (`run
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import threading
 import pathlib
 import time
 import zlib
@@ -97,6 +99,21 @@ def _truncate_metrics(workdir: pathlib.Path, purge_step: int) -> None:
     atomic.write_text(path, "".join(json.dumps(p) + "\n" for p in kept))
 
 
+def remove_unfinished(workdir: pathlib.Path) -> None:
+  """Removes what a run cut off while writing leaves half-written: orbax's temporary checkpoint folders, and a
+  last line of metrics.jsonl without its end."""
+  import shutil
+
+  for unfinished in pathlib.Path(workdir).glob("checkpoints/*.orbax-checkpoint-tmp*"):
+    shutil.rmtree(unfinished, ignore_errors=True)
+  path = pathlib.Path(workdir) / METRICS_FILE
+  if path.is_file():
+    text = path.read_bytes()
+    if text and not text.endswith(b"\n"):
+      with open(path, "r+b") as f:  # in place: shorter, so it needs no space on a full disk
+        f.truncate(text.rfind(b"\n") + 1)
+
+
 class RunWriter:
   """Scalars to TensorBoard (tensorboardX: no TensorFlow needed) and to metrics.jsonl, one line per point; the
   events go to `events_dir(workdir)`."""
@@ -128,6 +145,7 @@ class RunWriter:
 
   def plot(self, step: int, metrics: dict[str, float]) -> None:
     """The points to TensorBoard only (a view, such as the best validation point so far)."""
+    _check_events_thread(self._tb)
     for name, x in metrics.items():
       self._tb.add_scalar(tensorboard_tag(name), x, global_step=step)
 
@@ -135,20 +153,84 @@ class RunWriter:
     """The config in TensorBoard's Text tab: the run's overrides (what sets it apart) first, then the whole
     config as YAML in a code block (markdown, which keeps its indentation)."""
     overrides = ", ".join(recorded_overrides(self.workdir)) or "(none)"
+    _check_events_thread(self._tb)
     self._tb.add_text("config", f"**overrides:** {overrides}\n\n```\n{yaml_text}\n```", global_step=0)
 
   def histogram(self, step: int, name: str, values) -> None:
     # TensorBoard's own summary API buckets histograms 30 ways; tensorboardX's default, about 1,500 buckets,
     # costs far more to compute and to write for no visible difference in the Histograms tab.
+    _check_events_thread(self._tb)
     self._tb.add_histogram(name, values, global_step=step, bins=HISTOGRAM_BUCKETS)
 
   def flush(self) -> None:
+    """Everything written so far onto the disk, TensorBoard's events included (before a checkpoint: a kill
+    after it must find every file holding the points up to it)."""
+    _check_events_thread(self._tb)
+    _write_queued_events(self._tb)
     self._tb.flush()
     self._jsonl.flush()
+    os.fsync(self._jsonl.fileno())
 
   def close(self) -> None:
-    self._tb.close()
-    self._jsonl.close()
+    try:
+      _check_events_thread(self._tb)
+      self._tb.close()
+    except OSError:  # the writing thread has stopped (its error is the run's): close the file it wrote
+      for file_writer in (self._tb.all_writers or {}).values():
+        file_writer.event_writer._closed = True  # so that tensorboardX's own exit hook leaves it too
+        try:
+          file_writer.event_writer._ev_writer.close()
+        except OSError:  # its last buffered bytes do not fit either; TensorBoard reads the events before them
+          pass
+    finally:
+      self._jsonl.close()
+
+
+_EVENTS_THREAD_ERRORS: dict = {}  # tensorboardX writing thread -> the error that stopped it
+
+
+def _keep_events_thread_errors(args) -> None:
+  """threading.excepthook: the error that stops a tensorboardX writing thread (a full disk) is kept, for the run
+  to raise in its own thread (_check_events_thread), instead of printed as a traceback; others go on as before."""
+  from tensorboardX.event_file_writer import _EventLoggerThread
+
+  if isinstance(args.thread, _EventLoggerThread):
+    _EVENTS_THREAD_ERRORS[args.thread] = args.exc_value
+  else:
+    _previous_excepthook(args)
+
+
+_previous_excepthook = threading.excepthook
+threading.excepthook = _keep_events_thread_errors
+
+
+def _check_events_thread(tb) -> None:
+  """Raises the error that stopped tensorboardX's writing thread, if it has stopped: events queued to a stopped
+  thread would fill its queue, and the next one would wait forever."""
+  for file_writer in (tb.all_writers or {}).values():
+    events = file_writer.event_writer
+    if not events._closed and not events._worker.is_alive():
+      error = _EVENTS_THREAD_ERRORS.get(events._worker) or OSError(errno.EIO, "TensorBoard's event writer stopped")
+      raise error
+
+
+def _write_queued_events(tb) -> None:
+  """Writes the events tensorboardX still holds in its queue into the event file.
+
+  tensorboardX writes events from a thread that takes them off a queue (up to 10) and its flush() syncs only what
+  that thread has written: the events still queued reached the file later, unsynced, and a kill lost them. The
+  thread's stop signal queues behind them, so stopping it writes them all; a new thread then serves the same file
+  and queue. (tensorboardX has no public call for this; its version is pinned in pyproject.toml.)
+  """
+  from tensorboardX.event_file_writer import _EventLoggerThread
+
+  for file_writer in (tb.all_writers or {}).values():
+    events = file_writer.event_writer
+    if events._closed:
+      continue
+    events._worker.stop()
+    events._worker = _EventLoggerThread(events._event_queue, events._ev_writer, events._flush_secs)
+    events._worker.start()
 
 
 # --- the HParams dashboard ----------------------------------------------------------------------------------
