@@ -223,8 +223,9 @@ def compile_program(spec: Spec) -> Program:
 @functools.lru_cache(maxsize=4)
 def _load_data(data_cfg_json: str) -> data.Dataset:
   """Loads a data set once per process: jobs of a sweep run in one process share it."""
+  loader_cfg, subset = data.split_config(json.loads(data_cfg_json))
   try:
-    return instantiate(json.loads(data_cfg_json))
+    return data.cut(instantiate(loader_cfg), **subset)
   except InstantiationException as e:  # Hydra wraps the loader's own error; the user needs that one
     if isinstance(e.__cause__, (data.DataError, config.ConfigError)):
       raise e.__cause__ from None
