@@ -24,7 +24,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab import config, data, diagnostics, fast, initializers, losses, models, optim, regularizers, runlog, values
+from trainlab import (config, data, diagnostics, fast, initializers, losses, models, optim, regularizers, runlog,
+                      transfer, values)
 from trainlab.signals import StopRequest
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ def create_model(spec: Spec, hparams: dict, **kwargs) -> nn.Module:
   """The model of `spec` with the run's model values (and a regularizer's model options, such as dropout)."""
   model_cfg = values.merge(structure_of(spec)["model"], hparams["model"])
   options = {"dropout_rate": None}
+  if structure_of(spec).get("transfer", {}).get("frozen_norms"):
+    options["frozen_norms"] = tuple(structure_of(spec)["transfer"]["frozen_norms"])
   for make, o in regularizers.hooks(selected_regularizers(spec, hparams), "model_options"):
     options.update(make(o))
   return instantiate(model_cfg, num_outputs=spec.num_classes, _convert_="all", **options, **kwargs)
@@ -80,9 +83,11 @@ def create_optimizer(spec: Spec, run_values: dict, seed: Any = None):
   """(tx, learning_rate_fn) of `spec`. Every float of the chain lives in its state (optax.inject_hyperparams),
   so the chain that `train_step` updates with is the same function whatever values it was built from."""
   structure = structure_of(spec)
-  merged = {g: values.merge(structure[g], run_values.get(g, {})) for g in ("optimizer", "schedule", "regularizer")}
+  merged = {g: values.merge(structure[g], run_values.get(g, {})) for g in ("optimizer", "schedule", "regularizer",
+                                                                          "init")}
+  moved = structure.get("transfer") and {**structure["transfer"], "lr_scale": merged["init"]["from_lr_scale"]}
   return optim.build_optimizer(merged["optimizer"], merged["schedule"], spec.total_steps, merged["regularizer"],
-                               seed=seed)
+                               seed=seed, transfer=moved)
 
 
 def create_train_state(spec: Spec, seed: jax.Array, run_values: dict) -> TrainState:
@@ -255,6 +260,7 @@ class Setup(NamedTuple):
   values: Any  # the run's floats (float32), a pytree the program's `init` takes
   dataset: data.Dataset
   program: Program
+  transfer: transfer.Plan | None = None  # what it loads from another run and freezes
 
 
 def setup(cfg: DictConfig) -> Setup:
@@ -275,6 +281,9 @@ def setup(cfg: DictConfig) -> Setup:
   steps = total_steps(cfg, n_train)
   config.warn_ineffective(cfg, steps)
   program_cfg = {g: OmegaConf.to_container(cfg[g], resolve=True) for g in values.PROGRAM_GROUPS}
+  init_cfg = dict(program_cfg["init"])
+  for key in transfer.HOST_KEYS:  # which values the run starts from, not what its program is built from
+    program_cfg["init"].pop(key, None)
   structure, run_values = values.split(program_cfg)
   run_values = jax.tree.map(np.float32, run_values)
   if cfg.init.get("output_bias") == "marginal":
@@ -282,7 +291,15 @@ def setup(cfg: DictConfig) -> Setup:
         dataset.y_train, dataset.num_classes)
   spec = Spec(json.dumps(structure, sort_keys=True), cfg.batch_size, steps, min(cfg.eval_every, steps),
               tuple(dataset.x_train.shape[1:]), dataset.num_classes, dataset.task)
-  return Setup(spec, run_values, dataset, compile_program(spec))
+  plan = None
+  if init_cfg.get("from_run") or cfg.freeze:
+    if cfg.freeze and "max_norm" in cfg.regularizer:
+      raise config.ConfigError("freeze is not allowed with regularizer=max_norm: its projection would move the "
+                               "frozen weights")
+    shapes = jax.eval_shape(functools.partial(create_train_state, spec), np.int32(0), run_values)
+    plan = transfer.plan(init_cfg, list(cfg.freeze), shapes)
+    spec = spec._replace(structure=json.dumps({**structure, "transfer": plan.structure()}, sort_keys=True))
+  return Setup(spec, run_values, dataset, compile_program(spec), plan)
 
 
 def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | None = None,
@@ -303,7 +320,9 @@ def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | 
     logger.info("run directory %s; %d training, %d validation, %d test examples; compiling the program (a "
                 "structure's first run compiles, later runs take it from the cache)", workdir,
                 len(run.dataset.y_train), len(run.dataset.y_val), len(run.dataset.y_test))
-    state = program.init(np.int32(cfg.seed), run.values)
+    state = transfer.load_into(program.init(np.int32(cfg.seed), run.values), run.transfer)
+    if run.transfer is not None:
+      logger.info("%s", transfer.describe(run.transfer))
     record, state = runlog.open_run(cfg, pathlib.Path(workdir), run, state, stop, logger, started)
     try:
       wait = lambda: None
@@ -319,6 +338,7 @@ def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | 
       summary = runlog.summarize(record, state, lambda s: program.evaluate(s, *test))
     finally:
       runlog.close(record)
+  summary.update(transfer.summary(run.transfer))
   summary["compile_time_s"] = fast.seconds() - compiling_before
   return summary
 
