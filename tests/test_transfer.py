@@ -174,3 +174,70 @@ def test_cli_records_the_source_in_summary_and_refuses_in_one_line(source, tmp_p
   proc = run_cli("train", "init.from_run=nowhere", cwd=tmp_path, check=False)
   assert proc.returncode != 0 and "init.from_run=nowhere: no such directory" in proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+# --- distillation (regularizer=[distill]) ------------------------------------------------------------------
+def _log_softmax(z):
+  z = z - z.max(-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def _distill_reference(logits, teacher, labels, temperature, alpha):
+  """(1 - a) CE(y, p_s) + a T^2 KL(p_t^T || p_s^T) in float64 NumPy, per example."""
+  ce = -_log_softmax(logits)[np.arange(len(labels)), labels]
+  log_s, log_t = _log_softmax(logits / temperature), _log_softmax(teacher / temperature)
+  kl = (np.exp(log_t) * (log_t - log_s)).sum(-1)
+  return (1 - alpha) * ce + alpha * temperature**2 * kl
+
+
+@pytest.mark.parametrize("temperature, alpha", [(1.0, 0.5), (4.0, 0.3), (2.5, 1.0)])
+def test_distillation_loss_against_numpy(temperature, alpha):
+  from trainlab import regularizers
+
+  rng = np.random.default_rng(1)
+  logits, teacher = rng.normal(size=(2, 16, 5)) * 3
+  labels = rng.integers(0, 5, 16)
+  options = {"teacher_logits": teacher.astype(np.float32), "temperature": np.float32(temperature),
+             "alpha": np.float32(alpha)}
+  got = regularizers.objective(logits.astype(np.float32), labels, {"distill": options})
+  np.testing.assert_allclose(got, _distill_reference(logits, teacher, labels, temperature, alpha), rtol=2e-5,
+                             atol=2e-6)
+
+
+def test_distillation_in_the_step_uses_the_loaded_teacher_and_never_trains_it(source, tmp_path):
+  from hydra.utils import instantiate
+
+  overrides = ["data.classes=[0,1,2,3,4]", "model.widths=[16]", "model.norm=none", "regularizer=[distill]",
+               f"regularizer.distill.teacher={source}", "regularizer.distill.temperature=3.0",
+               "regularizer.distill.alpha=0.7"]
+  run, state = _start(overrides)
+  x, y = run.dataset.x_train[:64], run.dataset.y_train[:64]
+  params, stats = _saved(source)
+  teacher_cfg = run.teacher["config"]["model"]
+  teacher = instantiate(teacher_cfg, num_outputs=5, _convert_="all").apply({"params": params, **stats}, x,
+                                                                            train=False)
+  student, _ = train.apply_model(run.spec, state, state.params, x, train=False)
+  objective, _ = train.loss_fn(state.params, run.spec, state, x, y, jax.random.PRNGKey(0))
+  expected = _distill_reference(np.asarray(student, np.float64), np.asarray(teacher, np.float64), y, 3.0, 0.7)
+  np.testing.assert_allclose(objective, expected.mean(), rtol=1e-5)
+
+  def objective_of_teacher(variables):
+    return train.loss_fn(state.params, run.spec, state._replace(hparams={**state.hparams, "teacher": variables}),
+                         x, y, jax.random.PRNGKey(0))[0]
+
+  grads = jax.grad(objective_of_teacher)(state.hparams["teacher"])
+  assert all(np.all(np.asarray(g) == 0) for g in jax.tree.leaves(grads))
+  summary = train_in_process([*SMALL, *overrides], tmp_path)
+  assert summary["distill_teacher"]["run"] == str(source) and summary["status"] == "completed"
+  ckpt = checkpoint.Checkpointer(tmp_path, read_only=True)
+  end = ckpt.restore(None, ckpt.all_steps()[-1])["hparams"]["teacher"]
+  ckpt.close()
+  for a, b in zip(jax.tree.leaves(end["params"]), jax.tree.leaves(params)):
+    assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+def test_distillation_refusals(source, tmp_path):
+  with pytest.raises(config.ConfigError, match="regularizer.distill.teacher=.*nowhere: no such directory"):
+    train.setup(_config([*SMALL, "regularizer=[distill]", f"regularizer.distill.teacher={tmp_path / 'nowhere'}"]))
+  with pytest.raises(config.ConfigError, match="the teacher has 5 outputs and this data set 10 classes"):
+    train.setup(_config([*SMALL, "regularizer=[distill]", f"regularizer.distill.teacher={source}"]))

@@ -94,6 +94,8 @@ def create_train_state(spec: Spec, seed: jax.Array, run_values: dict) -> TrainSt
   """The state at step 0: parameters from the init group, the optimizer's state holding the run's values."""
   key = jax.random.PRNGKey(seed)
   hparams = {"model": run_values["model"], "regularizer": run_values["regularizer"]}
+  if "teacher" in run_values:  # distillation's teacher: its parameters are values of the program, never trained
+    hparams["teacher"] = run_values["teacher"]
   inits = initializers.build(values.merge(structure_of(spec)["init"], run_values["init"]))
   # Biases start at init.bias through the models' own bias_init, so a model's special biases (the LSTM's
   # forget gate) keep theirs; only the output bias is set afterwards, when it comes from the class frequencies.
@@ -117,12 +119,21 @@ def apply_model(spec: Spec, state: TrainState, params, x, *, train: bool, rng=No
   return model.apply(variables, x, train=train, rngs={"dropout": rng} if train else None), state.model_state
 
 
+def teacher_logits(spec: Spec, state: TrainState, x: jax.Array) -> jax.Array:
+  """The distillation teacher's logits of a batch, from its parameters in the state; it is not differentiated."""
+  teacher = structure_of(spec)["teacher"]
+  model = instantiate(teacher["model"], num_outputs=teacher["num_outputs"], _convert_="all")
+  return jax.lax.stop_gradient(model.apply(state.hparams["teacher"], x, train=False))
+
+
 def loss_fn(params, spec: Spec, state: TrainState, x: jax.Array, y: jax.Array, rng: jax.Array):
   """(objective, (data loss, outputs, model_state)): the objective is what training minimizes (the task's loss
   reshaped and penalized by the regularizers), the data loss what is reported."""
   task = losses.TASKS[spec.task]
   selected = selected_regularizers(spec, state.hparams)
   outputs, model_state = apply_model(spec, state, params, x, train=True, rng=rng)
+  if "distill" in selected:
+    selected = {**selected, "distill": {**selected["distill"], "teacher_logits": teacher_logits(spec, state, x)}}
   data_loss = task.loss(outputs, y).mean()
   # label smoothing and the confidence penalty reshape the classification loss; regression trains on mse
   fitted = regularizers.objective(outputs, y, selected).mean() if spec.task == "classification" else data_loss
@@ -261,6 +272,7 @@ class Setup(NamedTuple):
   dataset: data.Dataset
   program: Program
   transfer: transfer.Plan | None = None  # what it loads from another run and freezes
+  teacher: dict | None = None  # where its distillation teacher comes from
 
 
 def setup(cfg: DictConfig) -> Setup:
@@ -282,15 +294,21 @@ def setup(cfg: DictConfig) -> Setup:
   config.warn_ineffective(cfg, steps)
   program_cfg = {g: OmegaConf.to_container(cfg[g], resolve=True) for g in values.PROGRAM_GROUPS}
   init_cfg = dict(program_cfg["init"])
+  teacher = transfer.take_teacher(program_cfg)
   for key in transfer.HOST_KEYS:  # which values the run starts from, not what its program is built from
     program_cfg["init"].pop(key, None)
   structure, run_values = values.split(program_cfg)
   run_values = jax.tree.map(np.float32, run_values)
+  if teacher is not None:
+    structure["teacher"], run_values["teacher"] = teacher.structure, teacher.variables
   if cfg.init.get("output_bias") == "marginal":
     run_values.setdefault("init", {})["log_class_frequency"] = initializers.log_class_frequency(
         dataset.y_train, dataset.num_classes)
   spec = Spec(json.dumps(structure, sort_keys=True), cfg.batch_size, steps, min(cfg.eval_every, steps),
               tuple(dataset.x_train.shape[1:]), dataset.num_classes, dataset.task)
+  if teacher is not None and teacher.structure["num_outputs"] != dataset.num_classes:
+    raise config.ConfigError(f"regularizer.distill.teacher: the teacher has {teacher.structure['num_outputs']} "
+                             f"outputs and this data set {dataset.num_classes} classes; they must be equal")
   plan = None
   if init_cfg.get("from_run") or cfg.freeze:
     if cfg.freeze and "max_norm" in cfg.regularizer:
@@ -299,7 +317,7 @@ def setup(cfg: DictConfig) -> Setup:
     shapes = jax.eval_shape(functools.partial(create_train_state, spec), np.int32(0), run_values)
     plan = transfer.plan(init_cfg, list(cfg.freeze), shapes)
     spec = spec._replace(structure=json.dumps({**structure, "transfer": plan.structure()}, sort_keys=True))
-  return Setup(spec, run_values, dataset, compile_program(spec), plan)
+  return Setup(spec, run_values, dataset, compile_program(spec), plan, teacher and teacher.source)
 
 
 def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | None = None,
@@ -338,7 +356,7 @@ def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | 
       summary = runlog.summarize(record, state, lambda s: program.evaluate(s, *test))
     finally:
       runlog.close(record)
-  summary.update(transfer.summary(run.transfer))
+  summary.update(transfer.summary(run.transfer), **({"distill_teacher": run.teacher} if run.teacher else {}))
   summary["compile_time_s"] = fast.seconds() - compiling_before
   return summary
 

@@ -14,7 +14,9 @@ restore, opened read-only.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import logging
 import pathlib
 import re
 from typing import Any, NamedTuple, Sequence
@@ -85,7 +87,7 @@ def _prefixes(path: str) -> list[str]:
 
 
 # --- the source run ---------------------------------------------------------------------------------------
-def find_run(path: str) -> tuple[pathlib.Path, int | None]:
+def find_run(path: str, key: str = "init.from_run") -> tuple[pathlib.Path, int | None]:
   """(the run directory, a step named by the path) of init.from_run: a run directory, its checkpoints folder,
   or one checkpoint in it (checkpoints/STEP)."""
   from trainlab.rundir import checkpoint
@@ -96,34 +98,36 @@ def find_run(path: str) -> tuple[pathlib.Path, int | None]:
     given, step = given.parent, int(given.name)
   run_dir = given.parent if given.name == checkpoint.CHECKPOINT_DIR else given
   if not run_dir.is_dir():
-    raise ConfigError(f"init.from_run={path}: no such directory; it must be a run directory (or its checkpoints "
+    raise ConfigError(f"{key}={path}: no such directory; it must be a run directory (or its checkpoints "
                       "folder) of an earlier run")
   if not checkpoint.has_checkpoint(run_dir):
-    raise ConfigError(f"init.from_run={path}: {run_dir} holds no checkpoint (checkpoints/STEP/); it must be the "
+    raise ConfigError(f"{key}={path}: {run_dir} holds no checkpoint (checkpoints/STEP/); it must be the "
                       "directory of a run that saved one")
   return run_dir, step
 
 
-def read_source(init: dict) -> tuple[dict, dict, dict]:
-  """(params, model_state, record) of the checkpoint that init.from_run and init.from_checkpoint name, restored
-  as saved (nothing is written into the source run)."""
+def read_source(path: str, which: str, keys: tuple[str, str] = ("init.from_run", "init.from_checkpoint")
+                ) -> tuple[dict, dict, dict]:
+  """(params, model_state, record) of the checkpoint of the run at `path` that `which` names (best, last or a
+  step), restored as saved (nothing is written into the source run); `keys` name the two in messages."""
   from trainlab.rundir import checkpoint, writers
 
-  run_dir, step_in_path = find_run(init["from_run"])
-  which = str(init.get("from_checkpoint", "last"))
+  run_dir, step_in_path = find_run(path, keys[0])
+  which = str(which)
   if which not in ("best", "last") and not which.isdigit():
-    raise ConfigError(f"init.from_checkpoint={which} is not allowed: it must be best, last or a step number")
-  checkpointer = checkpoint.Checkpointer(run_dir, read_only=True)
+    raise ConfigError(f"{keys[1]}={which} is not allowed: it must be best, last or a step number")
+  with _quiet("absl"):  # orbax logs a warning that a read-only manager is read-only
+    checkpointer = checkpoint.Checkpointer(run_dir, read_only=True)
   try:
     steps = checkpointer.all_steps()
     step = step_in_path if step_in_path is not None else int(which) if which.isdigit() else steps[-1]
     if step not in steps:
-      raise ConfigError(f"init.from_checkpoint={which}: {run_dir} has no checkpoint at step {step}; it has "
+      raise ConfigError(f"{keys[1]}={which}: {run_dir} has no checkpoint at step {step}; it has "
                         f"{', '.join(map(str, steps))}")
     host = checkpointer.restore_host(step)
     if which == "best":
       if "early_stopping" not in host:
-        raise ConfigError(f"init.from_checkpoint=best: the run in {run_dir} kept no best parameters (it ran "
+        raise ConfigError(f"{keys[1]}=best: the run in {run_dir} kept no best parameters (it ran "
                           "without regularizer=early_stopping); use last or a step")
       params, model_state = checkpointer.restore(None, step, "best")
       step = host["early_stopping"]["best_step"]
@@ -136,6 +140,17 @@ def read_source(init: dict) -> tuple[dict, dict, dict]:
   record = {"run": str(run_dir), "checkpoint": which, "step": step, "overrides": summary.get("overrides"),
             "config": host.get("config")}
   return params, model_state, record
+
+
+@contextlib.contextmanager
+def _quiet(name: str):
+  logger = logging.getLogger(name)
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
 
 
 # --- the plan -------------------------------------------------------------------------------------------------
@@ -152,7 +167,7 @@ def plan(init: dict, freeze: Sequence[str], fresh: Any) -> Plan | None:
   fresh_params, fresh_stats = flatten(fresh.params), flatten(fresh.model_state)
   loaded, arrays, source = [], {"params": {}, "model_state": {}}, None
   if init.get("from_run"):
-    params, model_state, source = read_source(init)
+    params, model_state, source = read_source(init["from_run"], init.get("from_checkpoint", "last"))
     saved, saved_stats = flatten(params), flatten(model_state)
     fits = lambda p, have: p in have and tuple(np.shape(have[p])) == tuple(fresh_params.get(p, fresh_stats.get(p)).shape)
     wanted = list(fresh_params)
@@ -223,3 +238,30 @@ def describe(plan: Plan) -> str:
   if plan.frozen:
     parts.append(f"frozen: {', '.join(sorted({layer_of(p) for p in plan.frozen}))}")
   return "; ".join(parts)
+
+
+# --- a teacher (regularizer=[distill]) --------------------------------------------------------------------
+TEACHER_KEYS = ("teacher", "checkpoint")  # regularizer.distill keys read here, not by the program
+
+
+class Teacher(NamedTuple):
+  structure: dict  # {"model": its model group, "num_outputs"}: what the program builds the teacher from
+  variables: dict  # {"params": ..., and its model state (batch norm statistics)}: values the program is fed
+  source: dict  # distill_teacher of summary.json
+
+
+def take_teacher(program_cfg: dict) -> Teacher | None:
+  """Reads the teacher that regularizer.distill names, and takes its host keys out of the program's config."""
+  options = program_cfg["regularizer"].get("distill")
+  if options is None:
+    return None
+  path, which = (options.pop(key) for key in TEACHER_KEYS)
+  keys = ("regularizer.distill.teacher", "regularizer.distill.checkpoint")
+  params, model_state, source = read_source(path, which, keys)
+  model = (source["config"] or {}).get("model")
+  out = output_layer(list(flatten(params)))
+  if model is None or out is None:
+    raise ConfigError(f"regularizer.distill.teacher={path}: its checkpoint records no model with a dense output "
+                      "layer (a run of another version of trainlab?)")
+  variables = jax.tree.map(np.asarray, {"params": params, **model_state})
+  return Teacher({"model": model, "num_outputs": int(np.shape(params[out]["kernel"])[-1])}, variables, source)
