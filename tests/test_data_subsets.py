@@ -12,7 +12,7 @@ from trainlab import data, train
 
 def test_classes_keep_those_examples_renumbered_in_the_order_listed(write_npz):
   path = write_npz()
-  cut, full = (train.load_data(compose_config([f"data=npz", f"data.path={path}", *extra]).data)
+  cut, full = (train.load_data(compose_config(["data=npz", f"data.path={path}", *extra]).data)
                for extra in (["data.classes=[2,0]"], []))
   assert cut.num_classes == 2 and full.num_classes == 3
   for split in ("train", "val", "test"):

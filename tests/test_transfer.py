@@ -8,7 +8,6 @@ import pathlib
 
 import jax
 import numpy as np
-import optax
 import pytest
 from omegaconf import open_dict
 
@@ -141,7 +140,8 @@ def test_freeze_patterns_and_the_all_but_output_spelling():
     (["init.from_run={missing}"], "init.from_run={missing}: no such directory"),
     (["init.from_run={empty}"], "holds no checkpoint"),
     (["init.from_run={source}", "model.widths=[32]", "model.norm=none"], "the source model has no layer in common"),
-    (["init.from_run={source}", "init.from_layers=[Dense_1]"], "has shape (5,) for Dense_1/bias (this model's is (10,))"),
+    (["init.from_run={source}", "init.from_layers=[Dense_1]"],
+     "has shape (5,) for Dense_1/bias (this model's is (10,))"),
     (["init.from_run={source}", "model.widths=[64,64]", "init.from_layers=[Dense_2]"], "{source} lacks Dense_2/bias"),
     (["init.from_run={source}", "init.from_layers=[Conv_0]"], "init.from_layers: Conv_0 matches no layer of this"),
     (["init.from_run={source}", "init.from_checkpoint=7"], "has no checkpoint at step 7"),
@@ -241,3 +241,16 @@ def test_distillation_refusals(source, tmp_path):
     train.setup(_config([*SMALL, "regularizer=[distill]", f"regularizer.distill.teacher={tmp_path / 'nowhere'}"]))
   with pytest.raises(config.ConfigError, match="the teacher has 5 outputs and this data set 10 classes"):
     train.setup(_config([*SMALL, "regularizer=[distill]", f"regularizer.distill.teacher={source}"]))
+
+
+@pytest.mark.slow
+def test_vectorized_members_load_their_source_as_a_single_run_does(source, tmp_path):
+  common = [*SMALL, "steps=50", "data.classes=[5,6,7,8,9]", f"init.from_run={source}", "init.from_layers=[hidden]"]
+  run_cli("train", "-m", "hydra/launcher=vectorized", f"hydra.sweep.dir={tmp_path / 'sweep'}", *common,
+          "init.from_lr_scale=0.1,1.0", cwd=tmp_path)
+  alone = train_in_process([*common, "init.from_lr_scale=0.1"], tmp_path / "alone")
+  for job in ("0", "1"):
+    summary = json.loads((tmp_path / "sweep" / job / "summary.json").read_text())
+    assert summary["vectorized_members"] == 2 and summary["loaded_layers"] == ["BatchNorm_0", "Dense_0"]
+  member = json.loads((tmp_path / "sweep" / "0" / "summary.json").read_text())
+  np.testing.assert_allclose(member["test/loss"], alone["test/loss"], rtol=1e-4)

@@ -169,7 +169,8 @@ def plan(init: dict, freeze: Sequence[str], fresh: Any) -> Plan | None:
   if init.get("from_run"):
     params, model_state, source = read_source(init["from_run"], init.get("from_checkpoint", "last"))
     saved, saved_stats = flatten(params), flatten(model_state)
-    fits = lambda p, have: p in have and tuple(np.shape(have[p])) == tuple(fresh_params.get(p, fresh_stats.get(p)).shape)
+    shape = lambda p: tuple((fresh_params[p] if p in fresh_params else fresh_stats[p]).shape)
+    fits = lambda p, have: p in have and tuple(np.shape(have[p])) == shape(p)
     wanted = list(fresh_params)
     if init.get("from_layers"):
       wanted = select(list(fresh_params), init["from_layers"], "init.from_layers")

@@ -81,7 +81,7 @@ def train_group(members: list[Member], started: float | None = None) -> list[dic
   compiling_before = fast.seconds()
   with StopRequest() as stop:
     states = vector.init(np.array([m.cfg.seed for m in members], np.int32), _stack([m.run.values for m in members]))
-    if members[0].run.transfer is not None:  # the same structure for all: each member's loaded parameters (init.from_run)
+    if members[0].run.transfer is not None:  # one structure, so all or none: each member's init.from_run
       states = _stack([transfer.load_into(member_state(states, i), m.run.transfer) for i, m in enumerate(members)])
       for m in members:
         m.logger.info("%s", transfer.describe(m.run.transfer))
