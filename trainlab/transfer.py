@@ -124,16 +124,21 @@ def read_source(path: str, which: str, keys: tuple[str, str] = ("init.from_run",
     if step not in steps:
       raise ConfigError(f"{keys[1]}={which}: {run_dir} has no checkpoint at step {step}; it has "
                         f"{', '.join(map(str, steps))}")
-    host = checkpointer.restore_host(step)
-    if which == "best":
-      if "early_stopping" not in host:
-        raise ConfigError(f"{keys[1]}=best: the run in {run_dir} kept no best parameters (it ran "
-                          "without regularizer=early_stopping); use last or a step")
-      params, model_state = checkpointer.restore(None, step, "best")
-      step = host["early_stopping"]["best_step"]
-    else:
-      state = checkpointer.restore(None, step)
-      params, model_state = state["params"], state["model_state"]
+    try:
+      host = checkpointer.restore_host(step)
+      best = which == "best" and "early_stopping" in host
+      if best:
+        params, model_state = checkpointer.restore(None, step, "best")
+      elif which != "best":
+        state = checkpointer.restore(None, step)
+        params, model_state = state["params"], state["model_state"]
+    except Exception as e:  # noqa: BLE001 - orbax raises many kinds; the user needs which checkpoint and why
+      raise ConfigError(f"{keys[0]}={path}: the checkpoint at step {step} in {run_dir} does not read: "
+                        f"{str(e).splitlines()[0][:200]}") from None
+    if which == "best" and not best:
+      raise ConfigError(f"{keys[1]}=best: the run in {run_dir} kept no best parameters (it ran "
+                        "without regularizer=early_stopping); use last or a step")
+    step = host["early_stopping"]["best_step"] if best else step
   finally:
     checkpointer.close()
   summary = writers.read_summary(run_dir) or {}
