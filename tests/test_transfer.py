@@ -254,3 +254,25 @@ def test_vectorized_members_load_their_source_as_a_single_run_does(source, tmp_p
     assert summary["vectorized_members"] == 2 and summary["loaded_layers"] == ["BatchNorm_0", "Dense_0"]
   member = json.loads((tmp_path / "sweep" / "0" / "summary.json").read_text())
   np.testing.assert_allclose(member["test/loss"], alone["test/loss"], rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_loaded_frozen_distilled_run_resumes_bit_for_bit(source, tmp_path, monkeypatch):
+  """SIGTERM in the middle, then resume=true: the same points and final state (the teacher's included) as the
+  run that was not interrupted; the source is read again, and still only read."""
+  import signal
+
+  from test_resume import assert_same_run, stop_when_logged
+
+  overrides = [*SMALL, "steps=60", "eval_every=10", "checkpoint.every=20", "checkpoint.keep=null",
+               "data.classes=[5,6,7,8,9]", f"init.from_run={source}", "init.from_layers=[hidden]", "freeze=[Dense_0]",
+               "optimizer=momentum", "regularizer=[distill]", f"regularizer.distill.teacher={source}"]
+  before = _files(source)
+  reference = train_in_process(overrides, tmp_path / "reference")
+  stop_when_logged(monkeypatch, 30, lambda: signal.raise_signal(signal.SIGTERM))
+  assert train_in_process(overrides, tmp_path / "run")["status"] == "interrupted"
+  monkeypatch.undo()
+  resumed = train_in_process([*overrides, "resume=true"], tmp_path / "run")
+  assert resumed["resumed_from_step"] == 30 and resumed["test/loss"] == reference["test/loss"]
+  assert_same_run(tmp_path / "run", tmp_path / "reference")
+  assert _files(source) == before
