@@ -356,7 +356,7 @@ def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | 
       summary = runlog.summarize(record, state, lambda s: program.evaluate(s, *test))
     finally:
       runlog.close(record)
-  summary.update(transfer.summary(run.transfer), **({"distill_teacher": run.teacher} if run.teacher else {}))
+  summary.update(transfer.summary(run.transfer, run.teacher))
   summary["compile_time_s"] = fast.seconds() - compiling_before
   return summary
 

@@ -226,12 +226,14 @@ def load_into(state: Any, plan: Plan | None) -> Any:
                         model_state=put(state.model_state, plan.arrays["model_state"]))
 
 
-def summary(plan: Plan | None) -> dict:
-  """The fields summary.json gets from the plan."""
+def summary(plan: Plan | None, teacher: dict | None = None) -> dict:
+  """The fields summary.json gets from the plan and from where a distillation teacher came."""
+  found = {"distill_teacher": teacher} if teacher else {}
   if plan is None:
-    return {}
-  return {"loaded_layers": list(plan.loaded_layers), "fresh_layers": list(plan.fresh_layers) if plan.source else
-          None, "frozen_layers": sorted({layer_of(p) for p in plan.frozen}), "init_source": plan.source}
+    return found
+  return {**found, "loaded_layers": list(plan.loaded_layers),
+          "fresh_layers": list(plan.fresh_layers) if plan.source else None,
+          "frozen_layers": sorted({layer_of(p) for p in plan.frozen}), "init_source": plan.source}
 
 
 def describe(plan: Plan) -> str:

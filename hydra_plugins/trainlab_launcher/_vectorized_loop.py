@@ -98,5 +98,5 @@ def train_group(members: list[Member], started: float | None = None) -> list[dic
         runlog.close(record)
   for summary, m in zip(summaries, members):
     summary.update(compile_time_s=fast.seconds() - compiling_before, vectorized_members=len(members))
-    summary.update(transfer.summary(m.run.transfer))
+    summary.update(transfer.summary(m.run.transfer, m.run.teacher))
   return summaries
