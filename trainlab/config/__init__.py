@@ -12,7 +12,7 @@ data.py, model.py (model, init), optimizer.py (optimizer, schedule) and regulari
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -53,6 +53,7 @@ class TrainConfig:
   regularizer: Dict[str, Any] = field(default_factory=dict)
   diagnostics: Any = MISSING
   report: Any = MISSING
+  freeze: List[str] = field(default_factory=list)  # layers the optimizer leaves alone (trainlab.transfer)
 
 
 @schema("diagnostics_schema")
