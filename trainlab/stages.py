@@ -13,6 +13,7 @@ goes on inside it.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import logging
 import pathlib
@@ -125,7 +126,7 @@ def _shapes_at_end(stages: list[Stage], index: int) -> tuple[dict, dict]:
   """The flat shapes of the parameters and model state stage `index` ends with (for a resumed run, which
   restores its state instead of taking it from the stage before)."""
   run = train.setup(stages[index].cfg, None, stages[index].hint)
-  shapes = jax.eval_shape(run.program.init, np.int32(0), run.values)
+  shapes = jax.eval_shape(functools.partial(train.create_train_state, run.spec), np.int32(0), run.values)
   return transfer.flatten(shapes.params), transfer.flatten(shapes.model_state)
 
 
