@@ -76,30 +76,36 @@ def shapes(student: nn.Module, teacher: nn.Module, teacher_variables: dict, inpu
     ConfigError: a layer path that names no module of its model, or shapes no regressor maps onto each other.
   """
   x = jnp.zeros((1, *input_shape))
-
-  def student_outputs():
-    variables = student.init(jax.random.PRNGKey(0), x, train=False)
-    return student.apply(variables, x, train=False, capture_intermediates=True, mutable=["intermediates"])[1]
-
-  every = jax.eval_shape(student_outputs)["intermediates"]
-  order = [name for name in every if name != "__call__"]
-  try:
-    guided = captured(every, guided_layer).shape[1:]
-  except KeyError:
-    raise ConfigError(f"pretrain.guided_layer={guided_layer} names no module of the student; its modules are "
-                      f"{', '.join(order)}") from None
-  try:
-    hint = jax.eval_shape(lambda: layer_output(teacher, teacher_variables, x, hint_layer)).shape[1:]
-  except KeyError:
-    names = jax.eval_shape(lambda: teacher.apply(teacher_variables, x, train=False, capture_intermediates=True,
-                                                 mutable=["intermediates"])[1])["intermediates"]
-    raise ConfigError(f"pretrain.hint_layer={hint_layer} names no module of the teacher; its modules are "
-                      f"{', '.join(n for n in names if n != '__call__')}") from None
+  student_variables = jax.eval_shape(lambda: student.init(jax.random.PRNGKey(0), x, train=False))
+  guided, order = _output_shape(student, student_variables, x, guided_layer)
+  hint, teacher_order = _output_shape(teacher, teacher_variables, x, hint_layer)
+  for key, path, shape, modules, whose in (("guided_layer", guided_layer, guided, order, "student"),
+                                           ("hint_layer", hint_layer, hint, teacher_order, "teacher")):
+    if shape is None:
+      raise ConfigError(f"pretrain.{key}={path} names no module of the {whose}; its modules are {', '.join(modules)}")
   if len(guided) != len(hint) or any(g < h for g, h in zip(guided[:-1], hint[:-1])):
     raise ConfigError(f"pretrain.guided_layer={guided_layer} gives {tuple(guided)} per example and "
                       f"pretrain.hint_layer={hint_layer} {tuple(hint)}: a regressor maps features onto features, or "
                       "a larger image onto a smaller one")
-  return tuple(guided), tuple(hint), order
+  return guided, hint, order
+
+
+def _output_shape(model: nn.Module, variables: Any, x: jax.Array, path: str) -> tuple[tuple[int, ...] | None, list]:
+  """(one example's shape of the output of the module at `path`, or None where there is none; the model's
+  top-level modules in the order they run, noted as it runs: a pytree's dicts come back with their keys sorted)."""
+  order = []
+
+  def note(module, method):
+    if method == "__call__" and len(module.path) == 1 and module.path[0] not in order:
+      order.append(module.path[0])
+    return at(path)(module, method)
+
+  found = jax.eval_shape(lambda v: model.apply(v, x, train=False, capture_intermediates=note,
+                                               mutable=["intermediates"])[1], variables)
+  try:
+    return tuple(captured(found["intermediates"], path).shape[1:]), order
+  except KeyError:
+    return None, order
 
 
 def layers_after(order: Sequence[str], guided_layer: str) -> list[str]:
