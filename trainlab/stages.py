@@ -147,9 +147,10 @@ def describe(number: int, stages: list[Stage], run: train.Setup, first: int, las
   widths = stage.cfg.model.get("widths")
   parts = [f"stage {number}/{len(stages)} ({stage.name}): steps {first}..{last}",
            *([f"model.widths={list(widths)}"] if widths is not None else [])]
-  if run.transfer is not None:
-    parts.append(f"from the stage before: {', '.join(run.transfer.loaded_layers) or 'nothing'}")
-    parts.append(f"frozen: {', '.join(sorted({transfer.layer_of(p) for p in run.transfer.frozen})) or 'nothing'}")
+  if run.transfer is not None and run.transfer.loaded_layers:
+    parts.append(f"from the stage before: {', '.join(run.transfer.loaded_layers)}")
+  if run.transfer is not None and run.transfer.frozen:
+    parts.append(f"frozen: {', '.join(sorted({transfer.layer_of(p) for p in run.transfer.frozen}))}")
   if stage.hint:
     parts.append(f"hint: the student's {stage.hint['guided_layer']} learns the teacher's {stage.hint['hint_layer']}")
   return "; ".join(parts)
