@@ -24,7 +24,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab import (backup_workers, config, data, diagnostics, fast, initializers, losses, models, optim,
+from trainlab import (backup_workers, config, data, diagnostics, fast, fitnets, initializers, losses, models, optim,
                       regularizers, runlog, sharding, transfer, values)
 from trainlab.signals import StopRequest
 
@@ -113,29 +113,62 @@ def create_train_state(spec: Spec, seed: jax.Array, run_values: dict) -> TrainSt
   params = variables.pop("params")
   if inits.output_bias:
     params = initializers.set_output_bias(params, run_values["init"]["log_class_frequency"])
+  hint = structure_of(spec).get("hint")
+  if hint is not None:  # FitNets' hint stage: the regressor trains beside the student (trainlab.fitnets)
+    regressor = fitnets.Regressor(tuple(hint["hint_shape"]), kernel_init=inits.kernel)
+    params[fitnets.REGRESSOR] = regressor.init(jax.random.fold_in(key, 3), jnp.zeros((1, *hint["guided_shape"])))[
+        "params"]
   tx, _ = create_optimizer(spec, run_values, seed=seed)
   return TrainState(jnp.zeros((), jnp.int32), params, variables, tx.init(params), hparams, key)
 
 
-def apply_model(spec: Spec, state: TrainState, params, x, *, train: bool, rng=None):
-  """(outputs, model_state): the model on a batch; in training, batch statistics are updated and returned."""
+def apply_model(spec: Spec, state: TrainState, params, x, *, train: bool, rng=None, capture: str | None = None):
+  """(outputs, model_state): the model on a batch; in training, batch statistics are updated and returned. With
+  `capture` (a module path), outputs is (the model's outputs, that module's output)."""
   model = create_model(spec, state.hparams, kernel_init=nn.initializers.zeros)
-  variables = {"params": params, **state.model_state}
-  if train and state.model_state:
-    return model.apply(variables, x, train=True, rngs={"dropout": rng}, mutable=list(state.model_state))
-  return model.apply(variables, x, train=train, rngs={"dropout": rng} if train else None), state.model_state
+  variables = {"params": fitnets.model_params(params), **state.model_state}
+  rngs = {"dropout": rng} if train else None
+  mutable = list(state.model_state) if train else []
+  if capture is None and not mutable:
+    return model.apply(variables, x, train=train, rngs=rngs), state.model_state
+  extra = {"capture_intermediates": fitnets.at(capture)} if capture else {}
+  outputs, changed = model.apply(variables, x, train=train, rngs=rngs, mutable=mutable + ["intermediates"] * bool(
+      capture), **extra)
+  changed = dict(changed)
+  if capture:
+    outputs = (outputs, fitnets.captured(changed.pop("intermediates"), capture))
+  return outputs, (changed if mutable else state.model_state)
+
+
+def teacher_model(spec: Spec) -> nn.Module:
+  teacher = structure_of(spec)["teacher"]
+  return instantiate(teacher["model"], num_outputs=teacher["num_outputs"], _convert_="all")
 
 
 def teacher_logits(spec: Spec, state: TrainState, x: jax.Array) -> jax.Array:
   """The distillation teacher's logits of a batch, from its parameters in the state; it is not differentiated."""
-  teacher = structure_of(spec)["teacher"]
-  model = instantiate(teacher["model"], num_outputs=teacher["num_outputs"], _convert_="all")
-  return jax.lax.stop_gradient(model.apply(state.hparams["teacher"], x, train=False))
+  return jax.lax.stop_gradient(teacher_model(spec).apply(state.hparams["teacher"], x, train=False))
+
+
+def hint_objective(params, spec: Spec, state: TrainState, x: jax.Array, rng: jax.Array):
+  """FitNets' hint stage: (hint loss + the regularizers' penalties, (hint loss, outputs, model_state)). The
+  teacher's hint is a value, never differentiated; the student's outputs are only reported."""
+  hint = structure_of(spec)["hint"]
+  (outputs, guided), model_state = apply_model(spec, state, params, x, train=True, rng=rng,
+                                               capture=hint["guided_layer"])
+  target = jax.lax.stop_gradient(fitnets.layer_output(teacher_model(spec), state.hparams["teacher"], x,
+                                                      hint["hint_layer"]))
+  predicted = fitnets.Regressor(tuple(hint["hint_shape"])).apply({"params": params[fitnets.REGRESSOR]}, guided)
+  loss = fitnets.hint_loss(target, predicted)
+  return loss + regularizers.penalty(params, selected_regularizers(spec, state.hparams)), (loss, outputs, model_state)
 
 
 def loss_fn(params, spec: Spec, state: TrainState, x: jax.Array, y: jax.Array, rng: jax.Array):
   """(objective, (data loss, outputs, model_state)): the objective is what training minimizes (the task's loss
-  reshaped and penalized by the regularizers), the data loss what is reported."""
+  reshaped and penalized by the regularizers), the data loss what is reported. In FitNets' hint stage, both are
+  the hint loss (`hint_objective`)."""
+  if "hint" in structure_of(spec):
+    return hint_objective(params, spec, state, x, rng)
   task = losses.TASKS[spec.task]
   selected = selected_regularizers(spec, state.hparams)
   outputs, model_state = apply_model(spec, state, params, x, train=True, rng=rng)
@@ -290,8 +323,10 @@ class Setup(NamedTuple):
   teacher: dict | None = None  # where its distillation teacher comes from
 
 
-def setup(cfg: DictConfig) -> Setup:
-  """Checks the config, loads the data and builds (or finds cached) the compiled program of a run.
+def setup(cfg: DictConfig, carried: transfer.Carried | None = None, hint: dict | None = None) -> Setup:
+  """Checks the config, loads the data and builds (or finds cached) the compiled program of a run, or of one
+  stage of a staged run (trainlab.stages): `carried`, the parameters the stage starts from, loaded as
+  init.from_run's are; `hint`, FitNets' hint stage ({"teacher", "checkpoint", "hint_layer", "guided_layer"}).
 
   Raises:
     config.ConfigError, data.DataError: a config or a data set that cannot be run, with one clear message.
@@ -311,6 +346,8 @@ def setup(cfg: DictConfig) -> Setup:
   program_cfg = {g: OmegaConf.to_container(cfg[g], resolve=True) for g in values.PROGRAM_GROUPS}
   init_cfg = dict(program_cfg["init"])
   teacher = transfer.take_teacher(program_cfg)
+  if hint is not None:
+    teacher = transfer.load_teacher(hint["teacher"], hint["checkpoint"])
   for key in transfer.HOST_KEYS:  # which values the run starts from, not what its program is built from
     program_cfg["init"].pop(key, None)
   structure, run_values = values.split(program_cfg)
@@ -326,15 +363,32 @@ def setup(cfg: DictConfig) -> Setup:
   if teacher is not None and teacher.structure["num_outputs"] != dataset.num_classes:
     raise config.ConfigError(f"regularizer.distill.teacher: the teacher has {teacher.structure['num_outputs']} "
                              f"outputs and this data set {dataset.num_classes} classes; they must be equal")
+  freeze = list(cfg.freeze)
+  if hint is not None:
+    structure["hint"], after = _hint_structure(spec, run_values, hint)
+    spec = spec._replace(structure=json.dumps(structure, sort_keys=True))
+    freeze += after
   plan = None
-  if init_cfg.get("from_run") or cfg.freeze:
-    if cfg.freeze and "max_norm" in cfg.regularizer:
+  if init_cfg.get("from_run") or freeze or carried is not None:
+    if freeze and "max_norm" in cfg.regularizer:
       raise config.ConfigError("freeze is not allowed with regularizer=max_norm: its projection would move the "
                                "frozen weights")
     shapes = jax.eval_shape(functools.partial(create_train_state, spec), np.int32(0), run_values)
-    plan = transfer.plan(init_cfg, list(cfg.freeze), shapes)
+    plan = transfer.plan(init_cfg, freeze, shapes, carried)
     spec = spec._replace(structure=json.dumps({**structure, "transfer": plan.structure()}, sort_keys=True))
   return Setup(spec, run_values, dataset, compile_program(spec), plan, teacher and teacher.source)
+
+
+def _hint_structure(spec: Spec, run_values: dict, hint: dict) -> tuple[dict, list[str]]:
+  """(the program's `hint` structure, the student's layers the hint does not reach, frozen in its stage)."""
+  student = create_model(spec, {"model": run_values["model"], "regularizer": run_values["regularizer"]})
+  guided, target, order = fitnets.shapes(student, teacher_model(spec), run_values["teacher"], spec.input_shape,
+                                         hint["guided_layer"], hint["hint_layer"])
+  params = jax.eval_shape(lambda: student.init(jax.random.PRNGKey(0), jnp.zeros((1, *spec.input_shape)),
+                                               train=False))["params"]
+  after = [name for name in fitnets.layers_after(order, hint["guided_layer"]) if name in params]
+  return {"hint_layer": hint["hint_layer"], "guided_layer": hint["guided_layer"], "guided_shape": list(guided),
+          "hint_shape": list(target)}, after
 
 
 def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | None = None,
@@ -345,6 +399,10 @@ def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | 
   and the logs of the steps after that checkpoint are dropped, since they are about to be run again.
   """
   started = time.perf_counter() if started is None else started
+  if cfg.get("pretrain") is not None:  # a run in stages, each a program of its own
+    from trainlab import stages
+
+    return stages.train_and_evaluate(cfg, workdir, started, logger, stop_file)
   with StopRequest(stop_file) as stop:
     compiling_before = fast.seconds()
     logger.info("loading data=%s", cfg.data._target_.rsplit(".", 1)[-1])

@@ -159,21 +159,33 @@ def _quiet(name: str):
 
 
 # --- the plan -------------------------------------------------------------------------------------------------
-def plan(init: dict, freeze: Sequence[str], fresh: Any) -> Plan | None:
+class Carried(NamedTuple):
+  """Parameters handed from one stage of a run to the next (trainlab.stages), in place of a source run's."""
+  params: dict  # {path: array}: the previous stage's trained leaves (or their shapes, when resuming)
+  model_state: dict  # {path: array} of its model state
+  layers: tuple[str, ...] = ()  # the layers taken (paths or patterns); () takes every one that fits
+
+
+def plan(init: dict, freeze: Sequence[str], fresh: Any, carried: Carried | None = None) -> Plan | None:
   """The run's Plan (None when it neither loads nor freezes), from its init group, its freeze list and `fresh`,
-  the shapes of its initial TrainState (jax.eval_shape).
+  the shapes of its initial TrainState (jax.eval_shape); `carried`, a stage's parameters from the one before,
+  is loaded as init.from_run would be, without a source run.
 
   Raises:
     ConfigError: no run or checkpoint at init.from_run; no layer in common with the source; a layer of
       init.from_layers that the source lacks or has with another shape; a freeze pattern that matches nothing.
   """
-  if not init.get("from_run") and not freeze:
+  if not init.get("from_run") and not freeze and carried is None:
     return None
   fresh_params, fresh_stats = flatten(fresh.params), flatten(fresh.model_state)
   loaded, arrays, source = [], {"params": {}, "model_state": {}}, None
-  if init.get("from_run"):
-    params, model_state, source = read_source(init["from_run"], init.get("from_checkpoint", "last"))
-    saved, saved_stats = flatten(params), flatten(model_state)
+  if init.get("from_run") or carried is not None:
+    if carried is None:
+      params, model_state, source = read_source(init["from_run"], init.get("from_checkpoint", "last"))
+      saved, saved_stats = flatten(params), flatten(model_state)
+    else:
+      saved, saved_stats = carried.params, carried.model_state
+      init = {**init, "from_layers": list(carried.layers), "from_run": "the previous stage"}
     shape = lambda p: tuple((fresh_params[p] if p in fresh_params else fresh_stats[p]).shape)
     fits = lambda p, have: p in have and tuple(np.shape(have[p])) == shape(p)
     wanted = list(fresh_params)
@@ -189,9 +201,9 @@ def plan(init: dict, freeze: Sequence[str], fresh: Any) -> Plan | None:
       raise ConfigError(f"init.from_run={init['from_run']}: the source model has no layer in common with this one "
                         f"(same path and shape): it has {', '.join(_layers(saved))}, this one "
                         f"{', '.join(_layers(fresh_params))}")
-    arrays["params"] = {p: np.asarray(saved[p]) for p in loaded}
+    arrays["params"] = {p: saved[p] for p in loaded}
     loaded_layers = {layer_of(p) for p in loaded}
-    arrays["model_state"] = {p: np.asarray(saved_stats[p]) for p in fresh_stats
+    arrays["model_state"] = {p: saved_stats[p] for p in fresh_stats
                              if _stats_layer(p) in loaded_layers and fits(p, saved_stats)}
   frozen = select(list(fresh_params), freeze, "freeze") if freeze else []
   frozen_layers = {layer_of(p) for p in frozen}
@@ -264,12 +276,17 @@ def take_teacher(program_cfg: dict) -> Teacher | None:
   if options is None:
     return None
   path, which = (options.pop(key) for key in TEACHER_KEYS)
-  keys = ("regularizer.distill.teacher", "regularizer.distill.checkpoint")
+  return load_teacher(path, which)
+
+
+def load_teacher(path: str, which: str,
+                 keys: tuple[str, str] = ("regularizer.distill.teacher", "regularizer.distill.checkpoint")) -> Teacher:
+  """The teacher run at `path` (its checkpoint `which`), for distillation or FitNets' hints."""
   params, model_state, source = read_source(path, which, keys)
   model = (source["config"] or {}).get("model")
   out = output_layer(list(flatten(params)))
   if model is None or out is None:
-    raise ConfigError(f"regularizer.distill.teacher={path}: its checkpoint records no model with a dense output "
+    raise ConfigError(f"{keys[0]}={path}: its checkpoint records no model with a dense output "
                       "layer (a run of another version of trainlab?)")
   variables = jax.tree.map(np.asarray, {"params": params, **model_state})
   return Teacher({"model": model, "num_outputs": int(np.shape(params[out]["kernel"])[-1])}, variables, source)

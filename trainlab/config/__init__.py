@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
-from trainlab.config import data, model, optimizer, regularizer  # noqa: F401 (they register theirs)
+from trainlab.config import data, model, optimizer, pretrain, regularizer  # noqa: F401 (they register theirs)
 from trainlab.config.checks import check, warn_ineffective  # noqa: F401
 from trainlab.config.model import ACTIVATIONS, NORMS  # noqa: F401
 from trainlab.config.schema import MISSING, SCHEMAS, ConfigError, Interval, check_ranges, schema, value  # noqa: F401
@@ -54,6 +54,7 @@ class TrainConfig:
   diagnostics: Any = MISSING
   report: Any = MISSING
   freeze: List[str] = field(default_factory=list)  # layers the optimizer leaves alone (trainlab.transfer)
+  pretrain: Any = None  # a run in stages (trainlab.stages); null: one stage
 
 
 @schema("diagnostics_schema")
