@@ -25,7 +25,7 @@ import numpy as np
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from trainlab import config, fast, runlog, train, transfer
+from trainlab import config, fast, runlog, sharding, train, transfer
 from trainlab.config import ConfigError
 from trainlab.rundir import checkpoint
 from trainlab.signals import StopRequest
@@ -170,11 +170,13 @@ def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float, l
     if number > 1:
       carried = _carried(stages[number - 1], *_shapes_at_end(stages, number - 2))
     run = _setup(stages[number - 1], carried)
-    train_split = jax.device_put(run.dataset[:2])
-    val, test = train.eval_splits(run.dataset)
+    devices = run.spec.devices  # every stage's program splits its batches over the same mesh (trainlab.sharding)
+    train_split = jax.device_put(run.dataset[:2], sharding.replicated(devices))
+    val, test = train.eval_splits(run.dataset, devices)
     logger.info("run directory %s; %d training, %d validation, %d test examples; %d stages, %d steps", workdir,
                 len(run.dataset.y_train), len(run.dataset.y_val), len(run.dataset.y_test), len(stages), ends[-1])
     state = run.program.init(np.int32(cfg.seed), run.values)  # a resumed run's checkpoint replaces it
+    state = sharding.put_state(devices, run.spec.shard_params, state)
     record, state = runlog.open_run(cfg, workdir, run, state, stop, logger, started)
     built = number  # the stage whose program `run` holds
     try:
@@ -184,7 +186,8 @@ def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float, l
           carried = _carried(stages[number - 1], transfer.flatten(state.params), transfer.flatten(state.model_state))
           run = _setup(stages[number - 1], carried)
           state = transfer.load_into(run.program.init(np.int32(cfg.seed), run.values), run.transfer)
-          state = state._replace(step=jnp.asarray(record.step, jnp.int32))
+          state = sharding.put_state(devices, run.spec.shard_params,
+                                     state._replace(step=jnp.asarray(record.step, jnp.int32)))
           record.monitor.diagnostics, built = run.program.diagnostics, number
         record.stage, record.steps, record.chunk_steps = number, end, run.spec.chunk_steps
         record.monitor.final_step = end
