@@ -53,8 +53,11 @@ def test_option_composes_and_trains(group, option, tmp_path):
   assert cfg[group] if group != "regularizer" else option in cfg.regularizer
   # Diagnostics (on by default) depend on the model; with every other option they would only add compile time.
   diagnostics = [] if group == "model" else ["diagnostics=off"]
-  summary = train_in_process([_select(group, option), *EXTRA.get((group, option), []), *TINY, *diagnostics],
-                             tmp_path)
+  extra = EXTRA.get((group, option), [])
+  if (group, option) == ("regularizer", "distill"):  # it learns from a teacher run: a tiny one of the default MLP
+    train_in_process([*TINY, "diagnostics=off"], tmp_path / "teacher")
+    extra = [f"regularizer.distill.teacher={tmp_path / 'teacher'}"]
+  summary = train_in_process([_select(group, option), *extra, *TINY, *diagnostics], tmp_path / "run")
   assert summary["status"] == "completed"
   assert summary["steps_run"] == 6
 

@@ -38,7 +38,9 @@ def test_every_mandatory_key_of_conf_has_its_example():
                              "data.path=my_data.npz")
   unset = [f"{path.relative_to(CONF)}: {line}" for path in sorted(CONF.rglob("*.yaml"))
            for line in path.read_text().splitlines() if "???" in line]
-  assert unset == ["data/npz.yaml: path: ???           # required"]
+  assert unset == ["data/npz.yaml: path: ???           # required",
+                   "regularizer/distill.yaml: teacher: ???        # the teacher's run directory (or its checkpoints/ "
+                   "or checkpoints/STEP); it never trains"]
 
 
 def test_a_refused_run_leaves_no_directory_but_keeps_a_users_files(tmp_path):
@@ -123,7 +125,7 @@ def test_settings_that_cannot_take_effect_say_what_happens(overrides, warnings):
      "error: the config has no key optimizer.momentom: did you mean optimizer.momentum=0.5?"),
     (["stpes=10"], "error: the config has no key stpes: did you mean steps=10?"),
     (["regularizer=[dropot]"], "error: regularizer has no option dropot: did you mean dropout? (options: augment, "
-                               "confidence_penalty, dropout, early_stopping, l1, l2, label_smoothing, max_norm, "
+                               "confidence_penalty, distill, dropout, early_stopping, l1, l2, label_smoothing, max_norm, "
                                "weight_decay)"),
 ])
 def test_a_misspelling_gets_its_close_match_in_one_line(args, expected, tmp_path):

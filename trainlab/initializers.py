@@ -22,7 +22,8 @@ from hydra.utils import instantiate
 from trainlab.config import ConfigError
 
 # Keys of the init group that are not arguments of the weight initializer.
-OWN_KEYS = ("bias", "output_bias", "recurrent", "recurrent_gain")
+OWN_KEYS = ("bias", "output_bias", "recurrent", "recurrent_gain",
+            "from_run", "from_checkpoint", "from_layers", "from_lr_scale")  # from_*: trainlab.transfer
 
 
 def uniform(scale: float = 0.1):

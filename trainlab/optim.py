@@ -177,8 +177,14 @@ def _phase(optimizer: dict, regularizer: dict, seed: Any) -> optax.GradientTrans
   return switch(optax.chain(*stages), _phase(optimizer["then"], regularizer, seed), optimizer["switch_step"])
 
 
+def scale_leaves(scale: float, mask: Callable[[Any], Any]) -> optax.GradientTransformation:
+  """Multiplies the updates of the leaves that `mask` selects by `scale` (the others pass unchanged)."""
+  return optax.masked(optax.scale(scale), mask)
+
+
 def build_optimizer(optimizer: dict, schedule: dict, total_steps: int, regularizer: dict,
-                    seed: Any = None) -> tuple[optax.GradientTransformation, Callable[[Any], jax.Array]]:
+                    seed: Any = None, transfer: dict | None = None
+                    ) -> tuple[optax.GradientTransformation, Callable[[Any], jax.Array]]:
   """Returns (tx, learning_rate_fn): the optax transform and a function of its state giving the current lr.
 
   Args:
@@ -189,6 +195,11 @@ def build_optimizer(optimizer: dict, schedule: dict, total_steps: int, regulariz
     total_steps: the run's number of optimizer steps, the horizon of decaying schedules.
     regularizer: the selected regularizers ({name: options}); those with a gradient transform join each phase.
     seed: the run's seed, for the gradient noise (may be traced).
+    transfer: the leaves loaded from another run and those frozen (trainlab.transfer), with `lr_scale`, the
+      factor of the loaded leaves' updates: the chain's updates of loaded, unfrozen leaves are multiplied by it
+      (their whole step, decoupled weight decay included), and frozen leaves get optax.set_to_zero through
+      optax.multi_transform around everything, so no momentum, weight decay or proximal step moves them and
+      the optimizer keeps no state for them.
   """
   direction = _phase(optimizer, regularizer, seed)
   switch_step = optimizer.get("switch_step") if optimizer.get("then") is not None else None
@@ -201,7 +212,7 @@ def build_optimizer(optimizer: dict, schedule: dict, total_steps: int, regulariz
 
   def learning_rate_fn(opt_state: Any) -> jax.Array:
     """The learning rate that the next update applies: the phase's lr times the schedule at this step."""
-    direction_state, multiplier_state = opt_state
+    direction_state, multiplier_state = opt_state[0], opt_state[1]
     if switch_step is None:
       base = learning_rate_of(direction_state)
     else:
@@ -210,7 +221,29 @@ def build_optimizer(optimizer: dict, schedule: dict, total_steps: int, regulariz
     hyperparams = {k: sched_kwargs[k] for k in static} | dict(multiplier_state.hyperparams)
     return base * schedule_factory(**hyperparams)(multiplier_state.count)
 
-  tx = optax.chain(direction, multiplier)
+  transfer = transfer or {"loaded": (), "frozen": ()}
+  loaded = set(transfer["loaded"]) - set(transfer["frozen"])
+  stages = [direction, multiplier]
+  if loaded:
+    stages.append(_inject(scale_leaves, scale=transfer["lr_scale"], mask=leaf_mask(loaded)))
+  tx = optax.chain(*stages)
   for wrap, o in regularizers.hooks(regularizer, "wrap_optimizer"):
     tx, learning_rate_fn = wrap(tx, learning_rate_fn, o)
+  if transfer["frozen"]:
+    frozen = set(transfer["frozen"])
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                               lambda params: leaf_labels(params, lambda path: "frozen" if path in frozen else "train"))
+    learning_rate_fn = functools.partial(lambda inner, state: inner(state.inner_states["train"].inner_state),
+                                         learning_rate_fn)
   return tx, learning_rate_fn
+
+
+def leaf_labels(params: Any, label: Callable[[str], Any]) -> Any:
+  """A tree like `params` holding label(path) at each leaf, its path written as "Dense_0/kernel"."""
+  name = lambda entry: str(getattr(entry, "key", getattr(entry, "name", getattr(entry, "idx", entry))))
+  return jax.tree_util.tree_map_with_path(lambda path, _: label("/".join(name(k) for k in path)), params)
+
+
+def leaf_mask(paths: set[str]) -> Callable[[Any], Any]:
+  """The optax mask function selecting the leaves at `paths`."""
+  return lambda params: leaf_labels(params, lambda path: path in paths)

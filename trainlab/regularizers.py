@@ -5,7 +5,7 @@ reach it as one dict (traced values and structure merged). Where it can act:
 
   loss_term(params, options) -> scalar         added to the training objective (l2, l1)
   reshape_loss(loss, logits, labels, options)  replaces the per-example classification loss (label smoothing,
-                                               the confidence penalty), in the registry's order
+                                               the confidence penalty, distillation), in the registry's order
   gradient_transform(options, learning_rate)   an optax stage after the optimizer's direction (weight decay)
   wrap_optimizer(tx, learning_rate_fn, options) the whole optimizer wrapped, with the learning rate it applies
                                                (proximal L1)
@@ -72,6 +72,16 @@ def entropy(logits: jax.Array) -> jax.Array:
   """H(p) = -sum_k p_k log p_k of p = softmax(logits), per example."""
   log_p = jax.nn.log_softmax(logits)
   return -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
+
+
+def distillation_loss(loss: jax.Array, logits: jax.Array, teacher_logits: jax.Array, temperature: jax.Array,
+                      alpha: jax.Array) -> jax.Array:
+  """(1 - alpha) loss + alpha T^2 KL(p_t^T || p_s^T), per example (Hinton et al. 2015): `loss` the cross-entropy
+  with the labels, p^T = softmax(logits / T) of the student and of the teacher. T^2 keeps the soft targets'
+  gradients on the scale of the hard ones' as T changes (they shrink as 1/T^2)."""
+  kl = optax.losses.kl_divergence_with_log_targets(jax.nn.log_softmax(logits / temperature),
+                                                   jax.nn.log_softmax(teacher_logits / temperature))
+  return (1.0 - alpha) * loss + alpha * temperature**2 * kl
 
 
 # --- after the optimizer's direction, and after the step -----------------------------------------------------
@@ -188,6 +198,9 @@ REGULARIZERS = {  # the order in which hooks of one kind apply
     "label_smoothing": Regularizer(
         reshape_loss=lambda loss, logits, labels, o: smoothed_cross_entropy(logits, labels, o["eps"])),
     "confidence_penalty": Regularizer(reshape_loss=lambda loss, logits, labels, o: loss - o["beta"] * entropy(logits)),
+    # the teacher's logits of the batch reach it among its options (train.loss_fn computes them in the step)
+    "distill": Regularizer(reshape_loss=lambda loss, logits, labels, o: distillation_loss(
+        loss, logits, o["teacher_logits"], o["temperature"], o["alpha"])),
     "weight_decay": Regularizer(gradient_transform=lambda o, learning_rate: optax.inject_hyperparams(
         add_decoupled_weight_decay)(weight=o["weight"], learning_rate=learning_rate)),
     "max_norm": Regularizer(project=lambda params, o: max_norm(params, o["r"])),

@@ -75,6 +75,9 @@ class RunRecord:
   train_seconds: float = 0.0  # in the chunks, compilation excluded
   earlier_seconds: float = 0.0  # wall time of the sessions before a resume
   last_loss: float = math.nan
+  last_val: dict | None = None  # the latest validation point
+  stage: int | None = None  # a staged run's current stage, from 1 (trainlab.stages); None for other runs
+  stage_results: list = dataclasses.field(default_factory=list)  # what each finished stage reached
 
 
 def open_run(cfg: DictConfig, workdir: pathlib.Path, run: Any, state: Any, stop: StopRequest,
@@ -105,6 +108,8 @@ def open_run(cfg: DictConfig, workdir: pathlib.Path, run: Any, state: Any, stop:
     record.best, record.train_seconds = host["best"], host["train_seconds"]
     record.window = Window(host["window_sums"], host["window_count"])
     record.earlier_seconds = host.get("wall_seconds", 0.0)
+    if "stage" in host:
+      record.stage, record.stage_results, record.last_val = host["stage"], host["stage_results"], host["last_val"]
     logger.info("resuming from the checkpoint at step %d", record.step)
   elif cfg.resume:
     logger.info("no checkpoint to resume from in %s: the run starts from step 0", workdir)
@@ -205,6 +210,7 @@ def record_evaluation(record: RunRecord, val: dict, run_now: int, state: Any) ->
   record.stop.poll()
   val = {f"val/{k}": float(v) for k, v in val.items()}
   record.writer.write(step, val)
+  record.last_val = val
   if metrics.is_better(val[metric], record.best and record.best[metric], metric):
     record.best = {"step": step, **val}
   # The best point so far as a curve beside the validation curves (a single point would hide in TensorBoard).
@@ -234,6 +240,8 @@ def save_checkpoint(record: RunRecord, state: Any) -> None:
   host = {"best": record.best, "train_seconds": record.train_seconds, "window_sums": record.window.sums,
           "window_count": record.window.count, "config": checkpoint.run_config(_container(record.cfg)),
           "wall_seconds": wall_seconds(record), "data_fingerprint": record.data_fingerprint}
+  if record.stage is not None:
+    host.update(stage=record.stage, stage_results=record.stage_results, last_val=record.last_val)
   best = None
   if record.stopper is not None and record.stopper.best_state is not None:
     host["early_stopping"], best = record.stopper.saved(), record.stopper.best_state

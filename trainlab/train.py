@@ -24,8 +24,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab import (backup_workers, config, data, diagnostics, fast, initializers, losses, models, optim,
-                      regularizers, runlog, sharding, values)
+from trainlab import (backup_workers, config, data, diagnostics, fast, fitnets, initializers, losses, models, optim,
+                      regularizers, runlog, sharding, transfer, values)
 from trainlab.rundir import atomic, writers
 from trainlab.signals import StopRequest
 
@@ -75,6 +75,8 @@ def create_model(spec: Spec, hparams: dict, **kwargs) -> nn.Module:
   """The model of `spec` with the run's model values (and a regularizer's model options, such as dropout)."""
   model_cfg = values.merge(structure_of(spec)["model"], hparams["model"])
   options = {"dropout_rate": None}
+  if structure_of(spec).get("transfer", {}).get("frozen_norms"):
+    options["frozen_norms"] = tuple(structure_of(spec)["transfer"]["frozen_norms"])
   for make, o in regularizers.hooks(selected_regularizers(spec, hparams), "model_options"):
     options.update(make(o))
   try:
@@ -89,15 +91,19 @@ def create_optimizer(spec: Spec, run_values: dict, seed: Any = None):
   """(tx, learning_rate_fn) of `spec`. Every float of the chain lives in its state (optax.inject_hyperparams),
   so the chain that `train_step` updates with is the same function whatever values it was built from."""
   structure = structure_of(spec)
-  merged = {g: values.merge(structure[g], run_values.get(g, {})) for g in ("optimizer", "schedule", "regularizer")}
+  merged = {g: values.merge(structure[g], run_values.get(g, {})) for g in ("optimizer", "schedule", "regularizer",
+                                                                          "init")}
+  moved = structure.get("transfer") and {**structure["transfer"], "lr_scale": merged["init"]["from_lr_scale"]}
   return optim.build_optimizer(merged["optimizer"], merged["schedule"], spec.total_steps, merged["regularizer"],
-                               seed=seed)
+                               seed=seed, transfer=moved)
 
 
 def create_train_state(spec: Spec, seed: jax.Array, run_values: dict) -> TrainState:
   """The state at step 0: parameters from the init group, the optimizer's state holding the run's values."""
   key = jax.random.PRNGKey(seed)
   hparams = {"model": run_values["model"], "regularizer": run_values["regularizer"]}
+  if "teacher" in run_values:  # distillation's teacher: its parameters are values of the program, never trained
+    hparams["teacher"] = run_values["teacher"]
   inits = initializers.build(values.merge(structure_of(spec)["init"], run_values["init"]))
   # Biases start at init.bias through the models' own bias_init, so a model's special biases (the LSTM's
   # forget gate) keep theirs; only the output bias is set afterwards, when it comes from the class frequencies.
@@ -108,25 +114,67 @@ def create_train_state(spec: Spec, seed: jax.Array, run_values: dict) -> TrainSt
   params = variables.pop("params")
   if inits.output_bias:
     params = initializers.set_output_bias(params, run_values["init"]["log_class_frequency"])
+  hint = structure_of(spec).get("hint")
+  if hint is not None:  # FitNets' hint stage: the regressor trains beside the student (trainlab.fitnets)
+    regressor = fitnets.Regressor(tuple(hint["hint_shape"]), kernel_init=inits.kernel)
+    params[fitnets.REGRESSOR] = regressor.init(jax.random.fold_in(key, 3), jnp.zeros((1, *hint["guided_shape"])))[
+        "params"]
   tx, _ = create_optimizer(spec, run_values, seed=seed)
   return TrainState(jnp.zeros((), jnp.int32), params, variables, tx.init(params), hparams, key)
 
 
-def apply_model(spec: Spec, state: TrainState, params, x, *, train: bool, rng=None):
-  """(outputs, model_state): the model on a batch; in training, batch statistics are updated and returned."""
+def apply_model(spec: Spec, state: TrainState, params, x, *, train: bool, rng=None, capture: str | None = None):
+  """(outputs, model_state): the model on a batch; in training, batch statistics are updated and returned. With
+  `capture` (a module path), outputs is (the model's outputs, that module's output)."""
   model = create_model(spec, state.hparams, kernel_init=nn.initializers.zeros)
-  variables = {"params": params, **state.model_state}
-  if train and state.model_state:
-    return model.apply(variables, x, train=True, rngs={"dropout": rng}, mutable=list(state.model_state))
-  return model.apply(variables, x, train=train, rngs={"dropout": rng} if train else None), state.model_state
+  variables = {"params": fitnets.model_params(params), **state.model_state}
+  rngs = {"dropout": rng} if train else None
+  mutable = list(state.model_state) if train else []
+  if capture is None and not mutable:
+    return model.apply(variables, x, train=train, rngs=rngs), state.model_state
+  extra = {"capture_intermediates": fitnets.at(capture)} if capture else {}
+  outputs, changed = model.apply(variables, x, train=train, rngs=rngs, mutable=mutable + ["intermediates"] * bool(
+      capture), **extra)
+  changed = dict(changed)
+  if capture:
+    outputs = (outputs, fitnets.captured(changed.pop("intermediates"), capture))
+  return outputs, (changed if mutable else state.model_state)
+
+
+def teacher_model(spec: Spec) -> nn.Module:
+  teacher = structure_of(spec)["teacher"]
+  return instantiate(teacher["model"], num_outputs=teacher["num_outputs"], _convert_="all")
+
+
+def teacher_logits(spec: Spec, state: TrainState, x: jax.Array) -> jax.Array:
+  """The distillation teacher's logits of a batch, from its parameters in the state; it is not differentiated."""
+  return jax.lax.stop_gradient(teacher_model(spec).apply(state.hparams["teacher"], x, train=False))
+
+
+def hint_objective(params, spec: Spec, state: TrainState, x: jax.Array, rng: jax.Array):
+  """FitNets' hint stage: (hint loss + the regularizers' penalties, (hint loss, outputs, model_state)). The
+  teacher's hint is a value, never differentiated; the student's outputs are only reported."""
+  hint = structure_of(spec)["hint"]
+  (outputs, guided), model_state = apply_model(spec, state, params, x, train=True, rng=rng,
+                                               capture=hint["guided_layer"])
+  target = jax.lax.stop_gradient(fitnets.layer_output(teacher_model(spec), state.hparams["teacher"], x,
+                                                      hint["hint_layer"]))
+  predicted = fitnets.Regressor(tuple(hint["hint_shape"])).apply({"params": params[fitnets.REGRESSOR]}, guided)
+  loss = fitnets.hint_loss(target, predicted)
+  return loss + regularizers.penalty(params, selected_regularizers(spec, state.hparams)), (loss, outputs, model_state)
 
 
 def loss_fn(params, spec: Spec, state: TrainState, x: jax.Array, y: jax.Array, rng: jax.Array):
   """(objective, (data loss, outputs, model_state)): the objective is what training minimizes (the task's loss
-  reshaped and penalized by the regularizers), the data loss what is reported."""
+  reshaped and penalized by the regularizers), the data loss what is reported. In FitNets' hint stage, both are
+  the hint loss (`hint_objective`)."""
+  if "hint" in structure_of(spec):
+    return hint_objective(params, spec, state, x, rng)
   task = losses.TASKS[spec.task]
   selected = selected_regularizers(spec, state.hparams)
   outputs, model_state = apply_model(spec, state, params, x, train=True, rng=rng)
+  if "distill" in selected:
+    selected = {**selected, "distill": {**selected["distill"], "teacher_logits": teacher_logits(spec, state, x)}}
   data_loss = task.loss(outputs, y).mean()
   # label smoothing and the confidence penalty reshape the classification loss; regression trains on mse
   fitted = regularizers.objective(outputs, y, selected).mean() if spec.task == "classification" else data_loss
@@ -240,8 +288,9 @@ def compile_program(spec: Spec) -> Program:
 @functools.lru_cache(maxsize=4)
 def _load_data(data_cfg_json: str) -> data.Dataset:
   """Loads a data set once per process: jobs of a sweep run in one process share it."""
+  loader_cfg, subset = data.split_config(json.loads(data_cfg_json))
   try:
-    return instantiate(json.loads(data_cfg_json))
+    return data.cut(instantiate(loader_cfg), **subset)
   except InstantiationException as e:  # Hydra wraps the loader's own error; the user needs that one
     if isinstance(e.__cause__, (data.DataError, config.ConfigError)):
       raise e.__cause__ from None
@@ -281,10 +330,14 @@ class Setup(NamedTuple):
   values: Any  # the run's floats (float32), a pytree the program's `init` takes
   dataset: data.Dataset
   program: Program
+  transfer: transfer.Plan | None = None  # what it loads from another run and freezes
+  teacher: dict | None = None  # where its distillation teacher comes from
 
 
-def setup(cfg: DictConfig) -> Setup:
-  """Checks the config, loads the data and builds (or finds cached) the compiled program of a run.
+def setup(cfg: DictConfig, carried: transfer.Carried | None = None, hint: dict | None = None) -> Setup:
+  """Checks the config, loads the data and builds (or finds cached) the compiled program of a run, or of one
+  stage of a staged run (trainlab.stages): `carried`, the parameters the stage starts from, loaded as
+  init.from_run's are; `hint`, FitNets' hint stage ({"teacher", "checkpoint", "hint_layer", "guided_layer"}).
 
   Raises:
     config.ConfigError, data.DataError: a config or a data set that cannot be run, with one clear message.
@@ -303,16 +356,52 @@ def setup(cfg: DictConfig) -> Setup:
   steps = total_steps(cfg, n_train)
   config.warn_ineffective(cfg, steps)
   program_cfg = {g: OmegaConf.to_container(cfg[g], resolve=True) for g in values.PROGRAM_GROUPS}
+  init_cfg = dict(program_cfg["init"])
+  teacher = transfer.take_teacher(program_cfg)
+  if hint is not None:
+    teacher = transfer.load_teacher(hint["teacher"], hint["checkpoint"])
+  for key in transfer.HOST_KEYS:  # which values the run starts from, not what its program is built from
+    program_cfg["init"].pop(key, None)
   structure, run_values = values.split(program_cfg)
   run_values = jax.tree.map(np.float32, run_values)
+  if teacher is not None:
+    structure["teacher"], run_values["teacher"] = teacher.structure, teacher.variables
   if cfg.init.get("output_bias") == "marginal":
     run_values.setdefault("init", {})["log_class_frequency"] = initializers.log_class_frequency(
         dataset.y_train, dataset.num_classes)
   spec = Spec(json.dumps(structure, sort_keys=True), cfg.batch_size, steps, min(cfg.eval_every, steps),
               tuple(dataset.x_train.shape[1:]), dataset.num_classes, dataset.task, devices,
               cfg.parallel.shard_params and devices > 1)
+  if teacher is not None and teacher.structure["num_outputs"] != dataset.num_classes:
+    raise config.ConfigError(f"regularizer.distill.teacher: the teacher has {teacher.structure['num_outputs']} "
+                             f"outputs and this data set {dataset.num_classes} classes; they must be equal")
+  freeze = list(cfg.freeze)
+  if hint is not None:
+    structure["hint"], after = _hint_structure(spec, run_values, hint)
+    spec = spec._replace(structure=json.dumps(structure, sort_keys=True))
+    freeze += after
+  plan = None
+  if init_cfg.get("from_run") or freeze or carried is not None:
+    if freeze and "max_norm" in cfg.regularizer:
+      raise config.ConfigError("freeze is not allowed with regularizer=max_norm: its projection would move the "
+                               "frozen weights")
+    shapes = jax.eval_shape(functools.partial(create_train_state, spec), np.int32(0), run_values)
+    plan = transfer.plan(init_cfg, freeze, shapes, carried)
+    spec = spec._replace(structure=json.dumps({**structure, "transfer": plan.structure()}, sort_keys=True))
   check_fits_in_memory(spec, run_values)
-  return Setup(spec, run_values, dataset, compile_program(spec))
+  return Setup(spec, run_values, dataset, compile_program(spec), plan, teacher and teacher.source)
+
+
+def _hint_structure(spec: Spec, run_values: dict, hint: dict) -> tuple[dict, list[str]]:
+  """(the program's `hint` structure, the student's layers the hint does not reach, frozen in its stage)."""
+  student = create_model(spec, {"model": run_values["model"], "regularizer": run_values["regularizer"]})
+  guided, target, order = fitnets.shapes(student, teacher_model(spec), run_values["teacher"], spec.input_shape,
+                                         hint["guided_layer"], hint["hint_layer"])
+  params = jax.eval_shape(lambda: student.init(jax.random.PRNGKey(0), jnp.zeros((1, *spec.input_shape)),
+                                               train=False))["params"]
+  after = [name for name in fitnets.layers_after(order, hint["guided_layer"]) if name in params]
+  return {"hint_layer": hint["hint_layer"], "guided_layer": hint["guided_layer"], "guided_shape": list(guided),
+          "hint_shape": list(target)}, after
 
 
 def check_fits_in_memory(spec: Spec, run_values: Any) -> None:
@@ -367,6 +456,10 @@ def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | 
 def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float | None, logger: logging.Logger,
                         stop_file: pathlib.Path | None) -> dict:
   started = time.perf_counter() if started is None else started
+  if cfg.get("pretrain") is not None:  # a run in stages, each a program of its own
+    from trainlab import stages
+
+    return stages.train_and_evaluate(cfg, workdir, started, logger, stop_file)
   with StopRequest(stop_file) as stop:
     compiling_before = fast.seconds()
     logger.info("loading data=%s", cfg.data._target_.rsplit(".", 1)[-1])
@@ -377,7 +470,9 @@ def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float |
     logger.info("run directory %s; %d training, %d validation, %d test examples; compiling the program (a "
                 "structure's first run compiles, later runs take it from the cache)", workdir,
                 len(run.dataset.y_train), len(run.dataset.y_val), len(run.dataset.y_test))
-    state = program.init(np.int32(cfg.seed), run.values)
+    state = transfer.load_into(program.init(np.int32(cfg.seed), run.values), run.transfer)
+    if run.transfer is not None:
+      logger.info("%s", transfer.describe(run.transfer))
     state = sharding.put_state(run.spec.devices, run.spec.shard_params, state)  # onto the mesh; one device: as is
     record, state = runlog.open_run(cfg, pathlib.Path(workdir), run, state, stop, logger, started)
     try:
@@ -394,6 +489,7 @@ def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float |
       summary = runlog.summarize(record, state, lambda s: program.evaluate(s, *test))
     finally:
       runlog.close(record)
+  summary.update(transfer.summary(run.transfer, run.teacher))
   summary["compile_time_s"] = fast.seconds() - compiling_before
   return summary
 

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab import fast, runlog, sharding, train
+from trainlab import fast, runlog, sharding, train, transfer
 from trainlab.signals import StopRequest
 
 
@@ -82,6 +82,10 @@ def train_group(members: list[Member], started: float | None = None) -> list[dic
   compiling_before = fast.seconds()
   with StopRequest() as stop:
     states = vector.init(np.array([m.cfg.seed for m in members], np.int32), _stack([m.run.values for m in members]))
+    if members[0].run.transfer is not None:  # one structure, so all or none: each member's init.from_run
+      states = _stack([transfer.load_into(member_state(states, i), m.run.transfer) for i, m in enumerate(members)])
+      for m in members:
+        m.logger.info("%s", transfer.describe(m.run.transfer))
     states = sharding.put_state(devices, run.spec.shard_params, states)
     records = [runlog.open_run(m.cfg, m.workdir, m.run, member_state(states, i), stop, m.logger, started)[0]
                for i, m in enumerate(members)]
@@ -94,6 +98,7 @@ def train_group(members: list[Member], started: float | None = None) -> list[dic
     finally:
       for record in records:
         runlog.close(record)
-  for summary in summaries:
+  for summary, m in zip(summaries, members):
     summary.update(compile_time_s=fast.seconds() - compiling_before, vectorized_members=len(members))
+    summary.update(transfer.summary(m.run.transfer, m.run.teacher))
   return summaries

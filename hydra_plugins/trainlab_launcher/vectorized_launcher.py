@@ -7,6 +7,7 @@ For each job, in order, it composes the job's config and run directory as Hydra'
   interrupted or failed jobs) goes through the normal path, `trainlab train`'s own job function, exactly as
   under the basic launcher: it is skipped, resumed from its checkpoint, refused or rerun there;
 - a job that fails to set up (a bad config, a missing data file) is recorded `failed` and the others run;
+- a run in stages (`pretrain`) goes through the normal path too: each stage is a program of its own;
 - every other job is prepared (config checked, data loaded, program structure known) and grouped with the
   jobs of equal `_vectorized_loop.group_key`; each group of two or more trains as one vmapped program
   (_vectorized_loop.py), a group of one trains alone through the single-run loop.
@@ -80,7 +81,9 @@ class VectorizedLauncher(Launcher):
           sweep_config.hydra.job.num = idx
         job = _Job(idx, overrides, sweep_config)
         jobs.append(job)
-        if not self._open(job):  # its directory holds a run: the normal path skips, resumes or refuses it
+        if not self._open(job) or sweep_config.get("pretrain") is not None:
+          # its directory holds a run: the normal path skips, resumes or refuses it; a run in stages (pretrain)
+          # is a program per stage, which no group shares: it runs alone
           job.ret = self._run_alone(job)
           continue
         if self._prepare(job):

@@ -12,11 +12,11 @@ data.py, model.py (model, init), optimizer.py (optimizer, schedule) and regulari
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
-from trainlab.config import data, model, optimizer, regularizer  # noqa: F401 (they register theirs)
+from trainlab.config import data, model, optimizer, pretrain, regularizer  # noqa: F401 (they register theirs)
 from trainlab.config.checks import check, warn_ineffective  # noqa: F401
 from trainlab.config.model import ACTIVATIONS, NORMS  # noqa: F401
 from trainlab.config.schema import MISSING, SCHEMAS, ConfigError, Interval, check_ranges, schema, value  # noqa: F401
@@ -53,6 +53,8 @@ class TrainConfig:
   regularizer: Dict[str, Any] = field(default_factory=dict)
   diagnostics: Any = MISSING
   report: Any = MISSING
+  freeze: List[str] = field(default_factory=list)  # layers the optimizer leaves alone (trainlab.transfer)
+  pretrain: Any = None  # a run in stages (trainlab.stages); null: one stage
 
 
 @schema("diagnostics_schema")

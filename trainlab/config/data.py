@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import field
+from dataclasses import dataclass, field
 from typing import List, Optional
 
 from trainlab.config.schema import FRACTION, HELD_OUT, MISSING, TargetConfig, choice, schema, value
 
 
+@dataclass
+class ClassSubsetConfig(TargetConfig):
+  """The cut every classification data set takes (trainlab.data.subsets): a subset of its classes, renumbered
+  in the order listed, and a smaller training split drawn with the data seed. null: all of them."""
+  classes: Optional[List[int]] = None
+  n_train: Optional[int] = value(1, default=None)
+
+
 @schema("data_mnist1d_schema")
-class Mnist1dConfig(TargetConfig):
+class Mnist1dConfig(ClassSubsetConfig):
   val_fraction: float = value(**HELD_OUT)
   split_seed: int = value(0)
   cache_dir: Optional[str] = None
 
 
 @schema("data_npz_schema")
-class NpzConfig(TargetConfig):
+class NpzConfig(ClassSubsetConfig):
   path: str = field(default=MISSING, metadata={"example": "my_data.npz"})  # the one `???` of conf/
   val_fraction: float = value(**HELD_OUT)
   split_seed: int = value(0)
@@ -24,7 +32,7 @@ class NpzConfig(TargetConfig):
 
 
 @schema("data_image_schema")
-class ImageDataConfig(TargetConfig):
+class ImageDataConfig(ClassSubsetConfig):
   """mnist, fashion_mnist, cifar10: files in <root>/<name>/, downloaded there when missing."""
   root: Optional[str] = None
   download: bool = MISSING
@@ -34,14 +42,14 @@ class ImageDataConfig(TargetConfig):
 
 
 @schema("data_digits_schema")
-class DigitsConfig(TargetConfig):
+class DigitsConfig(ClassSubsetConfig):
   val_fraction: float = value(**FRACTION)
   test_fraction: float = value(0.0, 1.0, lo_open=True, hi_open=True)
   split_seed: int = value(0)
 
 
 @schema("data_sequential_schema")
-class SequentialConfig(TargetConfig):
+class SequentialConfig(ClassSubsetConfig):
   source: str = choice("digits", "mnist", "fashion_mnist", "cifar10")
   order: str = choice("pixel", "row")
   permute: bool = MISSING
@@ -54,6 +62,7 @@ class SequentialConfig(TargetConfig):
 
 @schema("data_spirals_schema")
 class SpiralsConfig(TargetConfig):
+  classes: Optional[List[int]] = None  # generated sets make n_train examples themselves; classes cut them after
   n_train: int = value(1)
   n_val: int = value(1)
   n_test: int = value(1)
@@ -66,6 +75,7 @@ class SpiralsConfig(TargetConfig):
 @schema("data_teacher_schema")
 class TeacherConfig(TargetConfig):
   task: str = choice("classification", "regression")
+  classes: Optional[List[int]] = None  # classification only
   n_train: int = value(1)
   n_val: int = value(1)
   n_test: int = value(1)

@@ -78,6 +78,13 @@ class InitConfig(TargetConfig):
   output_bias: Optional[str] = choice("marginal", default=None)  # marginal: log class frequencies
   recurrent: str = choice("same", "identity", "orthogonal")  # the recurrent kernels of rnn, lstm, gru
   recurrent_gain: float = value(**POSITIVE)
+  # Starting from another run (trainlab.transfer): its directory, which checkpoint (best, last or a step), and
+  # which layers (paths or patterns; null: every layer with the same path and shape); the loaded layers' updates
+  # are multiplied by from_lr_scale (a value: swept without compiling again).
+  from_run: Optional[str] = None
+  from_checkpoint: str = MISSING
+  from_layers: Optional[List[str]] = None
+  from_lr_scale: float = value(0.0)
 
 
 @schema("init_variance_scaling_schema")

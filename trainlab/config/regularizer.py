@@ -3,6 +3,8 @@ registered here as regularizer_<name>_schema."""
 
 from __future__ import annotations
 
+from dataclasses import field
+
 from trainlab.config.schema import FRACTION, MISSING, POSITIVE, choice, schema, value
 
 
@@ -55,3 +57,11 @@ class AugmentConfig:
   crop: int = value(0)  # images: pad by this many pixels, then crop back at a random offset
   flip: bool = MISSING  # images: random horizontal flips
 
+
+
+@schema("regularizer_distill_schema")
+class DistillConfig:
+  teacher: str = field(default=MISSING, metadata={"example": "outputs/runs/DATE/TIME"})  # a run directory
+  checkpoint: str = MISSING  # last, best or a step number of the teacher's run
+  temperature: float = value(**POSITIVE)
+  alpha: float = value(0.0, 1.0)

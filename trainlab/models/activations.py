@@ -4,7 +4,7 @@ model hyperparameters."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -42,11 +42,15 @@ class Activation(nn.Module):
     return getattr(jax.nn, self.kind)(x)
 
 
-def norm(kind: str, x: jax.Array, *, train: bool, momentum: Any = 0.99, layer_epsilon: float = 1e-5) -> jax.Array:
+def norm(kind: str, x: jax.Array, *, train: bool, momentum: Any = 0.99, layer_epsilon: float = 1e-5,
+         frozen: Sequence[str] = ()) -> jax.Array:
   """Batch norm (batch statistics in training, running averages at evaluation: running <- momentum running +
-  (1 - momentum) batch, flax's and Keras' convention), layer norm (over one example's features), or none."""
+  (1 - momentum) batch, flax's and Keras' convention), layer norm (over one example's features), or none.
+  A batch-norm layer whose path is in `frozen` (a frozen part of a loaded model) uses its running averages in
+  training too, and so never updates them."""
   if kind == "batch":
-    return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=1e-5)(x)
+    layer = nn.BatchNorm(momentum=momentum, epsilon=1e-5)
+    return layer(x, use_running_average=not train or "/".join(layer.scope.path) in frozen)
   if kind == "layer":
     return nn.LayerNorm(epsilon=layer_epsilon)(x)
   return x

@@ -53,7 +53,8 @@ class ResNet(ActivatedModel, kw_only=True):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     act = lambda y: activate(self, y, train)
-    norm = lambda y: activations.norm(self.norm, y, train=train, momentum=0.9, layer_epsilon=1e-6)  # flax's default
+    norm = lambda y: activations.norm(self.norm, y, train=train, momentum=0.9, layer_epsilon=1e-6,  # flax's default
+                                      frozen=self.frozen_norms)
     x = with_channels(x)
     dims = x.ndim - 2
     conv = lambda f, size, stride=1: conv_ops.Conv(f, (size,) * dims, (stride,) * dims, padding="SAME",

@@ -24,6 +24,7 @@ class Model(nn.Module, kw_only=True):
   dropout_rate: Any = None
   kernel_init: Initializer = nn.initializers.lecun_normal()
   bias_init: Initializer = nn.initializers.zeros
+  frozen_norms: Sequence[str] = ()  # paths of batch-norm layers that keep their statistics (trainlab.transfer)
   inputs: ClassVar[tuple[str, ...]]
   option: ClassVar[str]
 
@@ -62,7 +63,7 @@ def dense_head(model: ActivatedModel, x: jax.Array, widths: Sequence[int], train
   """Dense hidden layers, each followed by norm, the model's activation and dropout, then the output layer."""
   for width in widths:
     x = nn.Dense(width, kernel_init=model.kernel_init, bias_init=model.bias_init)(x)
-    x = activations.norm(norm, x, train=train, momentum=momentum)
+    x = activations.norm(norm, x, train=train, momentum=momentum, frozen=model.frozen_norms)
     x = maybe_dropout(model, activate(model, x, train), train)
   return nn.Dense(model.num_outputs, kernel_init=model.kernel_init, bias_init=model.bias_init)(x)
 

@@ -46,14 +46,15 @@ class ResumeError(config.ConfigError):
 class Checkpointer:
   """Saves and restores (TrainState, host record) pairs in `<workdir>/checkpoints`, keeping the newest `keep`."""
 
-  def __init__(self, workdir: pathlib.Path, keep: int | None = None):
+  def __init__(self, workdir: pathlib.Path, keep: int | None = None, read_only: bool = False):
+    """read_only: for another run's checkpoints (init.from_run), which are read and never written or pruned."""
     import orbax.checkpoint as ocp  # imported here: it imports JAX, which `trainlab --help` must not wait for
 
     self._ocp = ocp
     self.directory = pathlib.Path(workdir).resolve() / CHECKPOINT_DIR
     # cleanup_tmp_directories: a save cut off (a second signal, a kill) leaves orbax's temporary folder behind
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
-                                           cleanup_tmp_directories=True)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
+                                           enable_async_checkpointing=False, cleanup_tmp_directories=not read_only)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:

@@ -133,6 +133,7 @@ class RunWriter:
     self._tb = SummaryWriter(logdir=str(events_dir(self.workdir)), flush_secs=10, purge_step=purge_step,
                              filename_suffix=suffix)
     self._jsonl = open(self.workdir / METRICS_FILE, "a")
+    self.fields = {}  # written into every metrics.jsonl point after its step (a staged run's `stage`)
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     """The points to TensorBoard and metrics.jsonl."""
@@ -141,7 +142,8 @@ class RunWriter:
 
   def write_jsonl(self, step: int, metrics: dict[str, float]) -> None:
     """The points to metrics.jsonl only (data for the report that TensorBoard would show badly)."""
-    self._jsonl.write(json.dumps({"step": step, **{k: _finite_or_none(v) for k, v in metrics.items()}}) + "\n")
+    point = {"step": step, **self.fields, **{k: _finite_or_none(v) for k, v in metrics.items()}}
+    self._jsonl.write(json.dumps(point) + "\n")
 
   def plot(self, step: int, metrics: dict[str, float]) -> None:
     """The points to TensorBoard only (a view, such as the best validation point so far)."""
