@@ -21,12 +21,13 @@ from trainlab.rundir import atomic, jobs, report, writers
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.csv"
-METRIC_COLUMNS = ("status", "test/accuracy", "test/mse", "test/distance", "test/loss", "best_val/accuracy",
-                  "best_val/mse", "best_val/distance", "best_val/loss", "best_val/step", "steps_run", "diverged_at_step",
-                  "wall_time_s", "compile_time_s", "steps_per_second", "error")
-# The task's metric (accuracy for classification, mse for regression, distance for an analytic problem): a column
-# only where some job has it.
-TASK_COLUMNS = tuple(f"{split}/{name}" for split in ("test", "best_val") for name in metrics.TASK_METRIC.values())
+METRIC_COLUMNS = ("status", "test/accuracy", "test/mse", "test/distance", "test/loss", "test/ece",
+                  "best_val/accuracy", "best_val/mse", "best_val/distance", "best_val/loss", "best_val/step",
+                  "steps_run", "diverged_at_step", "wall_time_s", "compile_time_s", "steps_per_second", "error")
+# The task's metric (accuracy for classification, mse for regression, distance for an analytic problem) and a
+# classification's calibration error: a column only where some job has it.
+TASK_COLUMNS = (*(f"{split}/{name}" for split in ("test", "best_val") for name in metrics.TASK_METRIC.values()),
+                "test/ece")
 
 
 def collect(sweep_dir: pathlib.Path) -> list[dict]:
