@@ -57,3 +57,51 @@ def test_the_runs_test_ece_is_numpys_on_its_final_logits(tmp_path):
   assert abs((logits.argmax(-1) == dataset.y_test).mean() - summary["test/accuracy"]) < 1e-6
   assert summary["test/ece"] > 0.001
   np.testing.assert_allclose(summary["test/ece"], numpy_ece(logits, dataset.y_test), rtol=1e-4, atol=1e-6)
+
+
+def test_preset_b_starts_with_its_command_and_sources():
+  for name in PRESETS:
+    text = (CONF / "experiment" / f"{name}.yaml").read_text()
+    assert text.startswith("# @package _global_\n"), name
+    comment = text.split("\ndefaults:")[0]
+    assert f"`trainlab train -m experiment={name}`" in comment and "[00" in comment and "Look at" in comment, name
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_b_composes_with_cfg_job(name, tmp_path):
+  printed = run_cli("train", f"experiment={name}", "--cfg", "job", cwd=tmp_path).stdout
+  assert printed.startswith("seed: 0\n") and "\nmodel:\n  _target_: trainlab.models." in printed
+  assert len(grid(name)) >= 3
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_b_runs_shortened(name, tmp_path):
+  """The preset's first job, a few steps long (epochs=1 where the preset counts in epochs)."""
+  first = grid(name)[0]
+  length = ["epochs=1"] if name == "batch_size" else ["steps=20"]
+  summary = train_in_process([f"experiment={name}", *first, *length, "eval_every=10", "log_every=10",
+                              "checkpoint.every=null"], tmp_path)
+  assert summary["status"] == "completed" and summary["steps_run"] in (20, 3600 // 16)
+
+
+@pytest.mark.parametrize("model", ["cnn", "gru"])
+def test_mnist1d_baseline_models_compose(model, tmp_path):
+  printed = run_cli("train", "experiment=mnist1d_baselines", f"+experiment/mnist1d_baseline={model}", "--cfg", "job",
+                    cwd=tmp_path).stdout
+  assert f"_target_: trainlab.models.{model.upper()}" in printed and "lr: 0.01" in printed
+
+
+def test_batch_size_preset_gives_every_batch_size_the_same_examples(tmp_path):
+  """epochs= sets steps = epochs * (n_train // batch_size): the steps scale inversely with the batch size."""
+  for batch in (128, 1024):
+    summary = train_in_process(["experiment=batch_size", f"batch_size={batch}", "epochs=2", "eval_every=10",
+                                "checkpoint.every=null"], tmp_path / str(batch))
+    assert summary["steps_run"] == 2 * (3600 // batch)
+
+
+def test_a_too_large_learning_rate_diverges_as_data_and_a_good_one_beats_a_too_small_one(tmp_path):
+  runs = {lr: train_in_process(["experiment=learning_rates", f"optimizer.lr={lr}", "steps=300", "eval_every=100",
+                                "checkpoint.every=null"], tmp_path / str(lr)) for lr in (0.001, 0.1, 10.0)}
+  assert runs[10.0]["status"] == "diverged" and runs[10.0]["diverged_at_step"] is not None
+  assert runs[0.1]["status"] == runs[0.001]["status"] == "completed"
+  assert runs[0.1]["test/accuracy"] > runs[0.001]["test/accuracy"] + 0.1, runs
