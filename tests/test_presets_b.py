@@ -105,3 +105,26 @@ def test_a_too_large_learning_rate_diverges_as_data_and_a_good_one_beats_a_too_s
   assert runs[10.0]["status"] == "diverged" and runs[10.0]["diverged_at_step"] is not None
   assert runs[0.1]["status"] == runs[0.001]["status"] == "completed"
   assert runs[0.1]["test/accuracy"] > runs[0.001]["test/accuracy"] + 0.1, runs
+
+
+def _accuracy(preset: str, overrides: list[str], workdir) -> float:
+  summary = train_in_process([f"experiment={preset}", *overrides, "eval_every=100", "checkpoint.every=null"], workdir)
+  assert summary["status"] == "completed", summary
+  return summary["test/accuracy"]
+
+
+@pytest.mark.slow
+def test_gradients_16_steps_stale_do_not_learn_at_a_rate_fresh_ones_do(tmp_path):
+  """lr 0.3: fresh gradients reach about 0.6 in 800 steps; applied 16 steps late they oscillate near chance."""
+  fresh, stale = (_accuracy("staleness", [f"optimizer.staleness={k}", "optimizer.lr=0.3", "steps=800"],
+                            tmp_path / str(k)) for k in (0, 16))
+  assert fresh > stale + 0.2, (fresh, stale)
+
+
+@pytest.mark.slow
+def test_backup_workers_cost_little_and_stale_gradients_cost_more(tmp_path):
+  """8 workers: dropping 2 stragglers a step stays within a few points of synchronous SGD; staleness 7 falls behind."""
+  runs = {name: _accuracy("distributed_sgd", [*job, "steps=1000"], tmp_path / name) for name, job in
+          {"sync": [], "backup": ["optimizer.backup_workers=2"], "stale": ["optimizer.staleness=7"]}.items()}
+  assert abs(runs["backup"] - runs["sync"]) < 0.04, runs
+  assert runs["stale"] < runs["sync"] - 0.02, runs
