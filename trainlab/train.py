@@ -32,6 +32,7 @@ from trainlab.signals import StopRequest
 log = logging.getLogger(__name__)
 
 EVAL_BATCH = 1000  # examples per evaluation batch; one compiled call walks the whole split
+CALIBRATION_SUMS = "calibration_sums"  # evaluation's running per-bin sums, turned into `ece` at the end
 
 
 class Spec(NamedTuple):
@@ -237,9 +238,10 @@ def train_chunk(spec: Spec, state: TrainState, x: jax.Array, y: jax.Array, num_s
 
 
 def evaluate(spec: Spec, state: TrainState, x: jax.Array, y: jax.Array, n: jax.Array) -> dict:
-  """Mean loss and metric (and the task's extras) over the first n examples of a split, in batches of up to
-  EVAL_BATCH inside one compiled call. Rows past n are padding (`eval_splits` pads validation and test to one
-  shape, so that one program evaluates both); only the batches that hold real examples are run."""
+  """Mean loss and metric (and the task's extras, and a classification's expected calibration error `ece`) over
+  the first n examples of a split, in batches of up to EVAL_BATCH inside one compiled call. Rows past n are
+  padding (`eval_splits` pads validation and test to one shape, so that one program evaluates both); only the
+  batches that hold real examples are run."""
   task = losses.TASKS[spec.task]
   rows = x.shape[0]
   size = sharding.padded_batch(spec.devices, min(rows, EVAL_BATCH))
@@ -254,18 +256,22 @@ def evaluate(spec: Spec, state: TrainState, x: jax.Array, y: jax.Array, n: jax.A
                              train=False)
     extras = task.extras(outputs, ys[b]) if task.extras else {}  # an analytic problem's coordinates
     per_example = {"loss": task.loss(outputs, ys[b]), task.metric_name: task.metric(outputs, ys[b]), **extras}
-    return {k: jnp.sum(v * real) for k, v in per_example.items()}
+    totals = {k: jnp.sum(v * real) for k, v in per_example.items()}
+    if task.calibration:  # each confidence bin's sum of (confidence - correct)
+      totals[CALIBRATION_SUMS] = jnp.sum(task.calibration(outputs, ys[b]) * real[:, None], 0)
+    return totals
 
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(sums, 0))
   totals = jax.lax.fori_loop(0, (n + size - 1) // size, lambda b, acc: jax.tree.map(jnp.add, acc, sums(b)), zeros)
-  return {k: v / n for k, v in totals.items()}
+  gaps = totals.pop(CALIBRATION_SUMS, None)
+  return {k: v / n for k, v in totals.items()} | ({} if gaps is None else {"ece": jnp.sum(jnp.abs(gaps)) / n})
 
 
 class Program(NamedTuple):
   """The compiled functions of one Spec."""
   init: Callable  # (seed, values) -> TrainState
   train_chunk: Callable  # (state, x, y, num_steps) -> (state, per-step metrics)
-  evaluate: Callable  # (state, x, y, n) -> {"loss", <the task's metric>}
+  evaluate: Callable  # (state, x, y, n) -> {"loss", <the task's metric>, "ece" for a classification}
   diagnostics: diagnostics.Diagnostics  # per-layer statistics and curvature, between chunks
 
 

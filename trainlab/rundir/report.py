@@ -116,6 +116,8 @@ def table(groups: list[Group], metric: str = "val/accuracy", target: float | Non
   names = writers.final_metrics(task_metric)
   if any(r.summary.get(writers.ZERO_FRACTION) for g in groups for r in g.runs):  # sparse weights: show how sparse
     names += (writers.ZERO_FRACTION,)
+  if any(r.summary.get("test/ece") is not None for g in groups for r in g.runs):  # a classification's calibration
+    names += ("test/ece",)
   for group in groups:
     row = {**dict(group.config), "runs": len(group.runs),
            "diverged": sum(r.summary.get("status") == "diverged" for r in group.runs),

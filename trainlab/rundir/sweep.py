@@ -27,12 +27,13 @@ JOBS_FILE = ".jobs.json"  # the grid sweeper's list of the sweep's jobs (their o
 # Launchers that run every job in the sweep's own process, in turn: a signal reaches the job that is running.
 IN_PROCESS_LAUNCHERS = ("hydra._internal.core_plugins.basic_launcher.BasicLauncher",
                         "hydra_plugins.trainlab_launcher.vectorized_launcher.VectorizedLauncher")
-METRIC_COLUMNS = ("status", "test/accuracy", "test/mse", "test/distance", "test/loss", "best_val/accuracy",
-                  "best_val/mse", "best_val/distance", "best_val/loss", "best_val/step", "steps_run", "diverged_at_step",
-                  "wall_time_s", "compile_time_s", "steps_per_second", "error")
-# The task's metric (accuracy for classification, mse for regression, distance for an analytic problem): a column
-# only where some job has it.
-TASK_COLUMNS = tuple(f"{split}/{name}" for split in ("test", "best_val") for name in metrics.TASK_METRIC.values())
+METRIC_COLUMNS = ("status", "test/accuracy", "test/mse", "test/distance", "test/loss", "test/ece",
+                  "best_val/accuracy", "best_val/mse", "best_val/distance", "best_val/loss", "best_val/step",
+                  "steps_run", "diverged_at_step", "wall_time_s", "compile_time_s", "steps_per_second", "error")
+# The task's metric (accuracy for classification, mse for regression, distance for an analytic problem) and a
+# classification's calibration error: a column only where some job has it.
+TASK_COLUMNS = (*(f"{split}/{name}" for split in ("test", "best_val") for name in metrics.TASK_METRIC.values()),
+                "test/ece")
 
 
 def collect(sweep_dir: pathlib.Path) -> list[dict]:
