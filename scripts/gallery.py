@@ -163,16 +163,13 @@ def evaluate(check: dict, rows: list[dict]) -> tuple[bool, str]:
   """Whether the table shows the check's order, and a sentence with the values it read."""
   metric = check["metric"]
   direction = "increasing" if "increasing" in check else "decreasing"
-  groups = []
-  for selector in check[direction]:
-    groups.append((selector, [row.get(metric) for row in rows if _matches(row, selector)]))
-  described = " < ".join(f"{_label(s)}: {', '.join(_number(v) for v in vs) or 'no row'}"
-                         for s, vs in (groups if direction == "increasing" else groups[::-1]))
+  groups = [(selector, [row.get(metric) for row in rows if _matches(row, selector)]) for selector in check[direction]]
+  described = "; ".join(f"{', '.join(_number(v) for v in vs) or 'no row'} for {_label(s)}" for s, vs in groups)
   if any(not vs or any(v is None or not math.isfinite(v) for v in vs) for _, vs in groups):
-    return False, f"{metric}, expected {described}: a row is missing or has no value"
+    return False, f"{metric} was declared {direction} along the list, but a row is missing or has no value: {described}"
   sign = 1 if direction == "increasing" else -1
   shown = all(max(sign * v for v in a) < min(sign * v for v in b) for (_, a), (_, b) in zip(groups, groups[1:]))
-  return shown, f"{metric}, expected {described}"
+  return shown, f"{metric} {'is' if shown else 'was declared'} {direction} along the list: {described}"
 
 
 def _number(x) -> str:
