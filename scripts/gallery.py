@@ -104,7 +104,7 @@ def read_rows(report_csv: pathlib.Path) -> tuple[list[str], list[dict]]:
   with open(report_csv, newline="") as f:
     reader = csv.DictReader(f)
     columns, rows = list(reader.fieldnames or []), list(reader)
-  overrides = columns[:columns.index("runs")]
+  overrides = columns[:columns.index("runs")] if "runs" in columns else columns
   for row in rows:
     for key, cell in row.items():
       if key in overrides:
@@ -181,7 +181,7 @@ def _number(x) -> str:
 # --- one preset ----------------------------------------------------------------------------------------------
 def run_sweep(name: str, overrides: list[str], out: pathlib.Path) -> tuple[pathlib.Path, int, float, str]:
   """`trainlab train -m experiment=NAME` into a fresh sweep directory: (the directory, exit code, seconds, the
-  last line of its output)."""
+  last lines of its output)."""
   sweep_dir = out / f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
   command = [sys.executable, "-m", "trainlab", "train", "-m", f"experiment={name}", f"hydra.sweep.dir={sweep_dir}",
              *overrides]
@@ -191,8 +191,9 @@ def run_sweep(name: str, overrides: list[str], out: pathlib.Path) -> tuple[pathl
   with open(f"{sweep_dir}.log", "w") as log:
     code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
   seconds = time.monotonic() - start
-  lines = pathlib.Path(f"{sweep_dir}.log").read_text().strip().splitlines()
-  return sweep_dir, code, seconds, lines[-1] if lines else ""
+  lines = [line for line in pathlib.Path(f"{sweep_dir}.log").read_text().splitlines()
+           if line.strip() and "HYDRA_FULL_ERROR" not in line]  # Hydra's hint, not the error
+  return sweep_dir, code, seconds, "\n".join(lines[-5:])
 
 
 def main_plot(sweep_dir: pathlib.Path, settings: dict) -> pathlib.Path | None:
@@ -221,24 +222,28 @@ def small_png(source: pathlib.Path, target: pathlib.Path) -> None:
     width = width * 3 // 4
 
 
-def section(name: str, overrides: list[str], docs: pathlib.Path, out: pathlib.Path, provenance: str) -> str:
-  """Runs the preset and returns its section of the gallery (markers excluded)."""
+def section(name: str, overrides: list[str], docs: pathlib.Path, out: pathlib.Path,
+            provenance: str) -> tuple[str, bool]:
+  """Runs the preset and returns its section of the gallery (markers excluded), and whether its sweep ran
+  through (exit code 0)."""
   settings = preset(name)
   checks = settings["gallery"].get("checks") or []
   command = " ".join(["trainlab train -m", f"experiment={name}", *overrides])
   sweep_dir, code, seconds, last = run_sweep(name, overrides, out)
   quoted = "\n".join(f"> {line}" if line else ">" for line in settings["comment"].splitlines())
-  text = [f"## {name}\n", f"`{command}`" + (" (shortened from the preset's documented size)" if overrides else ""),
+  text = [f"## {name}\n", f"`{command}`" + (" (overridden: not the preset's documented size)" if overrides else ""),
           "", quoted, "",
           f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {provenance}; the sweep took "
           f"{seconds / 60:.1f} min.", ""]
   report_csv = sweep_dir / "report.csv"
-  if not report_csv.is_file():
-    text += [f"**The sweep produced no report** (exit code {code}): `{last}`", ""]
-    return "\n".join(text)
+  columns, rows = read_rows(report_csv) if report_csv.is_file() else ([], [])
+  if "runs" not in columns:  # no report, or one without a run
+    text += [f"**The sweep produced no table** (exit code {code}); the end of its log ({sweep_dir.name}.log):", "",
+             "```", last, "```", ""]
+    return "\n".join(text), False
   if code != 0:
-    text += [f"**The sweep exited with code {code}**: `{last}`", ""]
-  columns, rows = read_rows(report_csv)
+    text += [f"**The sweep exited with code {code}**; the end of its log ({sweep_dir.name}.log):", "", "```", last,
+             "```", ""]
   text += [markdown_table(table_columns(columns, rows, checks), rows)]
   if checks:
     for check in checks:
@@ -252,7 +257,7 @@ def section(name: str, overrides: list[str], docs: pathlib.Path, out: pathlib.Pa
   if plot is not None:
     small_png(plot, docs / "gallery" / f"{name}.png")
     text += [f"![{name}: the report's {plot.name}](gallery/{name}.png)", ""]
-  return "\n".join(text)
+  return "\n".join(text), code == 0
 
 
 # --- the page --------------------------------------------------------------------------------------------------
@@ -294,10 +299,15 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   provenance = f"{machine()}; {version()}"
   page = args.docs / "gallery.md"
+  failed = []
   for name in args.names or available:  # one after another, the page written after each
-    write_page(page, {name: section(name, args.override, args.docs, args.out.resolve(), provenance)}, provenance)
-    print(f"gallery: {name}: written to {page}", flush=True)
-  return 0
+    text, ran = section(name, args.override, args.docs, args.out.resolve(), provenance)
+    write_page(page, {name: text}, provenance)
+    failed += [] if ran else [name]
+    print(f"gallery: {name}: written to {page}" + ("" if ran else " (its sweep failed: see its section)"), flush=True)
+  if failed:
+    print(f"gallery: the sweeps of {', '.join(failed)} failed; their sections say how", file=sys.stderr)
+  return 1 if failed else 0
 
 
 if __name__ == "__main__":

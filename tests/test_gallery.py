@@ -37,7 +37,7 @@ def section(text: str, name: str) -> str:
 
 def test_section_has_command_comment_table_checks_and_plot(page):
   body = section((page / "gallery.md").read_text(), "clipping")
-  assert "`trainlab train -m experiment=clipping steps=50` (shortened" in body
+  assert "`trainlab train -m experiment=clipping steps=50` (overridden: not the preset's documented size)" in body
   assert "> `trainlab train -m experiment=clipping`: gradient descent down a shallow valley" in body  # the comment
   rows = [line for line in body.splitlines() if line.startswith("| ")]
   assert rows[0].startswith("| optimizer.clip_value | optimizer.clip_norm | runs | test/distance |")
@@ -83,3 +83,14 @@ def test_leading_comment_and_unknown_preset():
   assert gallery.leading_comment("# @package _global_\n# one\n#\n# two\ndefaults: []\n# later\n") == "one\n\ntwo"
   proc = subprocess.run([sys.executable, str(SCRIPT), "no_such_preset"], capture_output=True, text=True)
   assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "clipping" in proc.stderr
+
+
+def test_a_failed_sweep_says_so_in_its_section(tmp_path):
+  (tmp_path / "gallery.md").write_text(OTHER)
+  proc = subprocess.run([sys.executable, str(SCRIPT), "clipping", "--override", "optimizer.lr=notanumber", "--docs",
+                         str(tmp_path), "--out", str(tmp_path / "sweeps")], capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1 and "the sweeps of clipping failed" in proc.stderr
+  text = (tmp_path / "gallery.md").read_text()
+  body = section(text, "clipping")
+  assert "**The sweep produced no table** (exit code 1)" in body and "optimizer.lr=notanumber" in body
+  assert "| " not in body and not (tmp_path / "gallery").exists() and OTHER in text
