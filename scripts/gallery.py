@@ -159,6 +159,15 @@ def _matches(row: dict, selector: dict | list[dict]) -> bool:
   return all(k in row and _same(row[k], v) for k, v in selector.items())
 
 
+def malformed(check: dict, columns: list[str]) -> str | None:
+  """What is wrong with a check as the preset wrote it, against report.csv's columns; None when nothing."""
+  if not isinstance(check, dict) or sorted(check) not in (["increasing", "metric"], ["decreasing", "metric"]):
+    return f"a check has keys metric and increasing (or decreasing), got {check}"
+  if check["metric"] not in columns:
+    return f"report.csv has no column {check['metric']!r} (it has: {', '.join(columns)})"
+  return None
+
+
 def evaluate(check: dict, rows: list[dict]) -> tuple[bool, str]:
   """Whether the table shows the check's order, and a sentence with the values it read."""
   metric = check["metric"]
@@ -246,17 +255,25 @@ def section(name: str, overrides: list[str], docs: pathlib.Path, out: pathlib.Pa
              "```", ""]
   text += [markdown_table(table_columns(columns, rows, checks), rows)]
   if checks:
+    text.append("Checks of the claim, read from this table (what the comment says to look at elsewhere, in the "
+                "curves or TensorBoard, is left to the reader):")
     for check in checks:
+      problem = malformed(check, columns)
+      if problem:
+        text.append(f"- **Check not evaluated**: {problem}.")
+        continue
       shown, sentence = evaluate(check, rows)
       text.append(f"- {'**Shown**' if shown else '**Not shown at this scale**'}: {sentence}.")
     text.append("")
   else:
     text += ["No check is declared for this preset: the table and plot are shown as they came, without a verdict; "
              "the comment above says what to look for.", ""]
-  plot = main_plot(sweep_dir, settings["gallery"])
+  plot, png = main_plot(sweep_dir, settings["gallery"]), docs / "gallery" / f"{name}.png"
   if plot is not None:
-    small_png(plot, docs / "gallery" / f"{name}.png")
+    small_png(plot, png)
     text += [f"![{name}: the report's {plot.name}](gallery/{name}.png)", ""]
+  else:
+    png.unlink(missing_ok=True)  # an earlier run's plot would not belong to this table
   return "\n".join(text), code == 0
 
 

@@ -69,6 +69,8 @@ def test_checks_read_the_order_of_the_table():
           {"opt": "sgd", "eta": "0.01", "steps": 390.0}, {"opt": "adam", "eta": "null", "steps": None}]
   shown, _ = gallery.evaluate({"metric": "steps", "increasing": [{"opt": "momentum"}, {"opt": "sgd"}]}, rows)
   assert shown  # 150 < 390 and 700
+  assert gallery.malformed({"metric": "step", "increasing": []}, ["steps"]).startswith("report.csv has no column")
+  assert gallery.malformed({"metric": "steps", "order": []}, ["steps"]) is not None
   shown, _ = gallery.evaluate({"metric": "steps", "increasing": [{"opt": "sgd", "eta": 0.01},
                                                                   {"opt": "sgd", "eta": None}]}, rows)
   assert shown  # 390 < 700: 0.01 and null matched as written on the command line
