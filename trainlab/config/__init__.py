@@ -55,6 +55,7 @@ class TrainConfig:
   report: Any = MISSING
   freeze: List[str] = field(default_factory=list)  # layers the optimizer leaves alone (trainlab.transfer)
   pretrain: Any = None  # a run in stages (trainlab.stages); null: one stage
+  gallery: Any = None  # read by scripts/gallery.py only (a preset's main plot and checks); training ignores it
 
 
 @schema("diagnostics_schema")
