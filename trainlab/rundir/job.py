@@ -123,7 +123,7 @@ def record_failure(workdir: pathlib.Path, record: dict, e: Exception, multirun: 
       restore_hydra_record(workdir, hydra_record)
     if not multirun:
       if created:
-        _remove_run_dir(workdir)
+        remove_run_dir(workdir)
       print(f"error: {e}", file=sys.stderr)
       raise SystemExit(2)
     if held:
@@ -166,7 +166,7 @@ def stop_interrupted(summary: dict, workdir: pathlib.Path, multirun: bool, hydra
   raise SystemExit(128 + signal.Signals[summary["interrupted_by"]])
 
 
-def _remove_run_dir(workdir: pathlib.Path) -> None:
+def remove_run_dir(workdir: pathlib.Path) -> None:
   """Removes a refused run's directory, and the parents inside the working directory that it leaves empty
   (Hydra's dated outputs/runs/DAY/ of a first run)."""
   shutil.rmtree(workdir, ignore_errors=True)
