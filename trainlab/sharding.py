@@ -58,6 +58,9 @@ def resolve_devices(devices: Any, batch_size: int, shard_params: bool = False) -
   if jax.process_count() > 1 and count != available:  # a mesh must hold devices of every process
     raise ConfigError(f"devices={devices} is not allowed in a distributed run: it must be all (the {available} "
                       f"devices of its {jax.process_count()} processes)")
+  if jax.process_count() > 1 and shard_params:  # a checkpoint's checksums read every array whole on one process
+    raise ConfigError("parallel.shard_params=true is not allowed in a distributed run (yet): the state must sit "
+                      "whole on every device; set parallel.shard_params=false")
   if count > available:
     raise ConfigError(f"devices={devices} is not allowed: this machine has {available} {kind}, so it must be "
                       f"at most {available} (or all)")
