@@ -8,8 +8,10 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import signal
 import sys
 import time
+from typing import Callable
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -51,6 +53,8 @@ def train_app(cfg: DictConfig) -> float | None:
   workdir, record = job.job_record(hydra_cfg)
   created = job.created_by_this_job(hydra_cfg)  # before the job writes there
   multirun = hydra_cfg.mode == RunMode.MULTIRUN
+  if cfg.distributed.enabled:
+    return _run_distributed(cfg, hydra_cfg, workdir, record, created, multirun, started)
   try:
     with lock.holding(workdir):  # one process per run directory, until the job ends
       return _run_job(cfg, hydra_cfg, workdir, record, created, multirun, started)
@@ -58,9 +62,49 @@ def train_app(cfg: DictConfig) -> float | None:
     return job.refuse(str(e), multirun)
 
 
+def _run_distributed(cfg: DictConfig, hydra_cfg: DictConfig, workdir: pathlib.Path, record: dict, created: bool,
+                     multirun: bool, started: float) -> float | None:
+  """One process of a distributed run (trainlab.distributed): process 0 runs the job as a process alone would,
+  and tells the others whether it trains; they train beside it, in its run directory, and write no records."""
+  if multirun:
+    return job.refuse("distributed.enabled=true is not allowed in a sweep (-m): a distributed run is one run "
+                      "over many processes; start each run of the sweep as its own distributed run", multirun)
+  from trainlab import distributed
+
+  try:
+    distributed.start(cfg.distributed)
+  except config.ConfigError as e:
+    if created:  # nothing of a run was written there
+      job.remove_run_dir(workdir)
+    return job.refuse(str(e), multirun)
+  shared = distributed.shared_workdir(workdir)
+  if distributed.is_leader():
+    with distributed.leading() as go:
+      try:
+        with lock.holding(workdir):
+          return _run_job(cfg, hydra_cfg, workdir, record, created, multirun, started, before_training=go)
+      except lock.DirectoryInUse as e:
+        return job.refuse(str(e), multirun)
+  distributed.quiet_follower_logs()
+  if created and shared != workdir.resolve():  # Hydra's directory of this process, named after its own start
+    job.remove_run_dir(workdir)
+  if not distributed.wait_for_leader():  # process 0 refused or skipped the run, and said why
+    return None
+  from trainlab import train
+
+  try:
+    summary = train.train_and_evaluate(cfg, shared, started)
+  except config.ConfigError as e:  # process 0 reports it too, in the run's summary
+    return job.refuse(str(e), multirun)
+  if summary["status"] == "interrupted":
+    raise SystemExit(128 + signal.Signals[summary["interrupted_by"]])
+  return job.best_val(summary)
+
+
 def _run_job(cfg: DictConfig, hydra_cfg: DictConfig, workdir: pathlib.Path, record: dict, created: bool,
-             multirun: bool, started: float) -> float | None:
-  """The job, once it holds its directory: the refusals that leave the directory as it was, then the run."""
+             multirun: bool, started: float, before_training: Callable[[], None] = lambda: None) -> float | None:
+  """The job, once it holds its directory: the refusals that leave the directory as it was, then the run
+  (`before_training` called just before it starts: a distributed run's process 0 tells the others)."""
   previous, held = writers.read_summary(workdir), job.holds_run(workdir)
   if not cfg.resume and held:
     status = f" ({previous['status']})" if previous else ""
@@ -83,6 +127,7 @@ def _run_job(cfg: DictConfig, hydra_cfg: DictConfig, workdir: pathlib.Path, reco
   # A failed or interrupted run resumes from its newest sound checkpoint, whatever its status: trainlab never
   # deletes a run's checkpoints.
   hydra_record = job.write_hydra_record(workdir, HydraConfig.instance().cfg, cfg)
+  before_training()
   try:
     summary = train.train_and_evaluate(cfg, workdir, started, stop_file=stop_file)
   except checkpoint.ResumeError as e:  # the run directory stays as it was, ready for the right command

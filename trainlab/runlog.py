@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab import diagnostics, losses, metrics, regularizers
+from trainlab import diagnostics, distributed, losses, metrics, regularizers
 from trainlab.rundir import checkpoint, writers
 from trainlab.signals import StopRequest
 
@@ -96,7 +96,8 @@ def open_run(cfg: DictConfig, workdir: pathlib.Path, run: Any, state: Any, stop:
     checkpointer.close()
     raise
   # Resumed, the logs past the checkpoint go: they are about to be written again (all of them, without one).
-  writer = writers.RunWriter(workdir, purge_step=(step + 1 if host else 0) if cfg.resume else None)
+  writer = writers.RunWriter(workdir, purge_step=(step + 1 if host else 0) if cfg.resume else None,
+                            silent=not distributed.is_leader())  # a distributed run's records: process 0's
   writer.config(OmegaConf.to_yaml(cfg, resolve=True))
   monitor = diagnostics.Monitor(cfg.diagnostics, run.program.diagnostics, run.dataset.x_train, run.dataset.y_train,
                                 writer, resumed_at=step if host else None, final_step=run.spec.total_steps)
@@ -208,6 +209,7 @@ def record_evaluation(record: RunRecord, val: dict, run_now: int, state: Any) ->
   signal: then the run is `interrupted`), after the checkpoint it takes then."""
   step, metric = record.step, record.metric
   record.stop.poll()
+  record.stop.signal_name = distributed.agree_on_stop(record.stop.signal_name)  # all processes stop together
   val = {f"val/{k}": float(v) for k, v in val.items()}
   record.writer.write(step, val)
   record.last_val = val

@@ -14,6 +14,10 @@ of replicated (FSDP/ZeRO style, for a state that would not fit one device): each
 dimension that the devices divide, by the same annotations; the compiler gathers a layer's parameters where the
 step needs them whole and splits the summed gradient to their owners. The numbers are the same, to rounding.
 
+With `distributed.enabled=true` (trainlab.distributed) the mesh is that of every process's devices, and the
+host puts arrays onto it with jax.make_array_from_process_local_data, which JAX documents for multi-process
+arrays: every process holds the whole data set and the initial state (the same on all), and passes them whole.
+
 With `devices=1` (the default) none of this runs: every function below returns its argument as the
 single-device loop has it, so a run computes exactly what it did before this module existed.
 """
@@ -51,6 +55,12 @@ def resolve_devices(devices: Any, batch_size: int, shard_params: bool = False) -
     count = devices
   else:
     raise ConfigError(f"devices={devices} is not allowed: it must be a positive number of devices or all")
+  if jax.process_count() > 1 and count != available:  # a mesh must hold devices of every process
+    raise ConfigError(f"devices={devices} is not allowed in a distributed run: it must be all (the {available} "
+                      f"devices of its {jax.process_count()} processes)")
+  if jax.process_count() > 1 and shard_params:  # a checkpoint's checksums read every array whole on one process
+    raise ConfigError("parallel.shard_params=true is not allowed in a distributed run (yet): the state must sit "
+                      "whole on every device; set parallel.shard_params=false")
   if count > available:
     raise ConfigError(f"devices={devices} is not allowed: this machine has {available} {kind}, so it must be "
                       f"at most {available} (or all)")
@@ -115,7 +125,22 @@ def replicated(devices: int) -> NamedSharding | None:
 def put_state(devices: int, shard_params: bool, state: Any) -> Any:
   """On the host: a state made by the `init` program (on the default device) put onto the mesh in its layout
   (state_shardings), before the first chunk and before a checkpoint is restored into it; with one device, as is."""
-  return state if devices == 1 else jax.device_put(state, state_shardings(devices, shard_params, state))
+  return state if devices == 1 else put(state, state_shardings(devices, shard_params, state))
+
+
+def put_replicated(devices: int, tree: Any) -> Any:
+  """On the host: arrays (a data set) whole on every device of the mesh; with one device on the default one."""
+  return jax.device_put(tree, replicated(devices)) if devices == 1 else put(tree, replicated(devices))
+
+
+def put(tree: Any, shardings: Any) -> Any:
+  """Arrays onto the mesh in `shardings` (one, or a tree of them). Across processes each passes the whole of
+  every array, the same on all (jax.make_array_from_process_local_data takes its devices' parts of them)."""
+  if jax.process_count() == 1:
+    return jax.device_put(tree, shardings)
+  shardings = jax.tree.map(lambda _: shardings, tree) if isinstance(shardings, NamedSharding) else shardings
+  return jax.tree.map(lambda a, s: jax.make_array_from_process_local_data(s, np.asarray(a), np.shape(a)),
+                      jax.device_get(tree), shardings)
 
 
 def padded_batch(devices: int, size: int) -> int:

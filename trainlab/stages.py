@@ -171,7 +171,7 @@ def train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float, l
       carried = _carried(stages[number - 1], *_shapes_at_end(stages, number - 2))
     run = _setup(stages[number - 1], carried)
     devices = run.spec.devices  # every stage's program splits its batches over the same mesh (trainlab.sharding)
-    train_split = jax.device_put(run.dataset[:2], sharding.replicated(devices))
+    train_split = sharding.put_replicated(devices, run.dataset[:2])
     val, test = train.eval_splits(run.dataset, devices)
     logger.info("run directory %s; %d training, %d validation, %d test examples; %d stages, %d steps", workdir,
                 len(run.dataset.y_train), len(run.dataset.y_val), len(run.dataset.y_test), len(stages), ends[-1])

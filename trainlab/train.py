@@ -312,7 +312,7 @@ def eval_splits(dataset: data.Dataset, devices: int = 1) -> tuple[tuple, tuple]:
   rows, so that one compiled `evaluate` serves both (n: the real examples)."""
   rows = max(len(dataset.y_val), len(dataset.y_test))
   pad = lambda a: np.pad(a, [(0, rows - len(a))] + [(0, 0)] * (a.ndim - 1))
-  return tuple((*jax.device_put((pad(x), pad(y)), sharding.replicated(devices)), np.int32(len(y)))
+  return tuple((*sharding.put_replicated(devices, (pad(x), pad(y))), np.int32(len(y)))
                for x, y in ((dataset.x_val, dataset.y_val), (dataset.x_test, dataset.y_test)))
 
 
@@ -471,7 +471,7 @@ def _train_and_evaluate(cfg: DictConfig, workdir: pathlib.Path, started: float |
     logger.info("loading data=%s", cfg.data._target_.rsplit(".", 1)[-1])
     run = setup(cfg)
     program = run.program
-    train_split = jax.device_put(run.dataset[:2], sharding.replicated(run.spec.devices))  # once; they stay there
+    train_split = sharding.put_replicated(run.spec.devices, run.dataset[:2])  # once; they stay there
     val, test = eval_splits(run.dataset, run.spec.devices)
     logger.info("run directory %s; %d training, %d validation, %d test examples; compiling the program (a "
                 "structure's first run compiles, later runs take it from the cache)", workdir,

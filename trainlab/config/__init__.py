@@ -33,6 +33,15 @@ class ParallelConfig:
   shard_params: bool = MISSING
 
 
+@dataclass
+class DistributedConfig:  # trainlab.distributed
+  enabled: bool = MISSING
+  coordinator: Optional[str] = None
+  num_processes: Optional[int] = value(1, default=None)
+  process_id: Optional[int] = value(0, default=None)
+  timeout_s: int = value(1, default=300)
+
+
 @schema("train_schema")
 class TrainConfig:
   seed: int = value(0, 2**31 - 1)  # an int32: it enters the program as a traced array
@@ -43,6 +52,7 @@ class TrainConfig:
   log_every: int = value(1)
   devices: Any = MISSING  # a count or "all", resolved against this host's devices by trainlab.sharding
   parallel: ParallelConfig = MISSING
+  distributed: DistributedConfig = MISSING
   resume: bool = MISSING
   checkpoint: CheckpointConfig = MISSING
   data: Any = MISSING

@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 # Keys that may differ between a run and its resumption: they say how to run it, not what to run (a run may move
-# to more devices: its state is restored onto the new ones).
-RUN_CONTROL_KEYS = ("resume", "checkpoint", "devices", "parallel")
+# to more devices, or processes: its state is restored onto the new ones).
+RUN_CONTROL_KEYS = ("resume", "checkpoint", "devices", "parallel", "distributed")
 CORRUPT_SUFFIX = ".corrupt"
 
 

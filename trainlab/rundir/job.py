@@ -127,7 +127,7 @@ def record_failure(workdir: pathlib.Path, record: dict, e: Exception, multirun: 
       restore_hydra_record(workdir, hydra_record)
     if not multirun:
       if created:
-        _remove_run_dir(workdir)
+        remove_run_dir(workdir)
       print(f"error: {e}", file=sys.stderr)
       raise SystemExit(2)
     if held:
@@ -184,7 +184,7 @@ def leave_pending(workdir: pathlib.Path, record: dict, signal_name: str, hydra_c
     stop_interrupted({"steps_run": 0, "interrupted_by": signal_name}, workdir, True, hydra_cfg)
 
 
-def _remove_run_dir(workdir: pathlib.Path) -> None:
+def remove_run_dir(workdir: pathlib.Path) -> None:
   """Removes a refused run's directory, and the parents inside the working directory that it leaves empty
   (Hydra's dated outputs/runs/DAY/ of a first run)."""
   shutil.rmtree(workdir, ignore_errors=True)

@@ -118,8 +118,13 @@ class RunWriter:
   """Scalars to TensorBoard (tensorboardX: no TensorFlow needed) and to metrics.jsonl, one line per point; the
   events go to `events_dir(workdir)`."""
 
-  def __init__(self, workdir: pathlib.Path, purge_step: int | None = None):
-    """With `purge_step` (a resumed run), the points of steps >= purge_step already logged are dropped."""
+  def __init__(self, workdir: pathlib.Path, purge_step: int | None = None, silent: bool = False):
+    """With `purge_step` (a resumed run), the points of steps >= purge_step already logged are dropped. A
+    `silent` writer writes nothing: a distributed run's other processes, whose process 0 writes the records."""
+    self.workdir, self.silent = pathlib.Path(workdir), silent
+    self.fields = {}  # written into every metrics.jsonl point after its step (a staged run's `stage`)
+    if silent:
+      return
     import_tensorboardx()
     from tensorboardX import SummaryWriter  # imported here: only runs that write need it
 
@@ -133,7 +138,6 @@ class RunWriter:
     self._tb = SummaryWriter(logdir=str(events_dir(self.workdir)), flush_secs=10, purge_step=purge_step,
                              filename_suffix=suffix)
     self._jsonl = open(self.workdir / METRICS_FILE, "a")
-    self.fields = {}  # written into every metrics.jsonl point after its step (a staged run's `stage`)
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     """The points to TensorBoard and metrics.jsonl."""
@@ -142,11 +146,15 @@ class RunWriter:
 
   def write_jsonl(self, step: int, metrics: dict[str, float]) -> None:
     """The points to metrics.jsonl only (data for the report that TensorBoard would show badly)."""
+    if self.silent:
+      return
     point = {"step": step, **self.fields, **{k: _finite_or_none(v) for k, v in metrics.items()}}
     self._jsonl.write(json.dumps(point) + "\n")
 
   def plot(self, step: int, metrics: dict[str, float]) -> None:
     """The points to TensorBoard only (a view, such as the best validation point so far)."""
+    if self.silent:
+      return
     _check_events_thread(self._tb)
     for name, x in metrics.items():
       self._tb.add_scalar(tensorboard_tag(name), x, global_step=step)
@@ -154,11 +162,15 @@ class RunWriter:
   def config(self, yaml_text: str) -> None:
     """The config in TensorBoard's Text tab: the run's overrides (what sets it apart) first, then the whole
     config as YAML in a code block (markdown, which keeps its indentation)."""
+    if self.silent:
+      return
     overrides = ", ".join(recorded_overrides(self.workdir)) or "(none)"
     _check_events_thread(self._tb)
     self._tb.add_text("config", f"**overrides:** {overrides}\n\n```\n{yaml_text}\n```", global_step=0)
 
   def histogram(self, step: int, name: str, values) -> None:
+    if self.silent:
+      return
     # TensorBoard's own summary API buckets histograms 30 ways; tensorboardX's default, about 1,500 buckets,
     # costs far more to compute and to write for no visible difference in the Histograms tab.
     _check_events_thread(self._tb)
@@ -167,6 +179,8 @@ class RunWriter:
   def flush(self) -> None:
     """Everything written so far onto the disk, TensorBoard's events included (before a checkpoint: a kill
     after it must find every file holding the points up to it)."""
+    if self.silent:
+      return
     _check_events_thread(self._tb)
     _write_queued_events(self._tb)
     self._tb.flush()
@@ -174,6 +188,8 @@ class RunWriter:
     os.fsync(self._jsonl.fileno())
 
   def close(self) -> None:
+    if self.silent:
+      return
     try:
       _check_events_thread(self._tb)
       self._tb.close()
