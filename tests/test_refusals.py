@@ -39,6 +39,8 @@ def test_every_mandatory_key_of_conf_has_its_example():
   unset = [f"{path.relative_to(CONF)}: {line}" for path in sorted(CONF.rglob("*.yaml"))
            for line in path.read_text().splitlines() if "???" in line]
   assert unset == ["data/npz.yaml: path: ???           # required",
+                   "pretrain/fitnets.yaml: guided_layer: ???         # the student's module that learns to predict it, "
+                   "through the regressor",
                    "regularizer/distill.yaml: teacher: ???        # the teacher's run directory (or its checkpoints/ "
                    "or checkpoints/STEP); it never trains"]
 
