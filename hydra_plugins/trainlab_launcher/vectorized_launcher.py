@@ -132,7 +132,7 @@ class VectorizedLauncher(Launcher):
     up before any of them trains, so their directories, configs and logs are made here as run_job makes them.
     """
     from trainlab import train
-    from trainlab.rundir import job as job_record, lock
+    from trainlab.rundir import job as job_record, lock, on_demand
 
     config = job.sweep_config
     self._activate(job)
@@ -156,6 +156,8 @@ class VectorizedLauncher(Launcher):
     job.logger.addHandler(job.handler)
     self.hydra_context.callbacks.on_job_start(config=config, task_function=self.task_function)
     try:
+      sources = on_demand.sources_dir(OmegaConf.select(config, "hydra.sweep.dir"))
+      job.record.update(on_demand.resolve(job.task_cfg, sources))  # the runs it reads, trained if not yet there
       job.run = train.setup(job.task_cfg)
       return True
     except Exception as e:  # as train_app does: a failed job, and the sweep goes on
