@@ -132,3 +132,19 @@ def test_both_a_directory_and_overrides_are_refused_in_one_line(tmp_path):
   assert proc.stderr.splitlines()[-1] == ("error: init.source_overrides and init.from_run are both set: a source run "
                                           "is given by its directory or by the overrides that train it, not both")
   assert not (tmp_path / "run").exists()  # refused before anything was made there
+
+
+@pytest.mark.slow
+def test_parallel_jobs_of_a_sweep_train_their_source_once(tmp_path):
+  """hydra/launcher=joblib: two jobs in two processes need the same source at once; one trains it, the other
+  waits on the lock and reuses it."""
+  sweep = tmp_path / "sweep"
+  quoted = ",".join(f'"{o}"' for o in TINY)
+  run_cli("train", "-m", "hydra/launcher=joblib", *TINY, f"init.source_overrides=[{quoted}]", "seed=0,1",
+          f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+  made = [json.loads((sweep / j / "summary.json").read_text())["sources"]["init.source_overrides"] for j in "01"]
+  assert sorted(m["made_on_demand"] for m in made) == [False, True]
+  run_dir = on_demand.source_dir(sweep.resolve() / jobs.SOURCES_DIR, TINY)
+  assert {m["run"] for m in made} == {str(run_dir)}
+  assert (run_dir / on_demand.LOG_FILE).read_text().count("final metrics") == 1
+  assert [r["job"] for r in csv.DictReader((sweep / "results.csv").open())] == ["0", "1"]
