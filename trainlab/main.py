@@ -106,6 +106,9 @@ def _run_job(cfg: DictConfig, hydra_cfg: DictConfig, workdir: pathlib.Path, reco
   """The job, once it holds its directory: the refusals that leave the directory as it was, then the run
   (`before_training` called just before it starts: a distributed run's process 0 tells the others)."""
   previous, held = writers.read_summary(workdir), job.holds_run(workdir)
+  if not cfg.resume and job.requeued(previous, record):
+    log.info("%s: this job's own run, stopped at its time limit and requeued: resuming it", workdir)
+    cfg.resume = True
   if not cfg.resume and held:
     status = f" ({previous['status']})" if previous else ""
     return job.refuse(f"{workdir} already holds a run{status}; add resume=true to continue it, or choose another "

@@ -13,16 +13,29 @@ import sys
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab import config, data, metrics
+from trainlab import config, data, metrics, signals
 from trainlab.rundir import atomic, checkpoint, jobs, lock, writers
 
 log = logging.getLogger("trainlab")
 
 
 def job_record(hydra_cfg: DictConfig) -> tuple[pathlib.Path, dict]:
-  """A job's run directory, and what its summary.json records about how it was asked for."""
+  """A job's run directory, and what its summary.json records about how it was asked for: its overrides, its
+  directory and, in a sweep, the launcher's id of the job (a SLURM job keeps its id when it is requeued)."""
   workdir = pathlib.Path(hydra_cfg.runtime.output_dir)
-  return workdir, {"overrides": jobs.run_overrides(list(hydra_cfg.overrides.task)), "run_dir": str(workdir)}
+  record = {"overrides": jobs.run_overrides(list(hydra_cfg.overrides.task)), "run_dir": str(workdir)}
+  job_id = OmegaConf.select(hydra_cfg, "job.id")  # Hydra leaves it unset (???) for a single run
+  return workdir, {**record, "job_id": str(job_id)} if job_id is not None else record
+
+
+def requeued(previous: dict | None, record: dict) -> bool:
+  """Whether the run in this job's directory is this job's own, stopped at its time limit: it is `interrupted` by
+  SIGUSR2 and recorded the same job id. Submitit requeues such a job with the same arguments (same directory, same
+  id), and it resumes without resume=true. A new command is a new job with a new id (and a sweep into a directory
+  that holds runs is refused before its jobs start)."""
+  return bool(previous and previous.get("status") == "interrupted"
+              and previous.get("interrupted_by") == signals.TIME_LIMIT
+              and "job_id" in record and previous.get("job_id") == record["job_id"])
 
 
 def changed_overrides(previous: dict, record: dict) -> list[str]:
@@ -164,6 +177,8 @@ def stop_interrupted(summary: dict, workdir: pathlib.Path, multirun: bool, hydra
   """After a signal: says how to continue, lists a sweep's jobs run so far, exits with 128 + the signal."""
   for signum in (signal.SIGTERM, signal.SIGINT):  # one more signal now ends the exit at once, without a traceback
     signal.signal(signum, signal.SIG_DFL)
+  if summary["interrupted_by"] == signals.TIME_LIMIT:  # submitit requeues the job here (and exits), if it may
+    signals.hand_over_time_limit()
   log.warning("interrupted at step %d; continue with the same command and resume=true%s", summary["steps_run"],
               f" hydra.run.dir={workdir}" if not multirun else f" hydra.sweep.dir={hydra_cfg.sweep.dir}")
   if multirun:  # the sweep stops here: list the jobs run so far
