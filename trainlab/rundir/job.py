@@ -174,16 +174,28 @@ def best_val(summary: dict) -> float | None:
 
 
 def stop_interrupted(summary: dict, workdir: pathlib.Path, multirun: bool, hydra_cfg: DictConfig) -> None:
-  """After a signal: says how to continue, lists a sweep's jobs run so far, exits with 128 + the signal."""
-  for signum in (signal.SIGTERM, signal.SIGINT):  # one more signal now ends the exit at once, without a traceback
-    signal.signal(signum, signal.SIG_DFL)
+  """After a signal: says how to continue, lists a sweep's jobs run so far, exits with 128 + the signal. A job in
+  a launcher's worker process (joblib, submitit, Ray) returns instead: the sweep's own process lists it
+  `interrupted` when the sweep ends, and exits 1 with the command that resumes it."""
+  from trainlab.rundir import sweep
+
+  worker = multirun and not sweep.SweepStop.in_this_process()
+  if not worker:  # one more signal now ends the exit at once, without a traceback
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(signum, signal.SIG_DFL)
   if summary["interrupted_by"] == signals.TIME_LIMIT:  # submitit requeues the job here (and exits), if it may
     signals.hand_over_time_limit()
-  log.warning("interrupted at step %d; continue with the same command and resume=true%s", summary["steps_run"],
-              f" hydra.run.dir={workdir}" if not multirun else f" hydra.sweep.dir={hydra_cfg.sweep.dir}")
+  if worker:
+    log.warning("interrupted at step %d; the sweep lists it, and says how to resume it when it ends",
+                summary["steps_run"])
+    return
   if multirun:  # the sweep stops here: list the jobs run so far
-    from trainlab.rundir import sweep
-    sweep.write_results(pathlib.Path(hydra_cfg.sweep.dir), sweep.collect(pathlib.Path(hydra_cfg.sweep.dir)))
+    sweep_dir = pathlib.Path(hydra_cfg.sweep.dir)
+    sweep.write_results(sweep_dir, sweep.collect(sweep_dir))
+    log.warning("interrupted at step %d; continue with: %s", summary["steps_run"], sweep.resume_command(hydra_cfg))
+  else:
+    log.warning("interrupted at step %d; continue with the same command and resume=true hydra.run.dir=%s",
+                summary["steps_run"], workdir)
   raise SystemExit(128 + signal.Signals[summary["interrupted_by"]])
 
 
