@@ -72,7 +72,8 @@ def _run_distributed(cfg: DictConfig, hydra_cfg: DictConfig, workdir: pathlib.Pa
   from trainlab import distributed
 
   try:
-    distributed.start(cfg.distributed)
+    # A run that cannot join leaves no directory that it created (as a refused run leaves none).
+    distributed.start(cfg.distributed, on_timeout=lambda: job.remove_run_dir(workdir) if created else None)
   except config.ConfigError as e:
     if created:  # nothing of a run was written there
       job.remove_run_dir(workdir)
