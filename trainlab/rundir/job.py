@@ -192,7 +192,9 @@ def stop_interrupted(summary: dict, workdir: pathlib.Path, multirun: bool, hydra
   if multirun:  # the sweep stops here: list the jobs run so far
     sweep_dir = pathlib.Path(hydra_cfg.sweep.dir)
     sweep.write_results(sweep_dir, sweep.collect(sweep_dir))
-    log.warning("interrupted at step %d; continue with: %s", summary["steps_run"], sweep.resume_command(hydra_cfg))
+    # (A job's Hydra config holds its own overrides, not the sweep's grid: the command is the user's, as typed.)
+    log.warning("interrupted at step %d; continue with the same command and resume=true hydra.sweep.dir=%s",
+                summary["steps_run"], sweep_dir)
   else:
     log.warning("interrupted at step %d; continue with the same command and resume=true hydra.run.dir=%s",
                 summary["steps_run"], workdir)
