@@ -72,7 +72,8 @@ def _run_distributed(cfg: DictConfig, hydra_cfg: DictConfig, workdir: pathlib.Pa
   from trainlab import distributed
 
   try:
-    distributed.start(cfg.distributed)
+    # A run that cannot join leaves no directory that it created (as a refused run leaves none).
+    distributed.start(cfg.distributed, on_timeout=lambda: job.remove_run_dir(workdir) if created else None)
   except config.ConfigError as e:
     if created:  # nothing of a run was written there
       job.remove_run_dir(workdir)
@@ -106,6 +107,9 @@ def _run_job(cfg: DictConfig, hydra_cfg: DictConfig, workdir: pathlib.Path, reco
   """The job, once it holds its directory: the refusals that leave the directory as it was, then the run
   (`before_training` called just before it starts: a distributed run's process 0 tells the others)."""
   previous, held = writers.read_summary(workdir), job.holds_run(workdir)
+  if not cfg.resume and job.requeued(previous, record):
+    log.info("%s: this job's own run, stopped at its time limit and requeued: resuming it", workdir)
+    cfg.resume = True
   if not cfg.resume and held:
     status = f" ({previous['status']})" if previous else ""
     return job.refuse(f"{workdir} already holds a run{status}; add resume=true to continue it, or choose another "

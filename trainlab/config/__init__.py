@@ -40,6 +40,7 @@ class DistributedConfig:  # trainlab.distributed
   num_processes: Optional[int] = value(1, default=None)
   process_id: Optional[int] = value(0, default=None)
   timeout_s: int = value(1, default=300)
+  connect_timeout_s: int = value(1, default=20)
 
 
 @schema("train_schema")

@@ -58,6 +58,18 @@ def write_jobs(sweep_dir: pathlib.Path, overrides: list[list[str]]) -> None:
   atomic.write_text(pathlib.Path(sweep_dir) / JOBS_FILE, json.dumps([list(o) for o in overrides]) + "\n")
 
 
+def resume_command(hydra_cfg: DictConfig) -> str:
+  """The command that continues this sweep: its own overrides (Hydra's and the jobs'), resume=true and its
+  directory, quoted for a shell."""
+  import shlex
+
+  skip = ("hydra.mode", "hydra.sweep.dir", "resume")  # -m says the first; the last two are added at the end
+  overrides = [o for o in (*hydra_cfg.overrides.hydra, *hydra_cfg.overrides.task) if jobs.parse_override(o)[0]
+               not in skip]
+  words = ["trainlab", "train", "-m", *overrides, "resume=true", f"hydra.sweep.dir={hydra_cfg.sweep.dir}"]
+  return shlex.join(words)
+
+
 def write_results(sweep_dir: pathlib.Path, rows: list[dict]) -> pathlib.Path:
   columns = ["job"]
   for row in rows:
@@ -133,6 +145,13 @@ class ResultsTable(Callback):
       raise SystemExit(128 + signal.Signals[signal_name])
     if counts.get("failed"):
       log.error("%d of %d jobs failed: see the error column of %s", counts["failed"], len(rows), path)
+    # Jobs stopped in worker processes (a signal to a worker, the stop file, a time limit that was not requeued)
+    # while the sweep itself ran on: the sweep is not done, and says how to finish it.
+    stopped = counts.get("interrupted", 0) + counts.get("pending", 0)
+    if stopped:
+      log.error("%d of %d jobs did not finish (interrupted or pending); continue them with: %s", stopped,
+                len(rows), resume_command(config.hydra))
+    if counts.get("failed") or stopped:
       raise SystemExit(1)
 
 
