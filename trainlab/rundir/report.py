@@ -118,6 +118,8 @@ def table(groups: list[Group], metric: str = "val/accuracy", target: float | Non
     names += (writers.ZERO_FRACTION,)
   if any(r.summary.get("test/ece") is not None for g in groups for r in g.runs):  # a classification's calibration
     names += ("test/ece",)
+  if any(r.summary.get(f"gap/{task_metric}") is not None for g in groups for r in g.runs):  # runlog: train - val
+    names += (f"gap/{task_metric}",)
   for group in groups:
     row = {**dict(group.config), "runs": len(group.runs),
            "diverged": sum(r.summary.get("status") == "diverged" for r in group.runs),

@@ -29,10 +29,12 @@ IN_PROCESS_LAUNCHERS = ("hydra._internal.core_plugins.basic_launcher.BasicLaunch
                         "hydra_plugins.trainlab_launcher.vectorized_launcher.VectorizedLauncher")
 METRIC_COLUMNS = ("status", "test/accuracy", "test/mse", "test/distance", "test/loss", "test/ece",
                   "best_val/accuracy", "best_val/mse", "best_val/distance", "best_val/loss", "best_val/step",
+                  "gap/accuracy", "gap/mse", "gap/distance",
                   "steps_run", "diverged_at_step", "wall_time_s", "compile_time_s", "steps_per_second", "error")
-# The task's metric (accuracy for classification, mse for regression, distance for an analytic problem) and a
-# classification's calibration error: a column only where some job has it.
-TASK_COLUMNS = (*(f"{split}/{name}" for split in ("test", "best_val") for name in metrics.TASK_METRIC.values()),
+# The task's metric (accuracy for classification, mse for regression, distance for an analytic problem: its test,
+# best validation and train - validation gap values) and a classification's calibration error: a column only
+# where some job has it.
+TASK_COLUMNS = (*(f"{split}/{name}" for split in ("test", "best_val", "gap") for name in metrics.TASK_METRIC.values()),
                 "test/ece")
 
 
