@@ -206,7 +206,8 @@ def _write_views(sweep_dir: pathlib.Path, config: DictConfig) -> None:
   """The report: a view of results.csv, so it may fail alone. (The HParams columns need nothing of the sweep:
   TensorBoard computes them from the runs' sessions, writers.py says why.)"""
   try:
-    written = report.write_report(sweep_dir, metric=config.report.metric, target=config.report.target)
+    written = report.write_report(sweep_dir, metric=config.report.metric, target=config.report.target,
+                                  best_per=config.report.get("best_per"))
     log.info("report in %s, plots %s; TensorBoard: trainlab tb %s", written["report.md"],
              ", ".join(name for name in written if name.endswith(".png")) or "none", sweep_dir)
   except Exception as e:
