@@ -33,6 +33,7 @@ def test_preset_c_composes_with_cfg_job(name, tmp_path):
   assert len(grid(name)) >= 16
 
 
+@pytest.mark.slow
 def test_optimizers_preset_sweeps_every_optimizer_at_every_rate_and_reports_the_best_per_optimizer(tmp_path):
   """The preset's sweep, shortened to two optimizers, two rates and one seed: best.csv keeps, for each optimizer,
   the rate whose best validation accuracy results.csv shows highest."""

@@ -121,14 +121,20 @@ BEST_PER_SWEEP = {("sgd", "1.0"): 0.60, ("sgd", "0.1"): 0.55, ("sgd", "0.01"): 0
                   ("momentum", "1.0"): 0.20, ("momentum", "0.1"): 0.62, ("momentum", "0.01"): 0.58}
 
 
-def test_best_per_keeps_each_optimizers_best_learning_rate(tmp_path):
+def best_per_sweep(root: pathlib.Path) -> pathlib.Path:
+  """BEST_PER_SWEEP's runs: summary.json as train writes it, two seeds a configuration."""
   for job, ((optimizer, lr), accuracy) in enumerate(BEST_PER_SWEEP.items()):
     for seed, offset in enumerate((-0.01, 0.01)):  # the mean over the seeds is the accuracy above
-      run = tmp_path / str(2 * job + seed)
+      run = root / str(2 * job + seed)
       best = None if accuracy is None else {"best_val/accuracy": accuracy + offset, "best_val/loss": 1 - accuracy,
                                             "test/accuracy": accuracy - 0.05, "test/loss": 1.0}
       writers.write_summary(run, {"status": "diverged" if best is None else "completed", **(best or {}),
                                   "overrides": [f"optimizer={optimizer}", f"optimizer.lr={lr}", f"seed={seed}"]})
+  return root
+
+
+def test_best_per_keeps_each_optimizers_best_learning_rate(tmp_path):
+  best_per_sweep(tmp_path)
   out = report.write_report(tmp_path, best_per="optimizer")
   rows = list(csv.DictReader(open(out["best.csv"])))
   assert [(r["optimizer"], r["optimizer.lr"]) for r in rows] == [("adam", "0.01"), ("momentum", "0.1"),
@@ -147,6 +153,15 @@ def test_best_per_keeps_each_optimizers_best_learning_rate(tmp_path):
     report.write_report(tmp_path, best_per="seed")
   assert not (tmp_path / "report.md").exists()
   assert report.main([str(tmp_path), "report.best_per=optimiser"]) == 2
+
+
+def test_the_multiruns_end_writes_best_csv_for_report_best_per(tmp_path):
+  best_per_sweep(tmp_path)
+  cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}},
+                          "report": {"metric": None, "target": None, "best_per": "optimizer"}})
+  sweep.ResultsTable().on_multirun_end(cfg)
+  rows = list(csv.DictReader(open(tmp_path / "best.csv")))
+  assert [(r["optimizer"], r["optimizer.lr"]) for r in rows] == [("adam", "0.01"), ("momentum", "0.1"), ("sgd", "1.0")]
 
 
 def test_a_sweep_of_regressions_is_judged_by_mse_lower_first(tmp_path):
