@@ -28,7 +28,7 @@ USAGE = """usage: trainlab COMMAND [ARGS]
 
 commands:
   train [overrides]   train one model; -m/--multirun sweeps a grid (trainlab train --help for the groups)
-  report [DIR] [report.target=X] [report.metric=NAME]
+  report [DIR] [report.target=X] [report.metric=NAME] [report.best_per=KEY]
                       tables and plots of a sweep (DIR, default the latest under outputs/) into DIR
   tb [DIR] [--port P] start TensorBoard on outputs/ (or DIR) at 127.0.0.1 and print its address
 

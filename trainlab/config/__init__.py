@@ -82,6 +82,7 @@ class DiagnosticsConfig:  # what a run measures besides its loss
 class ReportConfig:  # how a sweep is summarized
   metric: Optional[str] = None  # null: the task's validation metric
   target: Optional[float] = value(default=None)
+  best_per: Optional[str] = None  # a swept key: best.csv, the best configuration for each of its values
 
 
 def register_schemas() -> None:

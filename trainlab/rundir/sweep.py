@@ -29,10 +29,12 @@ IN_PROCESS_LAUNCHERS = ("hydra._internal.core_plugins.basic_launcher.BasicLaunch
                         "hydra_plugins.trainlab_launcher.vectorized_launcher.VectorizedLauncher")
 METRIC_COLUMNS = ("status", "test/accuracy", "test/mse", "test/distance", "test/loss", "test/ece",
                   "best_val/accuracy", "best_val/mse", "best_val/distance", "best_val/loss", "best_val/step",
+                  "gap/accuracy", "gap/mse", "gap/distance",
                   "steps_run", "diverged_at_step", "wall_time_s", "compile_time_s", "steps_per_second", "error")
-# The task's metric (accuracy for classification, mse for regression, distance for an analytic problem) and a
-# classification's calibration error: a column only where some job has it.
-TASK_COLUMNS = (*(f"{split}/{name}" for split in ("test", "best_val") for name in metrics.TASK_METRIC.values()),
+# The task's metric (accuracy for classification, mse for regression, distance for an analytic problem: its test,
+# best validation and train - validation gap values) and a classification's calibration error: a column only
+# where some job has it.
+TASK_COLUMNS = (*(f"{split}/{name}" for split in ("test", "best_val", "gap") for name in metrics.TASK_METRIC.values()),
                 "test/ece")
 
 
@@ -223,7 +225,8 @@ def _write_views(sweep_dir: pathlib.Path, config: DictConfig) -> None:
   """The report: a view of results.csv, so it may fail alone. (The HParams columns need nothing of the sweep:
   TensorBoard computes them from the runs' sessions, writers.py says why.)"""
   try:
-    written = report.write_report(sweep_dir, metric=config.report.metric, target=config.report.target)
+    written = report.write_report(sweep_dir, metric=config.report.metric, target=config.report.target,
+                                  best_per=config.report.get("best_per"))
     log.info("report in %s, plots %s; TensorBoard: trainlab tb %s", written["report.md"],
              ", ".join(name for name in written if name.endswith(".png")) or "none", sweep_dir)
   except Exception as e:
