@@ -51,11 +51,16 @@ class _Job:
 
 
 class VectorizedLauncher(Launcher):
-  def __init__(self, max_members: Optional[int] = None) -> None:
+  def __init__(self, max_members: Optional[int] = None, devices: Any = 1) -> None:
     super().__init__()
     if max_members is not None and max_members < 1:
       raise ValueError(f"hydra.launcher.max_members={max_members} is not allowed: it must be >= 1 or null")
     self.max_members = max_members
+    self.devices = devices
+    if devices != 1 or isinstance(devices, bool):  # checked before the sweep writes anything; JAX only then
+      from trainlab import sharding
+
+      self.devices = sharding.resolve_member_devices(devices)
     self.config: Optional[DictConfig] = None
     self.task_function: Optional[TaskFunction] = None
     self.hydra_context: Optional[HydraContext] = None
@@ -131,7 +136,7 @@ class VectorizedLauncher(Launcher):
     Hydra's public `run_job` runs one job's task function to its end; the members of a group must all be set
     up before any of them trains, so their directories, configs and logs are made here as run_job makes them.
     """
-    from trainlab import train
+    from trainlab import config, train
     from trainlab.rundir import job as job_record, lock
 
     config = job.sweep_config
@@ -157,6 +162,10 @@ class VectorizedLauncher(Launcher):
     self.hydra_context.callbacks.on_job_start(config=config, task_function=self.task_function)
     try:
       job.run = train.setup(job.task_cfg)
+      if job.run.spec.devices > 1 and self.devices > 1:
+        raise config.ConfigError(f"devices={job.task_cfg.devices} is not allowed with hydra.launcher.devices="
+                                 f"{self.devices}: a job's batches split over devices (data parallel) and a group's "
+                                 "members split over them cannot be combined; set one of them to 1")
       return True
     except Exception as e:  # as train_app does: a failed job, and the sweep goes on
       job_record.record_failure(job.workdir, job.record, e, multirun=True, logger=job.logger)
@@ -203,7 +212,7 @@ class VectorizedLauncher(Launcher):
         summaries = [train.train_and_evaluate(job.task_cfg, job.workdir, started, logger=job.logger)]
       else:
         members = [vectorized.Member(j.task_cfg, j.workdir, j.run, j.logger) for j in group]
-        summaries = vectorized.train_group(members, started)
+        summaries = vectorized.train_group(members, started, self.devices)
     except Exception as e:  # the program failed: every member of it failed
       for job in group:
         self._activate(job)
