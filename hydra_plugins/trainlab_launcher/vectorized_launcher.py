@@ -136,7 +136,8 @@ class VectorizedLauncher(Launcher):
     Hydra's public `run_job` runs one job's task function to its end; the members of a group must all be set
     up before any of them trains, so their directories, configs and logs are made here as run_job makes them.
     """
-    from trainlab import config, train
+    from trainlab import train
+    from trainlab.config import ConfigError
     from trainlab.rundir import job as job_record, lock
 
     config = job.sweep_config
@@ -163,7 +164,7 @@ class VectorizedLauncher(Launcher):
     try:
       job.run = train.setup(job.task_cfg)
       if job.run.spec.devices > 1 and self.devices > 1:
-        raise config.ConfigError(f"devices={job.task_cfg.devices} is not allowed with hydra.launcher.devices="
+        raise ConfigError(f"devices={job.task_cfg.devices} is not allowed with hydra.launcher.devices="
                                  f"{self.devices}: a job's batches split over devices (data parallel) and a group's "
                                  "members split over them cannot be combined; set one of them to 1")
       return True
