@@ -17,11 +17,13 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
+from hydra_plugins.trainlab_launcher.vectorized_launcher import VectorizedLauncher
 from test_data_parallel import assert_same_trees, eight_devices
+from trainlab.config import ConfigError
 
 # 3 learning rates (1e30 diverges at once: a member masked on its device) x 2 seeds = 6 jobs, one group. On 4
 # devices the group is padded to 8 members: two placeholders, which must leave no trace.
-SWEEP = ["hydra/launcher=vectorized", "optimizer.lr=0.003,0.05,1e30", "seed=0,1", "steps=60", "eval_every=20",
+SWEEP = ["hydra/launcher=vectorized", "optimizer.lr=0.003,0.05,1e30", "seed=0,1", "steps=40", "eval_every=20",
          "log_every=10", "model.widths=[16]", "checkpoint.every=null", "diagnostics=off"]
 
 # Runs in the 8-device process: argv[1] is a JSON {name: overrides} of sweeps; prints a JSON {name: result}, each
@@ -119,7 +121,7 @@ def test_a_sweep_split_over_four_devices_ends_as_on_one():
   """6 jobs on 4 devices: 8 slots, 2 of them placeholders. One compilation, no collectives, 2 members a device."""
   results = run_sweeps_on_eight_devices({"four": SWEEP + ["hydra.launcher.devices=4"],
                                          "one": SWEEP + ["hydra.launcher.devices=1"],
-                                         "both": SWEEP[:3] + ["steps=2", "devices=2", "hydra.launcher.devices=4"]})
+                                         "both": SWEEP[:1] + ["seed=0,1", "devices=2", "hydra.launcher.devices=4"]})
   four, one, both = results["four"], results["one"], results["both"]
   assert_same_jobs(four, one)
   assert sorted(four["jobs"]) == [str(i) for i in range(6)] == four["dirs"]  # no directory for a placeholder
@@ -131,21 +133,29 @@ def test_a_sweep_split_over_four_devices_ends_as_on_one():
   assert four["collectives"] == 0  # members never talk to each other
   assert four["state_devices"] == [4] and four["state_split"] and four["per_device_members"] == [2]
   # A job's own data parallelism and the launcher's devices: refused, job by job, in one line.
-  assert [j["summary"]["status"] for j in both["jobs"].values()] == ["failed"] * 6
+  assert [j["summary"]["status"] for j in both["jobs"].values()] == ["failed"] * 2
   assert {j["summary"]["error"] for j in both["jobs"].values()} == {
       "devices=2 is not allowed with hydra.launcher.devices=4: a job's batches split over devices (data parallel) "
       "and a group's members split over them cannot be combined; set one of them to 1"}
 
 
 @pytest.mark.parametrize("devices, message", [
-    ("0", "hydra.launcher.devices=0 is not allowed: it must be a positive number of devices or all"),
+    (0, "hydra.launcher.devices=0 is not allowed: it must be a positive number of devices or all"),
     ("some", "hydra.launcher.devices=some is not allowed: it must be a positive number of devices or all"),
-    ("1.5", "hydra.launcher.devices=1.5 is not allowed: it must be a positive number of devices or all"),
-    ("2", "hydra.launcher.devices=2 is not allowed: this machine has 1 cpu device, so it must be at most 1 (or all)"),
+    (1.5, "hydra.launcher.devices=1.5 is not allowed: it must be a positive number of devices or all"),
+    (2, "hydra.launcher.devices=2 is not allowed: this machine has 1 cpu device, so it must be at most 1 (or all)"),
 ])
-def test_bad_launcher_devices_are_refused_in_one_line_before_the_sweep_starts(tmp_path, devices, message):
-  proc = run_cli("train", "-m", *SWEEP, f"hydra.launcher.devices={devices}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+def test_bad_launcher_devices_are_refused(devices, message):
+  with pytest.raises(ConfigError) as info:
+    VectorizedLauncher(devices=devices)
+  assert str(info.value) == message
+  assert VectorizedLauncher(devices="all").devices == 1 and VectorizedLauncher().devices == 1
+
+
+def test_the_command_refuses_them_in_one_line_before_the_sweep_starts(tmp_path):
+  proc = run_cli("train", "-m", *SWEEP, "hydra.launcher.devices=2", f"hydra.sweep.dir={tmp_path / 'sweep'}",
                  cwd=tmp_path, check=False)
   assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr
-  assert proc.stderr.strip().splitlines() == [f"error: {message}"]
+  assert proc.stderr.strip().splitlines() == ["error: hydra.launcher.devices=2 is not allowed: this machine has 1 "
+                                              "cpu device, so it must be at most 1 (or all)"]
   assert not (tmp_path / "sweep").exists()  # nothing written

@@ -162,11 +162,11 @@ class VectorizedLauncher(Launcher):
     job.logger.addHandler(job.handler)
     self.hydra_context.callbacks.on_job_start(config=config, task_function=self.task_function)
     try:
-      job.run = train.setup(job.task_cfg)
-      if job.run.spec.devices > 1 and self.devices > 1:
+      if self.devices > 1 and job.task_cfg.devices != 1:  # "all" too: this host has more than one device then
         raise ConfigError(f"devices={job.task_cfg.devices} is not allowed with hydra.launcher.devices="
-                                 f"{self.devices}: a job's batches split over devices (data parallel) and a group's "
-                                 "members split over them cannot be combined; set one of them to 1")
+                          f"{self.devices}: a job's batches split over devices (data parallel) and a group's "
+                          "members split over them cannot be combined; set one of them to 1")
+      job.run = train.setup(job.task_cfg)
       return True
     except Exception as e:  # as train_app does: a failed job, and the sweep goes on
       job_record.record_failure(job.workdir, job.record, e, multirun=True, logger=job.logger)
