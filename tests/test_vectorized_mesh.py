@@ -87,8 +87,9 @@ for name, overrides in json.loads(sys.argv[1]).items():
   results[name] = {"rows": rows, "jobs": jobs, "dirs": sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())}
   launcher_devices = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.launcher.devices=")]
   if launcher_devices and launcher_devices[0] != "1" and "devices=2" not in overrides:
+    devices = int(launcher_devices[0]) if launcher_devices[0].isdigit() else launcher_devices[0]
     results[name].update(chunk_on_mesh([o for o in overrides if "," not in o and not o.startswith("hydra")],
-                                       sharding.resolve_member_devices(int(launcher_devices[0]))))
+                                       sharding.resolve_member_devices(devices)))
 print("RESULTS" + json.dumps(results))
 """
 
@@ -107,7 +108,8 @@ def assert_same_jobs(split: dict, one: dict) -> None:
   assert split["jobs"].keys() == one["jobs"].keys()
   for num, job in split["jobs"].items():
     ours, theirs = job["summary"], one["jobs"][num]["summary"]
-    for field in ("status", "steps_run", "diverged_at_step", "best_val/step", "vectorized_members"):
+    for field in ("status", "steps_run", "diverged_at_step", "best_val/step", "early_stopping/restored_step",
+                  "vectorized_members"):
       assert ours.get(field) == theirs.get(field), (num, field)
     for field in ("test/loss", "test/accuracy", "best_val/loss"):
       assert (ours.get(field) is None) == (theirs.get(field) is None), (num, field)
@@ -137,6 +139,27 @@ def test_a_sweep_split_over_four_devices_ends_as_on_one():
   assert {j["summary"]["error"] for j in both["jobs"].values()} == {
       "devices=2 is not allowed with hydra.launcher.devices=4: a job's batches split over devices (data parallel) "
       "and a group's members split over them cannot be combined; set one of them to 1"}
+
+
+@pytest.mark.slow  # two sweeps with diagnostics and checkpoints in a fresh process: about 40 s on 2 idle cores
+def test_all_devices_with_early_stopping_diagnostics_checkpoints_and_a_capped_group():
+  """hydra.launcher.devices=all (8) and max_members=5: a group of 5 padded to 8 (3 placeholders) and a job alone.
+  Early stopping stops members at different evaluations, diagnostics and checkpoints take each member's state."""
+  sweep = SWEEP[:3] + ["steps=60", "eval_every=10", "log_every=5", "model.widths=[16]",
+                       "regularizer=[early_stopping]", "regularizer.early_stopping.patience=1", "checkpoint.every=20",
+                       "diagnostics=default", "diagnostics.every=20", "diagnostics.histogram_every=0",
+                       "hydra.launcher.max_members=5"]
+  results = run_sweeps_on_eight_devices({"all": sweep + ["hydra.launcher.devices=all"],
+                                         "one": sweep + ["hydra.launcher.devices=1"]})
+  split, one = results["all"], results["one"]
+  assert_same_jobs(split, one)
+  assert sorted(split["jobs"]) == [str(i) for i in range(6)] == split["dirs"]
+  assert sorted(int(r["job"]) for r in split["rows"]) == list(range(6))
+  grouped = [j["summary"] for j in split["jobs"].values() if "vectorized_members" in j["summary"]]
+  assert len(grouped) == 5 and {s["vectorized_devices"] for s in grouped} == {8}
+  assert len({s["steps_run"] for s in grouped if s["status"] == "completed"}) > 1  # stopped at different steps
+  assert split["chunk_compilations"] == 1 and split["collectives"] == 0
+  assert split["state_devices"] == [8] and split["per_device_members"] == [1]
 
 
 @pytest.mark.parametrize("devices, message", [
