@@ -10,7 +10,8 @@ For each job, in order, it composes the job's config and run directory as Hydra'
 - a run in stages (`pretrain`) goes through the normal path too: each stage is a program of its own;
 - every other job is prepared (config checked, data loaded, program structure known) and grouped with the
   jobs of equal `_vectorized_loop.group_key`; each group of two or more trains as one vmapped program
-  (_vectorized_loop.py), a group of one trains alone through the single-run loop.
+  (_vectorized_loop.py), its members split over `hydra.launcher.devices` devices, a group of one trains alone
+  through the single-run loop.
 
 Every job writes its own run directory, summary.json, HParams session and a log `train.log` of its own, and
 gets its row in results.csv from the sweep callback, as under the basic launcher. The working directory is
