@@ -76,6 +76,16 @@ def member_state(states: train.TrainState, i: jax.Array) -> train.TrainState:
   return jax.tree.map(lambda a: a[i], states)
 
 
+def member_on_default_device(states: train.TrainState, i: int) -> train.TrainState:
+  """Member i's own state, whole on the default device where the single-run programs (test evaluation,
+  diagnostics) run, from states split over the members' mesh. Only the share of the device that holds member i
+  moves: member_state on the split states would compile to an all-gather of every member onto every device."""
+  leaves, tree = jax.tree.flatten(states)
+  shares = [next(s for s in leaf.addressable_shards if s.index[0].start <= i < s.index[0].stop) for leaf in leaves]
+  local = jax.device_put([share.data for share in shares], jax.devices()[0])
+  return member_state(jax.tree.unflatten(tree, local), i - shares[0].index[0].start)
+
+
 def _stack(trees: list[Any]) -> Any:
   return jax.tree.map(lambda *xs: np.stack(xs), *trees)
 
@@ -103,10 +113,7 @@ def train_group(members: list[Member], started: float | None = None, devices: in
   val = _on(beside, val)
   # Placeholders fill the last device's share: copies of the first member that run 0 steps and have no record.
   slots = [*members, *[members[0]] * (sharding.padded_batch(devices, len(members)) - len(members))]
-  if devices == 1:
-    member = member_state
-  else:  # a member's state whole on the default device, where the single-run programs (test, diagnostics) run
-    member = lambda states, i: jax.device_put(member_state(states, i), jax.devices()[0])
+  member = member_state if devices == 1 else member_on_default_device
   program = vector._replace(train_chunk=lambda states, x, y, steps: vector.train_chunk(
       states, x, y, _on(split, np.pad(steps, (0, len(slots) - len(members))))))
   compiling_before = fast.seconds()
