@@ -67,6 +67,7 @@ def compile_vectorized(spec: train.Spec, devices: int = 1) -> train.Program:
 
 
 def _then(after: Callable, fun: Callable) -> Callable:
+  """fun, then `after` on what it returns (inside the same program)."""
   return lambda *args: after(fun(*args))
 
 
@@ -114,8 +115,11 @@ def train_group(members: list[Member], started: float | None = None, devices: in
   # Placeholders fill the last device's share: copies of the first member that run 0 steps and have no record.
   slots = [*members, *[members[0]] * (sharding.padded_batch(devices, len(members)) - len(members))]
   member = member_state if devices == 1 else member_on_default_device
-  program = vector._replace(train_chunk=lambda states, x, y, steps: vector.train_chunk(
-      states, x, y, _on(split, np.pad(steps, (0, len(slots) - len(members))))))
+
+  def train_chunk(states, x, y, steps):  # run_chunks counts the members' steps; every placeholder runs 0
+    return vector.train_chunk(states, x, y, _on(split, np.pad(steps, (0, len(slots) - len(members)))))
+
+  program = vector._replace(train_chunk=train_chunk)
   compiling_before = fast.seconds()
   with StopRequest() as stop:
     states = vector.init(*_on(split, (np.array([m.cfg.seed for m in slots], np.int32),
