@@ -15,7 +15,7 @@ from typing import Callable
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
+from hydra.errors import HydraException, InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
@@ -163,6 +163,10 @@ def train(argv: list[str]) -> None:
       print(f"error: {what}; choose another output directory (hydra.run.dir=... or hydra.sweep.dir=...)",
             file=sys.stderr)
       raise SystemExit(1) from None
+    refused = e.__cause__ if isinstance(e, InstantiationException) else e
+    if isinstance(refused, config.ConfigError):  # a plugin's refusal of its own key (hydra.launcher.devices)
+      print(f"error: {refused}", file=sys.stderr)
+      raise SystemExit(2) from None
     del os.environ["HYDRA_FULL_ERROR"]
     from trainlab.config import suggest
 
