@@ -22,6 +22,11 @@ Workloads:
          device, it runs in a child process with 8 simulated ones (XLA_FLAGS=--xla_force_host_platform_device_count=8)
          that share this machine's cores, so on CPU it measures the overhead of splitting a batch (the partitioned
          program and its collectives), not a speed-up; on a machine with 8 devices it measures them.
+  vectorized_mesh  a vectorized group of 32 small jobs (MNIST-1D, MLP 32-10, 500 steps) with its members split over 8
+         devices (hydra.launcher.devices=8) against the same group on one device, in interleaved rounds in one
+         process. As for data_parallel, where this process sees one CPU device it runs in a child process with 8
+         simulated ones sharing this machine's cores: on CPU it measures the overhead of splitting the members (8
+         programs' shares, dispatched and waited for), not a speed-up.
   layers each convolution shape of the default resnet alone, batch 128: forward, input and kernel gradients
          inside a `lax.scan` with the device's lowering, against PyTorch eager's when torch is installed (the
          stem without an input gradient, as in the net); where a conv net's step goes, layer by layer.
@@ -367,15 +372,63 @@ def bench_data_parallel(tiny: bool, tmp: pathlib.Path) -> dict:
   return result
 
 
-def _in_child_with_simulated_devices(tiny: bool, tmp: pathlib.Path) -> dict:
-  """bench_data_parallel in a fresh process whose CPU is split into 8 simulated devices (read when JAX starts)."""
+def _in_child_with_simulated_devices(tiny: bool, tmp: pathlib.Path, workload: str = "data_parallel") -> dict:
+  """A workload (bench_data_parallel, bench_vectorized_mesh) in a fresh process whose CPU is split into 8 simulated
+  devices (read when JAX starts)."""
   flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DATA_PARALLEL_DEVICES}"
-  out = tmp / "data_parallel_child"
+  out = tmp / f"{workload}_child"
   tiny_flag = ["--tiny"] if tiny else []
-  subprocess.run([sys.executable, __file__, "--only", "data_parallel", "--out", str(out), *tiny_flag], check=True,
+  subprocess.run([sys.executable, __file__, "--only", workload, "--out", str(out), *tiny_flag], check=True,
                  env={**os.environ, "XLA_FLAGS": flags.strip()})
   (table,) = out.glob("bench-*.json")
-  return {**json.loads(table.read_text())["data_parallel"], "simulated_on_cpu": True}
+  return {**json.loads(table.read_text())[workload], "simulated_on_cpu": True}
+
+
+def bench_vectorized_mesh(tiny: bool, tmp: pathlib.Path) -> dict:
+  """A vectorized group of 32 small jobs with its members split over 8 devices (hydra.launcher.devices=8, 4 jobs
+  a device) against the same group on one device, in interleaved rounds in one process. On CPU the 8 devices are
+  simulated on this machine's cores (a child process, as for data_parallel): it measures what splitting the
+  members costs, not a speed-up."""
+  import logging
+
+  from hydra_plugins.trainlab_launcher import _vectorized_loop as vectorized
+
+  devices = DATA_PARALLEL_DEVICES
+  if jax.device_count() < devices:
+    if jax.devices()[0].platform != "cpu":
+      return {"skipped": f"{jax.device_count()} devices, fewer than {devices}"}
+    return _in_child_with_simulated_devices(tiny, tmp, "vectorized_mesh")
+  lrs, seeds = ([1e-3, 3e-3], [0, 1, 2, 3]) if tiny else ([3e-4, 1e-3, 3e-3, 1e-2], list(range(8)))
+  steps = ["steps=20", "eval_every=10"] if tiny else ["steps=500", "eval_every=250"]
+  cfgs = [compose_run(steps + ["model.widths=[32]", "diagnostics=off", "checkpoint.every=null",
+                               f"optimizer.lr={lr}", f"seed={s}"]) for lr in lrs for s in seeds]
+  train.load_data(cfgs[0].data)  # generate and cache MNIST-1D before any clock starts
+  logger = logging.getLogger("bench")
+  times: dict[int, list[float]] = {1: [], devices: []}
+  group_step_ms: dict[int, list[float]] = {1: [], devices: []}
+  compile_s: dict[int, float] = {}
+  for r in range(2 if tiny else 4):  # interleaved rounds; the first compiles each side's program
+    for d in times:
+      members = [vectorized.Member(cfg, tmp / f"mesh-{d}-{r}" / str(i), train.setup(cfg), logger)
+                 for i, cfg in enumerate(cfgs)]
+      start = time.perf_counter()
+      summaries = vectorized.train_group(members, devices=d)
+      times[d].append(time.perf_counter() - start)
+      group_step_ms[d].append(1000 / summaries[0]["steps_per_second"])  # in the chunks: all members' step
+      compile_s.setdefault(d, summaries[0]["compile_time_s"])
+  one, many = np.array(times[1][1:]), np.array(times[devices][1:])  # compiled: the rounds after the first
+  one_step, many_step = np.array(group_step_ms[1][1:]), np.array(group_step_ms[devices][1:])
+  return {
+      "jobs": len(cfgs), "devices": devices, "device": str(jax.devices()[0]),
+      "first_round_one_device_s": times[1][0], f"first_round_{devices}_devices_s": times[devices][0],
+      "compile_one_device_s": compile_s[1], f"compile_{devices}_devices_s": compile_s[devices],
+      "one_device_s": _best(one), f"{devices}_devices_s": _best(many),
+      f"{devices}_devices_time_ratio": _best(many) / _best(one),
+      f"{devices}_devices_time_ratio_paired_median": float(np.median(many / one)),
+      "one_device_group_step_ms": _best(one_step), f"{devices}_devices_group_step_ms": _best(many_step),
+      f"{devices}_devices_group_step_ratio": _best(many_step) / _best(one_step),
+      "one_device_rounds_s": times[1], f"{devices}_devices_rounds_s": times[devices],
+  }
 
 
 # --- convolutional workloads -----------------------------------------------------------------------------------
@@ -635,8 +688,8 @@ def bench_layers(tiny: bool) -> dict:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--tiny", action="store_true", help="a smoke run of every path at tiny sizes")
-  parser.add_argument("--only", choices=["mlp", "sweep", "diagnostics", "vectorized", "data_parallel", "cnn", "resnet",
-                                         "layers"],
+  parser.add_argument("--only", choices=["mlp", "sweep", "diagnostics", "vectorized", "data_parallel",
+                                         "vectorized_mesh", "cnn", "resnet", "layers"],
                       help="one workload")
   parser.add_argument("--out", default=str(ROOT / "outputs" / "bench"), help="folder for the JSON result")
   args = parser.parse_args()
@@ -656,13 +709,16 @@ def main() -> None:
       results["vectorized"] = bench_vectorized(args.tiny, pathlib.Path(tmp))
     if args.only in (None, "data_parallel"):
       results["data_parallel"] = bench_data_parallel(args.tiny, pathlib.Path(tmp))
+    if args.only in (None, "vectorized_mesh"):
+      results["vectorized_mesh"] = bench_vectorized_mesh(args.tiny, pathlib.Path(tmp))
     for workload in ("cnn", "resnet"):
       if args.only in (None, workload):
         results[workload] = bench_conv(workload, args.tiny, pathlib.Path(tmp))
     if args.only in (None, "layers"):
       results["layers"] = bench_layers(args.tiny)
 
-  for workload in ("mlp", "sweep", "diagnostics", "vectorized", "data_parallel", "cnn", "resnet", "layers"):
+  for workload in ("mlp", "sweep", "diagnostics", "vectorized", "data_parallel", "vectorized_mesh", "cnn", "resnet",
+                   "layers"):
     for key, value in results.get(workload, {}).items():
       if isinstance(value, list):
         value = " ".join(f"{v:.3g}" for v in value)

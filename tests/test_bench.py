@@ -35,6 +35,8 @@ def test_bench_runs_at_a_tiny_size(tmp_path):
   assert table["vectorized"]["jobs"] == 2 and table["vectorized"]["vectorized_s"] > 0
   # 8 simulated devices in a child process against one, on the same global batch
   assert table["data_parallel"]["simulated_on_cpu"] and table["data_parallel"]["batch128_8_devices_time_ratio"] > 0
+  # a vectorized group's members split over 8 simulated devices against one device
+  assert table["vectorized_mesh"]["simulated_on_cpu"] and table["vectorized_mesh"]["8_devices_time_ratio"] > 0
   for workload in ("cnn", "resnet"):  # the loop with the device's convolution, XLA's in the loop, a jitted step
     assert table[workload]["conv_impl_auto"] == "im2col"  # on CPU
     assert table[workload]["trainlab_loop_ms"] > 0 and table[workload]["trainlab_loop_xla_conv_ms"] > 0

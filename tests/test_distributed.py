@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -125,3 +126,35 @@ def test_a_distributed_run_is_refused_in_a_sweep(tmp_path):
                  f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path, check=False)
   assert "distributed.enabled=true is not allowed in a sweep (-m)" in proc.stdout + proc.stderr
   assert json.dumps(proc.returncode) in ("0", "1")
+
+
+def test_an_unreachable_coordinator_is_one_line_and_exit_2_within_seconds(tmp_path):
+  """Process 1 with nothing listening at distributed.coordinator: the port check gives up after
+  distributed.connect_timeout_s, naming the key, instead of JAX waiting distributed.timeout_s (300 s) to abort."""
+  address = f"127.0.0.1:{free_port()}"
+  started = time.monotonic()
+  proc = run_cli("train", "steps=5", "distributed.enabled=true", f"distributed.coordinator={address}",
+                 "distributed.num_processes=2", "distributed.process_id=1", "distributed.connect_timeout_s=2",
+                 f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=False)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert time.monotonic() - started < 60  # the process's start (imports) and 2 s, not distributed.timeout_s
+  error = proc.stderr.strip().splitlines()
+  assert len(error) == 1 and error[0].startswith(f"error: distributed.coordinator={address}: nothing answered "
+                                                 "there within distributed.connect_timeout_s=2 s"), proc.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_a_process_still_waiting_to_join_after_timeout_s_is_ended_in_one_line(tmp_path):
+  """Process 0 of 2 whose process 1 never starts: jax.distributed.initialize waits for it; the watchdog ends the
+  process at distributed.timeout_s with one line and exit 2 (JAX's own timeout would abort it with a stack trace)."""
+  started = time.monotonic()
+  proc = run_cli("train", "steps=5", "distributed.enabled=true", f"distributed.coordinator=127.0.0.1:{free_port()}",
+                 "distributed.num_processes=2", "distributed.process_id=0", "distributed.timeout_s=3",
+                 f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=False)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert time.monotonic() - started < 60
+  error = proc.stderr.strip().splitlines()
+  assert len(error) == 1 and error[0].startswith("error: distributed.enabled=true: process 0 did not join the run "
+                                                 "within distributed.timeout_s=3 s"), proc.stderr
+  assert "distributed.coordinator=127.0.0.1:" in error[0]
+  assert not (tmp_path / "run").exists()

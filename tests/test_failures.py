@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import pathlib
+import shlex
 import signal
 import subprocess
 import sys
@@ -221,6 +222,35 @@ def test_sigterm_to_a_joblib_sweep_stops_every_job_and_resume_finishes_them(writ
   for name in started:
     assert summaries[name]["resumed_from_step"] > 0 and summaries[name]["steps_run"] == 400
   assert not (sweep_dir / writers.STOP_FILE).exists()
+
+
+def test_jobs_stopped_in_worker_processes_fail_the_sweep_with_the_command_that_resumes_it(write_npz, tmp_path):
+  """The sweep's stop file written by hand while joblib's workers run the jobs (the sweep's own process gets no
+  signal): the running jobs return `interrupted` (no traceback from a worker), the next is left `pending`, and the
+  sweep ends on its own with exit 1 and one line holding the command that resumes it; that command completes it."""
+  sweep_dir = tmp_path / "sweep"
+  args = ["train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep_dir}",
+          "data=npz", f"data.path={write_npz()}", "seed=0,1,2", "steps=400", "eval_every=2", "log_every=2",
+          "batch_size=16", "model.widths=[16]", "diagnostics=off", "checkpoint.every=null"]
+  proc = subprocess.Popen([sys.executable, "-m", "trainlab", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+  deadline = time.monotonic() + 300
+  while not all((sweep_dir / j / writers.METRICS_FILE).exists() for j in ("0", "1")):
+    assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+    time.sleep(0.1)
+  (sweep_dir / writers.STOP_FILE).write_text("SIGTERM")
+  output = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 1, output
+  assert "Traceback" not in output
+  assert {name: s["status"] for name, s in jobs(sweep_dir).items()} == {"0": "interrupted", "1": "interrupted",
+                                                                         "2": "pending"}, output
+  lines = [line for line in output.splitlines() if "continue them with: " in line]
+  assert len(lines) == 1 and "3 of 3 jobs did not finish" in lines[0], output
+  command = shlex.split(lines[0].split("continue them with: ", 1)[1])
+  assert command[:3] == ["trainlab", "train", "-m"] and command[-2:] == ["resume=true", f"hydra.sweep.dir={sweep_dir}"]
+
+  run_cli(*command[1:], cwd=tmp_path)
+  assert {name: s["status"] for name, s in jobs(sweep_dir).items()} == dict.fromkeys(["0", "1", "2"], "completed")
 
 
 def test_an_error_while_programs_compile_ahead_is_a_failed_run_not_an_abort(tmp_path):

@@ -97,6 +97,33 @@ def test_a_sigterm_to_a_submitit_sweep_then_resume_completes_every_job_once(tmp_
   assert stopped.returncode == 128 + signal.SIGTERM, stopped.stdout[-3000:]
 
 
+def test_a_submitit_job_at_its_time_limit_checkpoints_is_requeued_and_resumes_its_own_run(tmp_path):
+  """submitit's local executor sends SIGUSR2 30 s before a job's time limit (1 minute here) and requeues the job
+  when its handler says so, as SLURM does with --signal=USR2@signal_delay_s. The job stops at the end of its chunk,
+  checkpoints, is recorded `interrupted` by SIGUSR2, and hands over to submitit's handler, which requeues it; the
+  requeued job (same arguments, same job id) resumes its own run without resume=true. After max_num_timeout=1
+  requeue, submitit declines the second: the job returns `interrupted` and the sweep exits 1 with the command
+  that resumes it. A run too long for two attempts, so that each attempt meets the time limit."""
+  pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+  sweep_dir = tmp_path / "sweep"
+  proc = run_cli("train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=1",
+                 "+hydra.launcher.max_num_timeout=1", "steps=100000000", "log_every=1000", "eval_every=5000",
+                 "checkpoint.every=null", "model.widths=[8]", "diagnostics=off", f"hydra.sweep.dir={sweep_dir}",
+                 cwd=tmp_path, check=False)
+  output = proc.stdout + proc.stderr
+  assert proc.returncode == 1, output[-3000:]
+  summary = writers.read_summary(sweep_dir / "0")
+  assert summary["status"] == "interrupted" and summary["interrupted_by"] == "SIGUSR2", summary
+  assert 0 < summary["resumed_from_step"] < summary["steps_run"]  # the second attempt went on from the first's
+  logs = "".join(p.read_text() for p in (sweep_dir / ".submitit").glob("*/*_log.out"))
+  assert logs.count("this job's own run, stopped at its time limit and requeued: resuming it") == 1, logs[-3000:]
+  assert "Requeued job" in logs and "timed-out too many times" in logs
+  steps = logged_steps(sweep_dir / "0", "train/loss")
+  assert steps == list(range(1000, summary["steps_run"] + 1, 1000))  # each step once, across both attempts
+  assert results(sweep_dir)[0]["status"] == "interrupted"
+  assert "continue them with: trainlab train -m hydra/launcher=submitit_local" in output, output[-3000:]
+
+
 def test_a_ray_sweep_on_a_local_instance(tmp_path):
   pytest.importorskip("hydra_plugins.hydra_ray_launcher")
   sweep_dir = tmp_path / "sweep"

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hydra.utils import get_class, get_method, instantiate
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from conftest import CONF, compose_config, train_in_process
 from trainlab import initializers, config, data, models
@@ -188,6 +188,46 @@ def test_linear_chain_is_the_product_of_its_weights():
   weights = [float(k.squeeze()) for k in jax.tree.leaves(params)]
   assert len(weights) == 5
   np.testing.assert_allclose(model.apply({"params": params}, x, train=False)[0, 0], 2.0 * np.prod(weights), rtol=1e-5)
+
+
+def test_linear_chain_with_batch_norm_normalizes_each_hidden_layer_over_the_batch():
+  """In training, each hidden layer's output h_i = h_(i-1) W_i, normalized over the batch, has mean 0 and std 1
+  per unit (γ = 1, β = 0 at the start) whatever the scale of the layers below; at evaluation the running averages
+  (here still 0 and 1) stand in, and the chain is then the product of its weights again."""
+  model = build("linear_chain", ["model.depth=4", "model.width=8", "model.norm=batch"], num_outputs=3)
+  x = 3.0 + 2.0 * jax.random.normal(jax.random.PRNGKey(0), (64, 5))
+  variables = model.init(jax.random.PRNGKey(1), x, train=False)
+  assert sorted(variables["batch_stats"]) == ["BatchNorm_0", "BatchNorm_1", "BatchNorm_2"]
+  out, state = model.apply(variables, x, train=True, mutable=["batch_stats", "intermediates"],
+                           capture_intermediates=True)
+  seen = state["intermediates"]
+  for i in range(3):
+    before, after = seen[f"Dense_{i}"]["__call__"][0], seen[f"BatchNorm_{i}"]["__call__"][0]
+    assert before.shape == after.shape == (64, 8)
+    if i == 0:
+      assert np.abs(np.asarray(before).mean(0)).max() > 0.5  # the raw h_1 is off-centre: x has mean 3
+    np.testing.assert_allclose(np.asarray(after).mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(after).std(0), 1.0, rtol=1e-3)
+  kernels = [np.asarray(variables["params"][f"Dense_{i}"]["kernel"]) for i in range(4)]
+  np.testing.assert_allclose(model.apply(variables, x, train=False),
+                             np.asarray(x) @ kernels[0] @ kernels[1] @ kernels[2] @ kernels[3], rtol=1e-4, atol=1e-4)
+  assert not np.allclose(out, model.apply(variables, x, train=False))
+
+
+def test_layer_norm_over_a_single_unit_is_refused():
+  def check(overrides):
+    cfg = compose_config(overrides)
+    with open_dict(cfg):
+      del cfg["hydra"]
+    config.check(cfg)
+
+  with pytest.raises(config.ConfigError, match=r"model.norm=layer is not allowed with a hidden layer of one unit "
+                                               r"\(model.width=1\)"):
+    check(["model=linear_chain", "model.norm=layer"])
+  with pytest.raises(config.ConfigError, match=r"\(model.widths=\[64, 1\]\)"):
+    check(["model.norm=layer", "model.widths=[64,1]"])
+  check(["model=linear_chain", "model.norm=layer", "model.width=4"])
+  check(["model=linear_chain", "model.norm=batch"])
 
 
 def test_resnet_batch_norm_keeps_running_averages():

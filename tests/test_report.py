@@ -114,6 +114,56 @@ def test_a_failing_report_keeps_results_csv(tmp_path, monkeypatch):
   assert len(rows) == 6 and not (tmp_path / "report.md").exists()
 
 
+# Mean best validation accuracy over two seeds, chosen so that each optimizer's best lr is another one, a worse
+# optimizer at its best beats a better one at its worst, and one configuration has only diverged runs.
+BEST_PER_SWEEP = {("sgd", "1.0"): 0.60, ("sgd", "0.1"): 0.55, ("sgd", "0.01"): 0.30,
+                  ("adam", "1.0"): None, ("adam", "0.1"): 0.50, ("adam", "0.01"): 0.65,
+                  ("momentum", "1.0"): 0.20, ("momentum", "0.1"): 0.62, ("momentum", "0.01"): 0.58}
+
+
+def best_per_sweep(root: pathlib.Path) -> pathlib.Path:
+  """BEST_PER_SWEEP's runs: summary.json as train writes it, two seeds a configuration."""
+  for job, ((optimizer, lr), accuracy) in enumerate(BEST_PER_SWEEP.items()):
+    for seed, offset in enumerate((-0.01, 0.01)):  # the mean over the seeds is the accuracy above
+      run = root / str(2 * job + seed)
+      best = None if accuracy is None else {"best_val/accuracy": accuracy + offset, "best_val/loss": 1 - accuracy,
+                                            "test/accuracy": accuracy - 0.05, "test/loss": 1.0}
+      writers.write_summary(run, {"status": "diverged" if best is None else "completed", **(best or {}),
+                                  "overrides": [f"optimizer={optimizer}", f"optimizer.lr={lr}", f"seed={seed}"]})
+  return root
+
+
+def test_best_per_keeps_each_optimizers_best_learning_rate(tmp_path):
+  best_per_sweep(tmp_path)
+  out = report.write_report(tmp_path, best_per="optimizer")
+  rows = list(csv.DictReader(open(out["best.csv"])))
+  assert [(r["optimizer"], r["optimizer.lr"]) for r in rows] == [("adam", "0.01"), ("momentum", "0.1"),
+                                                                  ("sgd", "1.0")]
+  assert [float(r["best_val/accuracy mean"]) for r in rows] == pytest.approx([0.65, 0.62, 0.60])
+  assert [float(r["test/accuracy mean"]) for r in rows] == pytest.approx([0.60, 0.57, 0.55])
+  assert all(r["runs"] == "2" for r in rows)
+  text = out["report.md"].read_text()
+  section = text[text.index("## Best per optimizer"):]
+  assert "| optimizer | optimizer.lr | runs |" in section and "test/accuracy" in section
+  assert section.index("| adam | 0.01 |") < section.index("| momentum | 0.1 |") < section.index("| sgd | 1.0 |")
+  assert "| adam | 1.0 |" not in section
+  # A key the sweep does not vary is refused, naming the keys it does, before anything is written.
+  (tmp_path / "report.md").unlink()
+  with pytest.raises(ValueError, match=r"report.best_per=seed is not a swept key.*: optimizer, optimizer.lr"):
+    report.write_report(tmp_path, best_per="seed")
+  assert not (tmp_path / "report.md").exists()
+  assert report.main([str(tmp_path), "report.best_per=optimiser"]) == 2
+
+
+def test_the_multiruns_end_writes_best_csv_for_report_best_per(tmp_path):
+  best_per_sweep(tmp_path)
+  cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}},
+                          "report": {"metric": None, "target": None, "best_per": "optimizer"}})
+  sweep.ResultsTable().on_multirun_end(cfg)
+  rows = list(csv.DictReader(open(tmp_path / "best.csv")))
+  assert [(r["optimizer"], r["optimizer.lr"]) for r in rows] == [("adam", "0.01"), ("momentum", "0.1"), ("sgd", "1.0")]
+
+
 def test_a_sweep_of_regressions_is_judged_by_mse_lower_first(tmp_path):
   """Regression runs report mse: the table sorts by test/mse ascending, steps-to-target reads val/mse downwards,
   results.csv has the mse columns and no accuracy columns, and the dashboard lists the mse metrics."""

@@ -102,7 +102,8 @@ def test_sigterm_then_resume_equals_uninterrupted(optimizer, npz_overrides, tmp_
   resumed = train_in_process(overrides + ["resume=true"], run)
   assert resumed["resumed_from_step"] == 30 and resumed["status"] == "completed"
   assert resumed["wall_time_s"] > interrupted["wall_time_s"]  # both sessions count
-  for key in ("test/accuracy", "test/loss", "best_val/accuracy", "best_val/loss", "best_val/step", "steps_run"):
+  for key in ("test/accuracy", "test/loss", "best_val/accuracy", "best_val/loss", "best_val/step", "steps_run",
+              "gap/accuracy"):
     assert resumed[key] == reference[key], key
   assert_same_run(run, tmp_path / "reference")
 
@@ -132,7 +133,7 @@ def test_every_stateful_option_resumes_bit_for_bit(npz_overrides, tmp_path, monk
   monkeypatch.undo()
   resumed = train_in_process(overrides + ["resume=true"], run)
   for key in ("status", "steps_run", "early_stopping/restored_step", "best_val/step", "best_val/loss", "test/loss",
-              "test/accuracy"):
+              "test/accuracy", "gap/accuracy"):
     assert resumed[key] == reference[key], key
   assert_same_run(run, tmp_path / "reference")
 

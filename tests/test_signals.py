@@ -20,7 +20,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import ROOT
-from trainlab.rundir import sweep, writers
+from trainlab import signals
+from trainlab.rundir import job, sweep, writers
 
 
 def read_tensorboard(run_dir: pathlib.Path) -> dict[str, list[tuple[int, float]]]:
@@ -143,3 +144,37 @@ def test_sigterm_to_a_sweep_on_the_default_launcher_lists_the_jobs_not_started_a
     rows = [(row["job"], row["seed"], row["status"], row["steps_run"]) for row in csv.DictReader(f)]
   assert rows == [(str(i), str(i), "completed", "200") for i in range(3)]
   assert writers.read_summary(sweep_dir / "0")["resumed_from_step"] >= 60
+
+
+def test_sigusr2_stops_a_run_and_is_then_handed_to_the_handler_that_was_there_before():
+  """SIGUSR2 (a time limit) requests a stop as SIGTERM does, without calling the handler installed before the run
+  (submitit's, which would requeue and exit at once); after the run, hand_over_time_limit calls it; a handler that
+  raises (submitit declining to requeue) is logged, not raised."""
+  calls = []
+  previous = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))
+  try:
+    with signals.StopRequest() as stop:
+      os.kill(os.getpid(), signal.SIGUSR2)
+      time.sleep(0.1)
+      assert stop.poll() == "SIGUSR2" and calls == []
+    signals.hand_over_time_limit()
+    assert calls == [signal.SIGUSR2]
+
+    def decline(signum, frame):
+      raise RuntimeError("Job not requeued because: timed-out too many times.")
+
+    signal.signal(signal.SIGUSR2, decline)
+    signals.hand_over_time_limit()
+  finally:
+    signal.signal(signal.SIGUSR2, previous)
+
+
+def test_a_job_resumes_by_itself_only_its_own_run_stopped_at_its_time_limit():
+  """The run in the directory is this job's (same launcher job id) and stopped on SIGUSR2: a requeued job."""
+  own = {"status": "interrupted", "interrupted_by": "SIGUSR2", "job_id": "8704"}
+  assert job.requeued(own, {"job_id": "8704"})
+  assert not job.requeued(own, {"job_id": "8705"})  # another job (a new command)
+  assert not job.requeued(own, {})  # a single run: Hydra gives it no job id
+  assert not job.requeued({**own, "interrupted_by": "SIGTERM"}, {"job_id": "8704"})  # stopped by the user
+  assert not job.requeued({**own, "status": "completed"}, {"job_id": "8704"})
+  assert not job.requeued(None, {"job_id": "8704"})

@@ -3,7 +3,9 @@
 Every process runs `trainlab train` with the same config. `start` joins them through JAX's own multi-process
 runtime (jax.distributed.initialize): the coordinator's address, the number of processes and this one's index
 come from `distributed.*`, or, left null, from the cluster's environment as JAX reads it (SLURM's under srun).
-From then on jax.devices() lists the devices of every process, and the run is the data-parallel run of
+A process that cannot join fails in one line and exit code 2, never hangs: one other than process 0 first checks
+that the coordinator's port answers (`distributed.connect_timeout_s`), and a watchdog ends any process still waiting
+after `distributed.timeout_s` (JAX would abort it then with a C++ stack trace). From then on jax.devices() lists the devices of every process, and the run is the data-parallel run of
 trainlab.sharding over all of them (`devices=all`): one program, the batch split over the global mesh, the
 compiler's collectives summing the gradients. Every process holds the whole (small, resident) data set, so each
 device gathers its own share of each batch from its local copy: no process reads another's examples.
@@ -20,8 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import pathlib
-from typing import Iterator
+import socket
+import sys
+import threading
+import time
+from typing import Callable, Iterator
 
 import jax
 import numpy as np
@@ -33,19 +40,34 @@ from trainlab.config import ConfigError
 log = logging.getLogger("trainlab")
 
 PATH_BYTES = 4096  # the longest run directory path that process 0 can hand to the others
+WATCHDOG_HEAD_START_S = 10  # JAX's own timeout is this much later than the watchdog's
 
 
-def start(cfg: DictConfig) -> None:
+def start(cfg: DictConfig, on_timeout: Callable[[], None] = lambda: None) -> None:
   """Joins this process to the run's others (blocks until all have joined, or fails after the timeout).
+
+  Args:
+    cfg: the `distributed` group.
+    on_timeout: called just before the watchdog ends the process (the caller's cleanup).
 
   Raises:
     ConfigError: the coordinator cannot be found (neither set nor in the environment) or not be reached.
   """
   if jax.distributed.is_initialized():  # a second run in the same process (tests) reuses the runtime
     return
+  if cfg.coordinator and cfg.process_id:  # not process 0, which serves the coordinator: it must answer first
+    reach_coordinator(cfg.coordinator, cfg.connect_timeout_s)
+  where = f"distributed.coordinator={cfg.coordinator}" if cfg.coordinator else "the cluster's environment"
+  message = (f"distributed.enabled=true: process {cfg.process_id if cfg.process_id is not None else '?'} did not "
+             f"join the run within distributed.timeout_s={cfg.timeout_s} s: the coordinator ({where}) did not "
+             "answer, or not every process of distributed.num_processes started")
   try:
-    jax.distributed.initialize(coordinator_address=cfg.coordinator, num_processes=cfg.num_processes,
-                               process_id=cfg.process_id, initialization_timeout=int(cfg.timeout_s))
+    # JAX's own timeout ends the process with a fatal error and a C++ stack trace (SIGABRT), not an exception:
+    # the watchdog ends it first, in one line.
+    with watchdog(cfg.timeout_s, message, on_timeout):
+      jax.distributed.initialize(coordinator_address=cfg.coordinator, num_processes=cfg.num_processes,
+                                 process_id=cfg.process_id,
+                                 initialization_timeout=int(cfg.timeout_s) + WATCHDOG_HEAD_START_S)
   except (ValueError, RuntimeError) as e:  # JAX's own words on what it could not find or reach
     first_line = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
     raise ConfigError(f"distributed.enabled=true: jax.distributed.initialize failed: {first_line}. Set "
@@ -53,6 +75,48 @@ def start(cfg: DictConfig) -> None:
                       "distributed.process_id, or run under srun (SLURM)") from None
   log.info("distributed run: process %d of %d, %d of %d devices here", jax.process_index(), jax.process_count(),
            jax.local_device_count(), jax.device_count())
+
+
+def reach_coordinator(address: str, seconds: float) -> None:
+  """Waits up to `seconds` for a TCP connection to the coordinator's `host:port` (process 0 may start a little
+  after the others). JAX would wait its whole distributed.timeout_s for it, then abort.
+
+  Raises:
+    ConfigError: the address is not host:port, or nothing answered there in time.
+  """
+  host, _, port = address.rpartition(":")
+  host = host.strip("[]")  # [::1]:1234
+  if not host or not port.isdigit():
+    raise ConfigError(f"distributed.coordinator={address} is not allowed: it must be host:port (process 0's)")
+  deadline = time.monotonic() + seconds
+  while True:
+    try:
+      with socket.create_connection((host, int(port)), timeout=max(0.1, min(2.0, deadline - time.monotonic()))):
+        return
+    except OSError as e:
+      if time.monotonic() >= deadline:
+        raise ConfigError(f"distributed.coordinator={address}: nothing answered there within "
+                          f"distributed.connect_timeout_s={seconds} s ({e.strerror or e}); start process 0 first, or "
+                          "set distributed.coordinator to process 0's host:port") from None
+      time.sleep(0.25)
+
+
+@contextlib.contextmanager
+def watchdog(seconds: float, message: str, on_timeout: Callable[[], None]) -> Iterator[None]:
+  """Ends the process with `error: message` and exit code 2 if the block is still running after `seconds`. The
+  block may be blocked in C++: jax.distributed.initialize releases the GIL while it waits, so the timer runs."""
+  def give_up() -> None:
+    on_timeout()
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    os._exit(2)  # the main thread is inside JAX's wait; nothing of this process's own is left to save
+
+  timer = threading.Timer(seconds, give_up)
+  timer.daemon = True
+  timer.start()
+  try:
+    yield
+  finally:
+    timer.cancel()
 
 
 def is_leader() -> bool:

@@ -15,7 +15,7 @@ from typing import Callable
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
+from hydra.errors import HydraException, InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
@@ -28,7 +28,7 @@ USAGE = """usage: trainlab COMMAND [ARGS]
 
 commands:
   train [overrides]   train one model; -m/--multirun sweeps a grid (trainlab train --help for the groups)
-  report [DIR] [report.target=X] [report.metric=NAME]
+  report [DIR] [report.target=X] [report.metric=NAME] [report.best_per=KEY]
                       tables and plots of a sweep (DIR, default the latest under outputs/) into DIR
   tb [DIR] [--port P] start TensorBoard on outputs/ (or DIR) at 127.0.0.1 and print its address
 
@@ -72,7 +72,8 @@ def _run_distributed(cfg: DictConfig, hydra_cfg: DictConfig, workdir: pathlib.Pa
   from trainlab import distributed
 
   try:
-    distributed.start(cfg.distributed)
+    # A run that cannot join leaves no directory that it created (as a refused run leaves none).
+    distributed.start(cfg.distributed, on_timeout=lambda: job.remove_run_dir(workdir) if created else None)
   except config.ConfigError as e:
     if created:  # nothing of a run was written there
       job.remove_run_dir(workdir)
@@ -107,6 +108,9 @@ def _run_job(cfg: DictConfig, hydra_cfg: DictConfig, workdir: pathlib.Path, reco
   """The job, once it holds its directory: the refusals that leave the directory as it was, then the run
   (`before_training` called just before it starts: a distributed run's process 0 tells the others)."""
   previous, held = writers.read_summary(workdir), job.holds_run(workdir)
+  if not cfg.resume and job.requeued(previous, record):
+    log.info("%s: this job's own run, stopped at its time limit and requeued: resuming it", workdir)
+    cfg.resume = True
   if not cfg.resume and held:
     status = f" ({previous['status']})" if previous else ""
     return job.refuse(f"{workdir} already holds a run{status}; add resume=true to continue it, or choose another "
@@ -163,6 +167,10 @@ def train(argv: list[str]) -> None:
       print(f"error: {what}; choose another output directory (hydra.run.dir=... or hydra.sweep.dir=...)",
             file=sys.stderr)
       raise SystemExit(1) from None
+    refused = e.__cause__ if isinstance(e, InstantiationException) else e
+    if isinstance(refused, config.ConfigError):  # a plugin's refusal of its own key (hydra.launcher.devices)
+      print(f"error: {refused}", file=sys.stderr)
+      raise SystemExit(2) from None
     del os.environ["HYDRA_FULL_ERROR"]
     from trainlab.config import suggest
 

@@ -76,6 +76,7 @@ class RunRecord:
   earlier_seconds: float = 0.0  # wall time of the sessions before a resume
   last_loss: float = math.nan
   last_val: dict | None = None  # the latest validation point
+  last_train: dict | None = None  # the latest logged training point (a log_every window's means)
   stage: int | None = None  # a staged run's current stage, from 1 (trainlab.stages); None for other runs
   stage_results: list = dataclasses.field(default_factory=list)  # what each finished stage reached
 
@@ -109,8 +110,9 @@ def open_run(cfg: DictConfig, workdir: pathlib.Path, run: Any, state: Any, stop:
     record.best, record.train_seconds = host["best"], host["train_seconds"]
     record.window = Window(host["window_sums"], host["window_count"])
     record.earlier_seconds = host.get("wall_seconds", 0.0)
+    record.last_val, record.last_train = host.get("last_val"), host.get("last_train")  # older checkpoints: none
     if "stage" in host:
-      record.stage, record.stage_results, record.last_val = host["stage"], host["stage_results"], host["last_val"]
+      record.stage, record.stage_results = host["stage"], host["stage_results"]
     logger.info("resuming from the checkpoint at step %d", record.step)
   elif cfg.resume:
     logger.info("no checkpoint to resume from in %s: the run starts from step 0", workdir)
@@ -199,7 +201,8 @@ def record_chunk(record: RunRecord, chunk_metrics: dict[str, np.ndarray], run_no
       return True
     record.window.add({k: float(v[i]) for k, v in chunk_metrics.items()})
     if record.step % log_every == 0 or record.step == record.steps:
-      record.writer.write(record.step, record.window.pop())
+      record.last_train = record.window.pop()
+      record.writer.write(record.step, record.last_train)
   record.last_loss = float(chunk_metrics["loss"][run_now - 1])
   return False
 
@@ -241,9 +244,10 @@ def save_checkpoint(record: RunRecord, state: Any) -> None:
   record.writer.flush()  # the logs first: a checkpoint must never be ahead of them
   host = {"best": record.best, "train_seconds": record.train_seconds, "window_sums": record.window.sums,
           "window_count": record.window.count, "config": checkpoint.run_config(_container(record.cfg)),
-          "wall_seconds": wall_seconds(record), "data_fingerprint": record.data_fingerprint}
+          "wall_seconds": wall_seconds(record), "data_fingerprint": record.data_fingerprint,
+          "last_val": record.last_val, "last_train": record.last_train}  # the gap of a run resumed at its end
   if record.stage is not None:
-    host.update(stage=record.stage, stage_results=record.stage_results, last_val=record.last_val)
+    host.update(stage=record.stage, stage_results=record.stage_results)
   best = None
   if record.stopper is not None and record.stopper.best_state is not None:
     host["early_stopping"], best = record.stopper.saved(), record.stopper.best_state
@@ -276,6 +280,7 @@ def summarize(record: RunRecord, state: Any, evaluate_test: Callable[[Any], dict
       "best_val/step": best and best["step"],
       "best_val/loss": best and best["val/loss"],
       f"best_{metric}": best and best[metric],
+      **generalization_gap(record),
       **({"early_stopping/restored_step": record.stopper.best_step} if record.stopper else {}),
       writers.ZERO_FRACTION: float(regularizers.zero_fraction(state.params)),
       "wall_time_s": wall_seconds(record),  # every session of the run, resumed ones included
@@ -284,6 +289,18 @@ def summarize(record: RunRecord, state: Any, evaluate_test: Callable[[Any], dict
       "diagnostics_time_s": record.monitor.seconds,
       "data_fingerprint": record.data_fingerprint,
   }
+
+
+def generalization_gap(record: RunRecord) -> dict:
+  """{gap/<task metric>: the last logged train value - the last validation value} of a completed run, both at its
+  last step when log_every and eval_every divide it. The train value is the mean over the last log_every steps,
+  in training mode (dropout on), so a regularized net's gap can be negative. {} for a run that did not complete:
+  a diverged run's last points are from before the blow-up, and not from the same step."""
+  name = record.metric.split("/", 1)[1]
+  train, val = (record.last_train or {}).get(f"train/{name}"), (record.last_val or {}).get(record.metric)
+  if record.status != "completed" or train is None or val is None:
+    return {}
+  return {f"gap/{name}": train - val}
 
 
 def close(record: RunRecord) -> None:

@@ -146,3 +146,56 @@ def put(tree: Any, shardings: Any) -> Any:
 def padded_batch(devices: int, size: int) -> int:
   """`size` rounded up to a multiple of `devices`, so that an evaluation batch splits evenly."""
   return -(-size // devices) * devices
+
+
+# --- the vectorized launcher's members axis (hydra.launcher.devices) -----------------------------------------
+# A vmapped group's members are independent runs, so they need no collectives: each device holds whole members
+# (their states, values and keys split along the leading member axis) and the data sets whole. This is another
+# mesh than the data-parallel one above, and the two are never combined (the launcher refuses devices > 1 then).
+MEMBERS = "members"
+
+
+@functools.lru_cache(maxsize=8)
+def member_mesh(devices: int) -> Mesh:
+  """The first `devices` devices of this host as a one-axis mesh over a group's members."""
+  return jax.make_mesh((devices,), (MEMBERS,), axis_types=(AxisType.Auto,), devices=jax.devices()[:devices])
+
+
+def split_members(devices: int) -> NamedSharding | None:
+  """Arrays with a leading member axis, split along it over the devices; with one device None (the default
+  placement, as the vectorized launcher has always had it)."""
+  return None if devices == 1 else NamedSharding(member_mesh(devices), PartitionSpec(MEMBERS))
+
+
+def beside_members(devices: int) -> NamedSharding | None:
+  """What every member reads (the data sets): whole on each device of the members' mesh; one device: None."""
+  return None if devices == 1 else NamedSharding(member_mesh(devices), PartitionSpec())
+
+
+def keep_members(devices: int, tree: Any) -> Any:
+  """Inside a program: every array of `tree` (members first) split over the devices, which pins the layout of
+  what a vmapped program returns to the one it was given, so that its next call compiles nothing new."""
+  if devices == 1:
+    return tree
+  return jax.lax.with_sharding_constraint(tree, split_members(devices))
+
+
+def resolve_member_devices(devices: Any) -> int:
+  """The number of devices of `hydra.launcher.devices=` (1, N or "all") on this host.
+
+  Raises:
+    ConfigError: a value that is not a positive count or "all", or more devices than this host has.
+  """
+  if isinstance(devices, bool) or not (devices == "all" or (isinstance(devices, int) and devices >= 1)):
+    raise ConfigError(f"hydra.launcher.devices={devices} is not allowed: it must be a positive number of devices "
+                      "or all")
+  if devices == 1:  # the default: no mesh
+    return 1
+  available = jax.device_count()
+  if devices == "all":
+    return available
+  if devices > available:
+    kind = f"{jax.devices()[0].platform} device{'s' if available > 1 else ''}"
+    raise ConfigError(f"hydra.launcher.devices={devices} is not allowed: this machine has {available} {kind}, so it "
+                      f"must be at most {available} (or all)")
+  return devices

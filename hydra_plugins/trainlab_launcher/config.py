@@ -2,7 +2,7 @@
 sweeper (hydra/sweeper=grid, the default of `trainlab train -m`)."""
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -12,6 +12,9 @@ class VectorizedLauncherConf:
   _target_: str = "hydra_plugins.trainlab_launcher.vectorized_launcher.VectorizedLauncher"
   # The most jobs trained as one vmapped program (memory grows with it); null: all jobs that can be.
   max_members: Optional[int] = None
+  # The devices a group's members are split over (1, N or all): each device trains its share of the members,
+  # whole, with no communication between them; a group is padded to a multiple of them with idle placeholders.
+  devices: Any = 1
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="vectorized", node=VectorizedLauncherConf,

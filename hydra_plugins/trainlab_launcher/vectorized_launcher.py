@@ -10,7 +10,8 @@ For each job, in order, it composes the job's config and run directory as Hydra'
 - a run in stages (`pretrain`) goes through the normal path too: each stage is a program of its own;
 - every other job is prepared (config checked, data loaded, program structure known) and grouped with the
   jobs of equal `_vectorized_loop.group_key`; each group of two or more trains as one vmapped program
-  (_vectorized_loop.py), a group of one trains alone through the single-run loop.
+  (_vectorized_loop.py), its members split over `hydra.launcher.devices` devices, a group of one trains alone
+  through the single-run loop.
 
 Every job writes its own run directory, summary.json, HParams session and a log `train.log` of its own, and
 gets its row in results.csv from the sweep callback, as under the basic launcher. The working directory is
@@ -51,11 +52,16 @@ class _Job:
 
 
 class VectorizedLauncher(Launcher):
-  def __init__(self, max_members: Optional[int] = None) -> None:
+  def __init__(self, max_members: Optional[int] = None, devices: Any = 1) -> None:
     super().__init__()
     if max_members is not None and max_members < 1:
       raise ValueError(f"hydra.launcher.max_members={max_members} is not allowed: it must be >= 1 or null")
     self.max_members = max_members
+    self.devices = devices
+    if devices != 1 or isinstance(devices, bool):  # checked before the sweep writes anything; JAX only then
+      from trainlab import sharding
+
+      self.devices = sharding.resolve_member_devices(devices)
     self.config: Optional[DictConfig] = None
     self.task_function: Optional[TaskFunction] = None
     self.hydra_context: Optional[HydraContext] = None
@@ -132,6 +138,7 @@ class VectorizedLauncher(Launcher):
     up before any of them trains, so their directories, configs and logs are made here as run_job makes them.
     """
     from trainlab import train
+    from trainlab.config import ConfigError
     from trainlab.rundir import job as job_record, lock, on_demand
 
     config = job.sweep_config
@@ -156,6 +163,10 @@ class VectorizedLauncher(Launcher):
     job.logger.addHandler(job.handler)
     self.hydra_context.callbacks.on_job_start(config=config, task_function=self.task_function)
     try:
+      if self.devices > 1 and job.task_cfg.devices != 1:  # "all" too: this host has more than one device then
+        raise ConfigError(f"devices={job.task_cfg.devices} is not allowed with hydra.launcher.devices="
+                          f"{self.devices}: a job's batches split over devices (data parallel) and a group's "
+                          "members split over them cannot be combined; set one of them to 1")
       sources = on_demand.sources_dir(OmegaConf.select(config, "hydra.sweep.dir"))
       job.record.update(on_demand.resolve(job.task_cfg, sources))  # the runs it reads, trained if not yet there
       job.run = train.setup(job.task_cfg)
@@ -205,7 +216,7 @@ class VectorizedLauncher(Launcher):
         summaries = [train.train_and_evaluate(job.task_cfg, job.workdir, started, logger=job.logger)]
       else:
         members = [vectorized.Member(j.task_cfg, j.workdir, j.run, j.logger) for j in group]
-        summaries = vectorized.train_group(members, started)
+        summaries = vectorized.train_group(members, started, self.devices)
     except Exception as e:  # the program failed: every member of it failed
       for job in group:
         self._activate(job)

@@ -40,6 +40,7 @@ class DistributedConfig:  # trainlab.distributed
   num_processes: Optional[int] = value(1, default=None)
   process_id: Optional[int] = value(0, default=None)
   timeout_s: int = value(1, default=300)
+  connect_timeout_s: int = value(1, default=20)
 
 
 @schema("train_schema")
@@ -81,6 +82,7 @@ class DiagnosticsConfig:  # what a run measures besides its loss
 class ReportConfig:  # how a sweep is summarized
   metric: Optional[str] = None  # null: the task's validation metric
   target: Optional[float] = value(default=None)
+  best_per: Optional[str] = None  # a swept key: best.csv, the best configuration for each of its values
 
 
 def register_schemas() -> None:

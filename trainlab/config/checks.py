@@ -22,6 +22,7 @@ def check(cfg: DictConfig) -> None:
                       f"{missing[0]}={_example(cfg, missing[0])}")
   check_ranges(cfg)
   _backup_workers(cfg.optimizer, cfg.batch_size)
+  _layer_norm_of_one_unit(cfg.model)
 
 
 def _backup_workers(optimizer: DictConfig, batch_size: int) -> None:
@@ -33,6 +34,18 @@ def _backup_workers(optimizer: DictConfig, batch_size: int) -> None:
   if batch_size % workers:
     raise ConfigError(f"optimizer.workers={workers} is not allowed with batch_size={batch_size}: the workers split "
                       "each batch into equal shards, so it must divide batch_size")
+
+
+def _layer_norm_of_one_unit(model: DictConfig) -> None:
+  """Layer norm over a layer of one unit subtracts the unit's own value: the layer would output its bias alone."""
+  if model.get("norm") != "layer":
+    return
+  hidden = list(model.widths) if "widths" in model else [model.width] * (model.depth - 1) if "depth" in model else []
+  if 1 in hidden:
+    size = "model.widths" if "widths" in model else "model.width"
+    raise ConfigError(f"model.norm=layer is not allowed with a hidden layer of one unit ({size}="
+                      f"{OmegaConf.select(model, size.split('.')[1])}): normalized over its one unit it is always 0; "
+                      "use model.norm=batch, or wider layers")
 
 
 def _example(cfg: DictConfig, key: str) -> str:

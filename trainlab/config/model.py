@@ -69,6 +69,8 @@ class GRUConfig(TargetConfig):
 class LinearChainConfig(TargetConfig):
   depth: int = value(1)
   width: int = value(1)
+  norm: str = choice(*NORMS)
+  batch_momentum: float = value(**FRACTION)
 
 
 @dataclass

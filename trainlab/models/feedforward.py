@@ -90,17 +90,21 @@ class MLP(ActivatedModel, kw_only=True):
 class LinearChain(Model, kw_only=True):
   """The deep linear chain y = x W_1 W_2 ... W_l of the course notes: `depth` dense layers without biases or
   activations, `width` units each (width 1 on a scalar input is the scalar chain x w_1 ... w_l). The function
-  is linear, but the loss is not convex in the weights, and a step on one w_i rescales every later one."""
+  is linear, but the loss is not convex in the weights, and a step on one w_i rescales every later one.
+  With `norm`, each hidden layer's output h_i is normalized as the MLP's (batch: (h_i - mean) / std over the
+  batch, then γ h + β), so that a step on the lower layers no longer changes the statistics the next one sees."""
 
   depth: int
   width: int
+  norm: str = "none"  # none, batch, layer (config.NORMS)
+  batch_momentum: Any = 0.99
   inputs: ClassVar[tuple[str, ...]] = LAYOUTS
   option: ClassVar[str] = "linear_chain"
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    del train  # Unused: no dropout, no norm.
     x = x.reshape((x.shape[0], -1))
     for _ in range(self.depth - 1):
       x = nn.Dense(self.width, use_bias=False, kernel_init=self.kernel_init)(x)
+      x = activations.norm(self.norm, x, train=train, momentum=self.batch_momentum, frozen=self.frozen_norms)
     return nn.Dense(self.num_outputs, use_bias=False, kernel_init=self.kernel_init)(x)

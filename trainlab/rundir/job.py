@@ -13,16 +13,29 @@ import sys
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from trainlab import config, data, metrics
+from trainlab import config, data, metrics, signals
 from trainlab.rundir import atomic, checkpoint, jobs, lock, writers
 
 log = logging.getLogger("trainlab")
 
 
 def job_record(hydra_cfg: DictConfig) -> tuple[pathlib.Path, dict]:
-  """A job's run directory, and what its summary.json records about how it was asked for."""
+  """A job's run directory, and what its summary.json records about how it was asked for: its overrides, its
+  directory and, in a sweep, the launcher's id of the job (a SLURM job keeps its id when it is requeued)."""
   workdir = pathlib.Path(hydra_cfg.runtime.output_dir)
-  return workdir, {"overrides": jobs.run_overrides(list(hydra_cfg.overrides.task)), "run_dir": str(workdir)}
+  record = {"overrides": jobs.run_overrides(list(hydra_cfg.overrides.task)), "run_dir": str(workdir)}
+  job_id = OmegaConf.select(hydra_cfg, "job.id")  # Hydra leaves it unset (???) for a single run
+  return workdir, {**record, "job_id": str(job_id)} if job_id is not None else record
+
+
+def requeued(previous: dict | None, record: dict) -> bool:
+  """Whether the run in this job's directory is this job's own, stopped at its time limit: it is `interrupted` by
+  SIGUSR2 and recorded the same job id. Submitit requeues such a job with the same arguments (same directory, same
+  id), and it resumes without resume=true. A new command is a new job with a new id (and a sweep into a directory
+  that holds runs is refused before its jobs start)."""
+  return bool(previous and previous.get("status") == "interrupted"
+              and previous.get("interrupted_by") == signals.TIME_LIMIT
+              and "job_id" in record and previous.get("job_id") == record["job_id"])
 
 
 def changed_overrides(previous: dict, record: dict) -> list[str]:
@@ -161,14 +174,30 @@ def best_val(summary: dict) -> float | None:
 
 
 def stop_interrupted(summary: dict, workdir: pathlib.Path, multirun: bool, hydra_cfg: DictConfig) -> None:
-  """After a signal: says how to continue, lists a sweep's jobs run so far, exits with 128 + the signal."""
-  for signum in (signal.SIGTERM, signal.SIGINT):  # one more signal now ends the exit at once, without a traceback
-    signal.signal(signum, signal.SIG_DFL)
-  log.warning("interrupted at step %d; continue with the same command and resume=true%s", summary["steps_run"],
-              f" hydra.run.dir={workdir}" if not multirun else f" hydra.sweep.dir={hydra_cfg.sweep.dir}")
+  """After a signal: says how to continue, lists a sweep's jobs run so far, exits with 128 + the signal. A job in
+  a launcher's worker process (joblib, submitit, Ray) returns instead: the sweep's own process lists it
+  `interrupted` when the sweep ends, and exits 1 with the command that resumes it."""
+  from trainlab.rundir import sweep
+
+  worker = multirun and not sweep.SweepStop.in_this_process()
+  if not worker:  # one more signal now ends the exit at once, without a traceback
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(signum, signal.SIG_DFL)
+  if summary["interrupted_by"] == signals.TIME_LIMIT:  # submitit requeues the job here (and exits), if it may
+    signals.hand_over_time_limit()
+  if worker:
+    log.warning("interrupted at step %d; the sweep lists it, and says how to resume it when it ends",
+                summary["steps_run"])
+    return
   if multirun:  # the sweep stops here: list the jobs run so far
-    from trainlab.rundir import sweep
-    sweep.write_results(pathlib.Path(hydra_cfg.sweep.dir), sweep.collect(pathlib.Path(hydra_cfg.sweep.dir)))
+    sweep_dir = pathlib.Path(hydra_cfg.sweep.dir)
+    sweep.write_results(sweep_dir, sweep.collect(sweep_dir))
+    # (A job's Hydra config holds its own overrides, not the sweep's grid: the command is the user's, as typed.)
+    log.warning("interrupted at step %d; continue with the same command and resume=true hydra.sweep.dir=%s",
+                summary["steps_run"], sweep_dir)
+  else:
+    log.warning("interrupted at step %d; continue with the same command and resume=true hydra.run.dir=%s",
+                summary["steps_run"], workdir)
   raise SystemExit(128 + signal.Signals[summary["interrupted_by"]])
 
 

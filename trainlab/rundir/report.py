@@ -6,6 +6,9 @@
   metrics (and, in report.csv, the final test metrics), and, when `report.target` is set, the steps to reach
   it; ranked by the best validation metric. Configurations are selected by validation: report.md gives the test
   metrics of the selected (best) configuration only, on its "best configuration" line, and links the plots;
+- `best.csv`, with `report.best_per=KEY` (a swept key, such as `optimizer`): for each value of KEY, the best
+  configuration among those with that value, by the same ranking (each optimizer at its best learning rate);
+  report.md shows them, with their test metrics, in a "Best per KEY" table;
 - `curves.png`: train and validation loss and task metric against steps, a line per configuration (the mean
   over seeds) in a band of ± one standard deviation;
 - `sensitivity_<key>.png` for each swept numeric hyperparameter: the best validation metric against its value,
@@ -118,6 +121,8 @@ def table(groups: list[Group], metric: str = "val/accuracy", target: float | Non
     names += (writers.ZERO_FRACTION,)
   if any(r.summary.get("test/ece") is not None for g in groups for r in g.runs):  # a classification's calibration
     names += ("test/ece",)
+  if any(r.summary.get(f"gap/{task_metric}") is not None for g in groups for r in g.runs):  # runlog: train - val
+    names += (f"gap/{task_metric}",)
   for group in groups:
     row = {**dict(group.config), "runs": len(group.runs),
            "diverged": sum(r.summary.get("status") == "diverged" for r in group.runs),
@@ -133,6 +138,23 @@ def table(groups: list[Group], metric: str = "val/accuracy", target: float | Non
   sort, sign = f"best_val/{task_metric} mean", -1.0 if metrics.higher_is_better(task_metric) else 1.0
   rows.sort(key=lambda r: (r[sort] is None, sign * (r[sort] or 0.0)))
   return rows
+
+
+def best_rows_per(rows: list[dict], key: str) -> list[dict]:
+  """For each value of the swept `key`, the first of the ranked rows (table()) that has it: the best
+  configuration among those with that value, by the same rule; in the table's order, so the best value first."""
+  picked: dict[Any, dict] = {}
+  for row in rows:
+    picked.setdefault(row.get(key), row)
+  return list(picked.values())
+
+
+def check_best_per(key: str | None, runs: list[Run]) -> None:
+  """report.best_per must name a key that the sweep varies (not the seed: runs differing only in it are averaged)."""
+  keys = swept_keys(runs)
+  if key is not None and key not in keys:
+    raise ValueError(f"report.best_per={key} is not a swept key of this sweep; its swept keys (the seed aside) are: "
+                     f"{', '.join(keys) or 'none'}")
 
 
 SIGNIFICANT_DIGITS = 3  # of every number in report.md
@@ -389,12 +411,18 @@ def _slug(key: str) -> str:
 
 
 # --- the whole report ----------------------------------------------------------------------------------------
-def write_report(sweep_dir: pathlib.Path, metric: str | None = None, target: float | None = None) -> dict:
-  """Writes report.md, report.csv and the PNG plots into `sweep_dir`; returns {name: path} and the text.
-  `metric` is the curve that steps-to-target reads; None: the task's validation metric."""
+def write_report(sweep_dir: pathlib.Path, metric: str | None = None, target: float | None = None,
+                 best_per: str | None = None) -> dict:
+  """Writes report.md, report.csv, best.csv (with `best_per`) and the PNG plots into `sweep_dir`; returns
+  {name: path} and the text. `metric` is the curve that steps-to-target reads; None: the task's validation metric.
+
+  Raises:
+    ValueError: `best_per` is not a swept key of the sweep (before anything is written).
+  """
   sweep_dir = pathlib.Path(sweep_dir)
   groups = group_runs(load_runs(sweep_dir))
   runs = [r for g in groups for r in g.runs]
+  check_best_per(best_per, runs)
   task_metric = writers.task_metric([r.summary for r in runs])
   metric = metric or f"val/{task_metric}"
   common = sorted({f"{k}={v}" for r in runs for k, v in r.overrides.items() if k != "seed"}
@@ -402,6 +430,14 @@ def write_report(sweep_dir: pathlib.Path, metric: str | None = None, target: flo
   rows = table(groups, metric, target, task_metric)
   out = {"report.md": sweep_dir / "report.md", "report.csv": sweep_dir / "report.csv"}
   atomic.write_text(out["report.csv"], to_csv(rows))
+  best_section = ""
+  if best_per is not None:  # selected by validation, like the best configuration: their test metrics are shown
+    out["best.csv"] = sweep_dir / "best.csv"
+    best_rows = best_rows_per(rows, best_per)
+    atomic.write_text(out["best.csv"], to_csv(best_rows))
+    best_section = (f"\n## Best per {best_per}\n\nFor each {best_per}, its best configuration by "
+                    f"best_val/{task_metric} (mean over seeds), with its test metrics ([best.csv](best.csv)):\n\n"
+                    + to_markdown(best_rows))
   figures = {"curves.png": plot_curves(groups, task_metric), "init_layers.png": plot_init_layers(groups),
              "trajectories.png": plot_trajectories(groups)}
   for key in numeric_keys(groups):
@@ -414,8 +450,8 @@ def write_report(sweep_dir: pathlib.Path, metric: str | None = None, target: flo
   validation_rows = [{k: x for k, x in row.items() if not k.startswith("test/")} for row in rows]
   markdown = (f"{len(runs)} runs in {len(groups)} configurations; common to all: "
               f"{' '.join(common) or '(nothing)'}\n\n{best_line(rows, task_metric)}\n\n"
-              + to_markdown(validation_rows) + "\nPlots: " + ", ".join(f"[{name}]({name})" for name in out
-                                                                       if name.endswith(".png")) + "\n")
+              + to_markdown(validation_rows) + best_section + "\nPlots: "
+              + ", ".join(f"[{name}]({name})" for name in out if name.endswith(".png")) + "\n")
   atomic.write_text(out["report.md"], f"# Report: {sweep_dir}\n\n" + markdown)
   return {"markdown": markdown, **out}
 
@@ -438,15 +474,17 @@ def best_line(rows: list[dict], task_metric: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-  """`trainlab report [DIR] [report.target=X] [report.metric=NAME]`; prints the table and the files."""
-  settings = {"metric": None, "target": None}
+  """`trainlab report [DIR] [report.target=X] [report.metric=NAME] [report.best_per=KEY]`; prints the table and
+  the files."""
+  settings = {"metric": None, "target": None, "best_per": None}
   paths = []
   for arg in argv:
     key, value = jobs.parse_override(arg)
-    if "=" in arg and key in ("report.target", "report.metric"):
+    if "=" in arg and key in ("report.target", "report.metric", "report.best_per"):
       settings[key.split(".")[1]] = float(value) if key == "report.target" else value
     elif arg.startswith("-"):
-      print("usage: trainlab report [DIR] [report.target=X] [report.metric=NAME]", file=sys.stderr)
+      print("usage: trainlab report [DIR] [report.target=X] [report.metric=NAME] [report.best_per=KEY]",
+            file=sys.stderr)
       return 0 if arg in ("-h", "--help") else 2
     else:
       paths.append(arg)
@@ -455,7 +493,11 @@ def main(argv: list[str]) -> int:
   except (FileNotFoundError, NotADirectoryError) as e:
     print(f"trainlab report: {e}", file=sys.stderr)
     return 2
-  out = write_report(sweep_dir, **settings)
+  try:
+    out = write_report(sweep_dir, **settings)
+  except ValueError as e:  # a report.best_per that the sweep does not vary
+    print(f"trainlab report: {e}", file=sys.stderr)
+    return 2
   print(out.pop("markdown"), end="")
   print("\nwrote " + ", ".join(str(p) for p in out.values()))
   return 0

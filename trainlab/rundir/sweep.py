@@ -29,10 +29,12 @@ IN_PROCESS_LAUNCHERS = ("hydra._internal.core_plugins.basic_launcher.BasicLaunch
                         "hydra_plugins.trainlab_launcher.vectorized_launcher.VectorizedLauncher")
 METRIC_COLUMNS = ("status", "test/accuracy", "test/mse", "test/distance", "test/loss", "test/ece",
                   "best_val/accuracy", "best_val/mse", "best_val/distance", "best_val/loss", "best_val/step",
+                  "gap/accuracy", "gap/mse", "gap/distance",
                   "steps_run", "diverged_at_step", "wall_time_s", "compile_time_s", "steps_per_second", "error")
-# The task's metric (accuracy for classification, mse for regression, distance for an analytic problem) and a
-# classification's calibration error: a column only where some job has it.
-TASK_COLUMNS = (*(f"{split}/{name}" for split in ("test", "best_val") for name in metrics.TASK_METRIC.values()),
+# The task's metric (accuracy for classification, mse for regression, distance for an analytic problem: its test,
+# best validation and train - validation gap values) and a classification's calibration error: a column only
+# where some job has it.
+TASK_COLUMNS = (*(f"{split}/{name}" for split in ("test", "best_val", "gap") for name in metrics.TASK_METRIC.values()),
                 "test/ece")
 
 
@@ -56,6 +58,18 @@ def write_jobs(sweep_dir: pathlib.Path, overrides: list[list[str]]) -> None:
   left unstarted."""
   pathlib.Path(sweep_dir).mkdir(parents=True, exist_ok=True)  # as Hydra would next, with its error for a bad path
   atomic.write_text(pathlib.Path(sweep_dir) / JOBS_FILE, json.dumps([list(o) for o in overrides]) + "\n")
+
+
+def resume_command(hydra_cfg: DictConfig) -> str:
+  """The command that continues this sweep: its own overrides (Hydra's and the jobs'), resume=true and its
+  directory, quoted for a shell."""
+  import shlex
+
+  skip = ("hydra.mode", "hydra.sweep.dir", "resume")  # -m says the first; the last two are added at the end
+  overrides = [o for o in (*hydra_cfg.overrides.hydra, *hydra_cfg.overrides.task) if jobs.parse_override(o)[0]
+               not in skip]
+  words = ["trainlab", "train", "-m", *overrides, "resume=true", f"hydra.sweep.dir={hydra_cfg.sweep.dir}"]
+  return shlex.join(words)
 
 
 def write_results(sweep_dir: pathlib.Path, rows: list[dict]) -> pathlib.Path:
@@ -133,6 +147,13 @@ class ResultsTable(Callback):
       raise SystemExit(128 + signal.Signals[signal_name])
     if counts.get("failed"):
       log.error("%d of %d jobs failed: see the error column of %s", counts["failed"], len(rows), path)
+    # Jobs stopped in worker processes (a signal to a worker, the stop file, a time limit that was not requeued)
+    # while the sweep itself ran on: the sweep is not done, and says how to finish it.
+    stopped = counts.get("interrupted", 0) + counts.get("pending", 0)
+    if stopped:
+      log.error("%d of %d jobs did not finish (interrupted or pending); continue them with: %s", stopped,
+                len(rows), resume_command(config.hydra))
+    if counts.get("failed") or stopped:
       raise SystemExit(1)
 
 
@@ -204,7 +225,8 @@ def _write_views(sweep_dir: pathlib.Path, config: DictConfig) -> None:
   """The report: a view of results.csv, so it may fail alone. (The HParams columns need nothing of the sweep:
   TensorBoard computes them from the runs' sessions, writers.py says why.)"""
   try:
-    written = report.write_report(sweep_dir, metric=config.report.metric, target=config.report.target)
+    written = report.write_report(sweep_dir, metric=config.report.metric, target=config.report.target,
+                                  best_per=config.report.get("best_per"))
     log.info("report in %s, plots %s; TensorBoard: trainlab tb %s", written["report.md"],
              ", ".join(name for name in written if name.endswith(".png")) or "none", sweep_dir)
   except Exception as e:
