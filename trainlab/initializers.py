@@ -23,7 +23,7 @@ from trainlab.config import ConfigError
 
 # Keys of the init group that are not arguments of the weight initializer.
 OWN_KEYS = ("bias", "output_bias", "recurrent", "recurrent_gain",
-            "from_run", "from_checkpoint", "from_layers", "from_lr_scale")  # from_*: trainlab.transfer
+            "from_run", "from_checkpoint", "from_layers", "from_lr_scale", "source_overrides")  # from_*: trainlab.transfer
 
 
 def uniform(scale: float = 0.1):

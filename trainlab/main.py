@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from trainlab import config
-from trainlab.rundir import checkpoint, job, lock, writers
+from trainlab.rundir import checkpoint, job, jobs, lock, on_demand, writers
 
 log = logging.getLogger("trainlab")
 
@@ -94,6 +94,7 @@ def _run_distributed(cfg: DictConfig, hydra_cfg: DictConfig, workdir: pathlib.Pa
   from trainlab import train
 
   try:
+    on_demand.resolve(cfg, on_demand.sources_dir(shared))  # the sources process 0 made before it trained
     summary = train.train_and_evaluate(cfg, shared, started)
   except config.ConfigError as e:  # process 0 reports it too, in the run's summary
     return job.refuse(str(e), multirun)
@@ -130,14 +131,17 @@ def _run_job(cfg: DictConfig, hydra_cfg: DictConfig, workdir: pathlib.Path, reco
 
   # A failed or interrupted run resumes from its newest sound checkpoint, whatever its status: trainlab never
   # deletes a run's checkpoints.
-  hydra_record = job.write_hydra_record(workdir, HydraConfig.instance().cfg, cfg)
+  hydra_record = job.write_hydra_record(workdir, HydraConfig.instance().cfg, cfg)  # as given, sources unresolved
   before_training()
   try:
+    # the runs this one reads, given by the overrides that train them: trained here unless already there
+    record.update(on_demand.resolve(cfg, on_demand.sources_dir(hydra_cfg.sweep.dir if multirun else workdir)))
     summary = train.train_and_evaluate(cfg, workdir, started, stop_file=stop_file)
   except checkpoint.ResumeError as e:  # the run directory stays as it was, ready for the right command
     job.restore_hydra_record(workdir, hydra_record)
     return job.refuse(str(e), multirun)
   except Exception as e:  # one failed job must not take the sweep down
+    created = created and not (workdir / jobs.SOURCES_DIR).exists()  # nor the sources it trained there
     job.record_failure(workdir, record, e, multirun, created=created, held=held, hydra_record=hydra_record)
     return None
   result = job.record_result(workdir, record, summary)

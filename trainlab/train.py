@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainlab import (backup_workers, config, data, diagnostics, fast, fitnets, initializers, losses, models, optim,
                       regularizers, runlog, sharding, transfer, values)
-from trainlab.rundir import atomic, writers
+from trainlab.rundir import atomic, on_demand, writers
 from trainlab.signals import StopRequest
 
 log = logging.getLogger(__name__)
@@ -348,6 +348,7 @@ def setup(cfg: DictConfig, carried: transfer.Carried | None = None, hint: dict |
   Raises:
     config.ConfigError, data.DataError: a config or a data set that cannot be run, with one clear message.
   """
+  on_demand.check_resolved(cfg)
   config.check(cfg)
   fast.enable_persistent_cache()
   dataset = load_data(cfg.data)

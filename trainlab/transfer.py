@@ -27,7 +27,7 @@ import numpy as np
 from trainlab import optim
 from trainlab.config import ConfigError
 
-HOST_KEYS = ("from_run", "from_checkpoint", "from_layers")  # init keys read here, not by the program
+HOST_KEYS = ("from_run", "from_checkpoint", "from_layers", "source_overrides")  # init keys read here, not by the program
 ALL_BUT_OUTPUT = "hidden"
 
 
@@ -276,6 +276,7 @@ def take_teacher(program_cfg: dict) -> Teacher | None:
   if options is None:
     return None
   path, which = (options.pop(key) for key in TEACHER_KEYS)
+  options.pop("teacher_overrides", None)  # what trained the teacher at `path` (trainlab.rundir.on_demand)
   return load_teacher(path, which)
 
 

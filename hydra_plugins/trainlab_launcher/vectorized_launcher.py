@@ -139,7 +139,7 @@ class VectorizedLauncher(Launcher):
     """
     from trainlab import train
     from trainlab.config import ConfigError
-    from trainlab.rundir import job as job_record, lock
+    from trainlab.rundir import job as job_record, lock, on_demand
 
     config = job.sweep_config
     self._activate(job)
@@ -167,6 +167,8 @@ class VectorizedLauncher(Launcher):
         raise ConfigError(f"devices={job.task_cfg.devices} is not allowed with hydra.launcher.devices="
                           f"{self.devices}: a job's batches split over devices (data parallel) and a group's "
                           "members split over them cannot be combined; set one of them to 1")
+      sources = on_demand.sources_dir(OmegaConf.select(config, "hydra.sweep.dir"))
+      job.record.update(on_demand.resolve(job.task_cfg, sources))  # the runs it reads, trained if not yet there
       job.run = train.setup(job.task_cfg)
       return True
     except Exception as e:  # as train_app does: a failed job, and the sweep goes on

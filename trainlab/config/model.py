@@ -84,6 +84,7 @@ class InitConfig(TargetConfig):
   # which layers (paths or patterns; null: every layer with the same path and shape); the loaded layers' updates
   # are multiplied by from_lr_scale (a value: swept without compiling again).
   from_run: Optional[str] = None
+  source_overrides: Optional[List[str]] = None  # or the overrides that train the source (trainlab.rundir.on_demand)
   from_checkpoint: str = MISSING
   from_layers: Optional[List[str]] = None
   from_lr_scale: float = value(0.0)

@@ -4,6 +4,7 @@ registered here as regularizer_<name>_schema."""
 from __future__ import annotations
 
 from dataclasses import field
+from typing import List, Optional
 
 from trainlab.config.schema import FRACTION, MISSING, POSITIVE, choice, schema, value
 
@@ -62,6 +63,7 @@ class AugmentConfig:
 @schema("regularizer_distill_schema")
 class DistillConfig:
   teacher: str = field(default=MISSING, metadata={"example": "outputs/runs/DATE/TIME"})  # a run directory
+  teacher_overrides: Optional[List[str]] = None  # or the overrides that train it (trainlab.rundir.on_demand)
   checkpoint: str = MISSING  # last, best or a step number of the teacher's run
   temperature: float = value(**POSITIVE)
   alpha: float = value(0.0, 1.0)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import pathlib
 
+# The folder of a sweep that holds the runs its jobs made on demand (rundir/on_demand.py): not a job of the sweep.
+SOURCES_DIR = "sources"
+
 
 def job_dirs(sweep_dir: pathlib.Path) -> list[pathlib.Path]:
-  """The folders of `sweep_dir` in job order: Hydra's numbered ones by number (2 before 10), then the others."""
-  folders = [p for p in pathlib.Path(sweep_dir).iterdir() if p.is_dir()]
+  """The folders of `sweep_dir` in job order: Hydra's numbered ones by number (2 before 10), then the others; not
+  the sources folder."""
+  folders = [p for p in pathlib.Path(sweep_dir).iterdir() if p.is_dir() and p.name != SOURCES_DIR]
   return sorted(folders, key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name))
 
 
