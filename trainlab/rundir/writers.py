@@ -155,8 +155,8 @@ class RunWriter:
     """The points to TensorBoard only (a view, such as the best validation point so far)."""
     if self.silent:
       return
-    _check_events_thread(self._tb)
     for name, x in metrics.items():
+      _check_events_thread(self._tb)  # before each event: the thread may stop between two of them
       self._tb.add_scalar(tensorboard_tag(name), x, global_step=step)
 
   def config(self, yaml_text: str) -> None:
@@ -223,13 +223,21 @@ threading.excepthook = _keep_events_thread_errors
 
 
 def _check_events_thread(tb) -> None:
-  """Raises the error that stopped tensorboardX's writing thread, if it has stopped: events queued to a stopped
-  thread would fill its queue, and the next one would wait forever."""
+  """Raises the error that stopped tensorboardX's writing thread, if it has stopped, and otherwise returns once
+  its queue has room for one more event: an event queued to a full queue whose thread then stops (a full disk)
+  would wait forever. The run's thread is the queue's only producer, so room seen here is still there at the put.
+  """
   for file_writer in (tb.all_writers or {}).values():
     events = file_writer.event_writer
-    if not events._closed and not events._worker.is_alive():
-      error = _EVENTS_THREAD_ERRORS.get(events._worker) or OSError(errno.EIO, "TensorBoard's event writer stopped")
-      raise error
+    if events._closed:
+      continue
+    while True:
+      if not events._worker.is_alive():
+        error = _EVENTS_THREAD_ERRORS.get(events._worker) or OSError(errno.EIO, "TensorBoard's event writer stopped")
+        raise error
+      if not events._event_queue.full():
+        break
+      time.sleep(0.001)
 
 
 def _write_queued_events(tb) -> None:
