@@ -253,6 +253,12 @@ def section(name: str, overrides: list[str], docs: pathlib.Path, out: pathlib.Pa
   if code != 0:
     text += [f"**The sweep exited with code {code}**; the end of its log ({sweep_dir.name}.log):", "", "```", last,
              "```", ""]
+  best_csv = sweep_dir / "best.csv"  # written where the preset sets report.best_per: the table the claim reads first
+  if best_csv.is_file():
+    best_columns, best_rows = read_rows(best_csv)
+    key = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())["report"]["best_per"]  # as the sweep ran it
+    text += [f"Each {key} at its best configuration (the report's best.csv):", "",
+             markdown_table(table_columns(best_columns, best_rows, []), best_rows), "All runs:", ""]
   text += [markdown_table(table_columns(columns, rows, checks), rows)]
   if checks:
     text.append("Checks of the claim, read from this table (what the comment says to look at elsewhere, in the "

@@ -22,10 +22,12 @@ OTHER = "<!-- gallery:other begin -->\n## other\n\nkept as it was: 0.123\n<!-- g
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-  """The gallery after a shortened run of `clipping`, into a page that already held another preset's section."""
+  """The gallery after a shortened run of `clipping` that also picks the best per clip_norm, into a page that already
+  held another preset's section."""
   docs = tmp_path_factory.mktemp("docs")
   (docs / "gallery.md").write_text(f"old header\n\n{OTHER}")
-  proc = subprocess.run([sys.executable, str(SCRIPT), "clipping", "--override", "steps=50", "--docs", str(docs),
+  proc = subprocess.run([sys.executable, str(SCRIPT), "clipping", "--override", "steps=50", "--override",
+                         "report.best_per=optimizer.clip_norm", "--docs", str(docs),
                          "--out", str(docs.parent / "sweeps")], capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   return docs
@@ -37,9 +39,15 @@ def section(text: str, name: str) -> str:
 
 def test_section_has_command_comment_table_checks_and_plot(page):
   body = section((page / "gallery.md").read_text(), "clipping")
-  assert "`trainlab train -m experiment=clipping steps=50` (overridden: not the preset's documented size)" in body
+  assert ("`trainlab train -m experiment=clipping steps=50 report.best_per=optimizer.clip_norm` (overridden: not the "
+          "preset's documented size)") in body
   assert "> `trainlab train -m experiment=clipping`: gradient descent down a shallow valley" in body  # the comment
-  rows = [line for line in body.splitlines() if line.startswith("| ")]
+  best, _, whole = body.partition("All runs:")
+  assert "Each optimizer.clip_norm at its best configuration (the report's best.csv):" in best
+  best_rows = [line for line in best.splitlines() if line.startswith("| ")]
+  assert best_rows[0].startswith("| optimizer.clip_value | optimizer.clip_norm | runs | test/distance |")
+  assert len(best_rows) == 1 + 2  # the header and one row per clip_norm
+  rows = [line for line in whole.splitlines() if line.startswith("| ")]
   assert rows[0].startswith("| optimizer.clip_value | optimizer.clip_norm | runs | test/distance |")
   assert len(rows) == 1 + 4  # the header and one row per configuration of the 2 x 2 grid
   assert body.count("**Shown**") + body.count("**Not shown at this scale**") == 2  # the preset's two checks
