@@ -164,6 +164,23 @@ def test_the_multiruns_end_writes_best_csv_for_report_best_per(tmp_path):
   assert [(r["optimizer"], r["optimizer.lr"]) for r in rows] == [("adam", "0.01"), ("momentum", "0.1"), ("sgd", "1.0")]
 
 
+def test_the_report_command_rebuilds_the_sweeps_own_report_and_drops_a_stale_best_csv(tmp_path, capsys):
+  """`trainlab report DIR` starts from the report keys the sweep ran with (its multirun.yaml); a key given on the
+  command line wins, and a report without best_per removes the best.csv that no longer matches it."""
+  best_per_sweep(tmp_path)
+  OmegaConf.save(OmegaConf.create({"report": {"metric": None, "target": None, "best_per": "optimizer"}}),
+                 tmp_path / "multirun.yaml")
+  assert report.main([str(tmp_path)]) == 0
+  rows = list(csv.DictReader(open(tmp_path / "best.csv")))
+  assert [(r["optimizer"], r["optimizer.lr"]) for r in rows] == [("adam", "0.01"), ("momentum", "0.1"), ("sgd", "1.0")]
+  assert "## Best per optimizer" in (tmp_path / "report.md").read_text()
+  assert report.main([str(tmp_path), "report.best_per=optimizer.lr"]) == 0
+  assert [r["optimizer.lr"] for r in csv.DictReader(open(tmp_path / "best.csv"))] == ["0.01", "0.1", "1.0"]
+  assert report.main([str(tmp_path), "report.best_per=null"]) == 0
+  assert not (tmp_path / "best.csv").exists() and "## Best per" not in (tmp_path / "report.md").read_text()
+  capsys.readouterr()
+
+
 def test_a_sweep_of_regressions_is_judged_by_mse_lower_first(tmp_path):
   """Regression runs report mse: the table sorts by test/mse ascending, steps-to-target reads val/mse downwards,
   results.csv has the mse columns and no accuracy columns, and the dashboard lists the mse metrics."""

@@ -431,7 +431,9 @@ def write_report(sweep_dir: pathlib.Path, metric: str | None = None, target: flo
   out = {"report.md": sweep_dir / "report.md", "report.csv": sweep_dir / "report.csv"}
   atomic.write_text(out["report.csv"], to_csv(rows))
   best_section = ""
-  if best_per is not None:  # selected by validation, like the best configuration: their test metrics are shown
+  if best_per is None:  # a best.csv of an earlier report would not match this one's table
+    (sweep_dir / "best.csv").unlink(missing_ok=True)
+  else:  # selected by validation, like the best configuration: their test metrics are shown
     out["best.csv"] = sweep_dir / "best.csv"
     best_rows = best_rows_per(rows, best_per)
     atomic.write_text(out["best.csv"], to_csv(best_rows))
@@ -473,15 +475,28 @@ def best_line(rows: list[dict], task_metric: str) -> str:
           f"{stat(f'test/{task_metric}')}, {stat('test/loss')} ({best['runs']} runs)")
 
 
+def sweep_report_settings(sweep_dir: pathlib.Path) -> dict:
+  """The `report` keys the sweep ran with (its multirun.yaml), so that `trainlab report DIR` rebuilds the report
+  the sweep wrote; none where the directory has no multirun.yaml (jobs gathered by hand)."""
+  from omegaconf import OmegaConf
+
+  settings = {"metric": None, "target": None, "best_per": None}
+  path = sweep_dir / "multirun.yaml"
+  if path.is_file():
+    ran = OmegaConf.to_container(OmegaConf.load(path).get("report") or {})
+    settings.update({k: ran.get(k) for k in settings})
+  return settings
+
+
 def main(argv: list[str]) -> int:
   """`trainlab report [DIR] [report.target=X] [report.metric=NAME] [report.best_per=KEY]`; prints the table and
-  the files."""
-  settings = {"metric": None, "target": None, "best_per": None}
-  paths = []
+  the files. Keys not given are the sweep's own; `null` unsets one."""
+  given, paths = {}, []
   for arg in argv:
     key, value = jobs.parse_override(arg)
     if "=" in arg and key in ("report.target", "report.metric", "report.best_per"):
-      settings[key.split(".")[1]] = float(value) if key == "report.target" else value
+      none = value in ("null", "None", "")
+      given[key.split(".")[1]] = None if none else float(value) if key == "report.target" else value
     elif arg.startswith("-"):
       print("usage: trainlab report [DIR] [report.target=X] [report.metric=NAME] [report.best_per=KEY]",
             file=sys.stderr)
@@ -493,6 +508,7 @@ def main(argv: list[str]) -> int:
   except (FileNotFoundError, NotADirectoryError) as e:
     print(f"trainlab report: {e}", file=sys.stderr)
     return 2
+  settings = {**sweep_report_settings(sweep_dir), **given}  # the sweep's own report, but for what the user names
   try:
     out = write_report(sweep_dir, **settings)
   except ValueError as e:  # a report.best_per that the sweep does not vary
