@@ -269,3 +269,24 @@ def test_an_error_while_programs_compile_ahead_is_a_failed_run_not_an_abort(tmp_
   summary = writers.read_summary(run)
   assert summary["status"] == "failed"
   assert summary["error"] == "MemoryError: RESOURCE_EXHAUSTED: out of memory in the diagnostics"
+
+
+def test_a_search_with_unfinished_trials_says_how_its_study_continues_not_resume(tmp_path, caplog):
+  """resume=true would draw a search's trials anew: its end names the study storage instead of a resume command."""
+  from omegaconf import OmegaConf
+
+  writers.write_summary(tmp_path / "0", {"status": "completed", "best_val/accuracy": 0.5, "test/accuracy": 0.5,
+                                         "overrides": ["optimizer.lr=0.1"]})
+  writers.write_summary(tmp_path / "1", {"status": "interrupted", "overrides": ["optimizer.lr=0.01"]})
+  cfg = OmegaConf.create({"report": {"metric": None, "target": None}, "hydra": {
+      "sweep": {"dir": str(tmp_path)}, "overrides": {"hydra": [], "task": []},
+      "sweeper": {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"}}})
+  with pytest.raises(SystemExit) as stop:
+    sweep.ResultsTable().on_multirun_end(cfg)
+  assert stop.value.code == 1
+  assert "1 of 2 trials did not finish" in caplog.text and "same study_name" in caplog.text
+  assert "resume=true hydra.sweep.dir" not in caplog.text
+  cfg.hydra.sweeper._target_ = "trainlab_sweeper.GridSweeper"  # a grid: the command that continues it
+  with pytest.raises(SystemExit):
+    sweep.ResultsTable().on_multirun_end(cfg)
+  assert f"resume=true hydra.sweep.dir={tmp_path}" in caplog.text

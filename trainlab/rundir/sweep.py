@@ -60,6 +60,11 @@ def write_jobs(sweep_dir: pathlib.Path, overrides: list[list[str]]) -> None:
   atomic.write_text(pathlib.Path(sweep_dir) / JOBS_FILE, json.dumps([list(o) for o in overrides]) + "\n")
 
 
+def is_search(hydra_cfg: DictConfig) -> bool:
+  """Whether the sweep is a search (hydra/sweeper=search, Optuna's), whose trials resume=true cannot replay."""
+  return "optuna" in str(hydra_cfg.get("sweeper", {}).get("_target_", "")).lower()
+
+
 def resume_command(hydra_cfg: DictConfig) -> str:
   """The command that continues this sweep: its own overrides (Hydra's and the jobs'), resume=true and its
   directory, quoted for a shell."""
@@ -150,7 +155,11 @@ class ResultsTable(Callback):
     # Jobs stopped in worker processes (a signal to a worker, the stop file, a time limit that was not requeued)
     # while the sweep itself ran on: the sweep is not done, and says how to finish it.
     stopped = counts.get("interrupted", 0) + counts.get("pending", 0)
-    if stopped:
+    if stopped and is_search(config.hydra):
+      log.error("%d of %d trials did not finish (interrupted or pending); a search is not resumed by resume=true: "
+                "with hydra.sweeper.storage=sqlite:///FILE.db, a new command with the same study_name continues "
+                "its study", stopped, len(rows))
+    elif stopped:
       log.error("%d of %d jobs did not finish (interrupted or pending); continue them with: %s", stopped,
                 len(rows), resume_command(config.hydra))
     if counts.get("failed") or stopped:
