@@ -55,14 +55,20 @@ def run_cli(*args: str, cwd: pathlib.Path, check: bool = True) -> subprocess.Com
   return proc
 
 
+def compose_job_config(overrides: list[str] = ()) -> DictConfig:
+  """The config a job of `trainlab train OVERRIDES` trains on: without Hydra's own fields (as in a job's process).
+  Also imported by the tests' child processes (PYTHONPATH holds tests/)."""
+  cfg = compose_config(overrides)
+  with open_dict(cfg):
+    del cfg["hydra"]
+  return cfg
+
+
 def train_in_process(overrides: list[str], workdir: pathlib.Path) -> dict:
   """train_and_evaluate on the composed config, in this process (so compiled programs are shared)."""
   from trainlab import train
 
-  cfg = compose_config(overrides)
-  with open_dict(cfg):
-    del cfg["hydra"]
-  return train.train_and_evaluate(cfg, workdir)
+  return train.train_and_evaluate(compose_job_config(overrides), workdir)
 
 
 @pytest.fixture

@@ -37,20 +37,11 @@ RUN = ["batch_size=64", "steps=40", "eval_every=20", "log_every=10", "diagnostic
 EIGHT_DEVICE_JOBS = r"""
 import json, pathlib, sys, tempfile
 import jax, numpy as np
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
+from conftest import compose_job_config as job_config  # tests/ is on the child's PYTHONPATH
 from trainlab import config, sharding, train
 from trainlab.rundir import checkpoint
 
-config.register_schemas()
 root = pathlib.Path(tempfile.mkdtemp())
-
-def job_config(overrides):
-  with initialize_config_dir(config_dir=str(pathlib.Path(train.__file__).parents[1] / "conf"), version_base="1.3"):
-    cfg = compose(config_name="train", overrides=overrides)
-  with open_dict(cfg):
-    cfg.pop("hydra", None)
-  return cfg
 
 def run(overrides, workdir):
   return train.train_and_evaluate(job_config(overrides), workdir)
@@ -95,7 +86,7 @@ print("RESULTS" + json.dumps(results))
 def eight_devices() -> dict:
   """The environment of a process with 8 simulated CPU devices."""
   flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8".strip()
-  return {**os.environ, "XLA_FLAGS": flags, "PYTHONPATH": str(ROOT)}
+  return {**os.environ, "XLA_FLAGS": flags, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
 
 
 def run_on_eight_devices(jobs: list[tuple[str, list[str], str]]) -> dict:

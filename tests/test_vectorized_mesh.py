@@ -32,8 +32,7 @@ SWEEP = ["hydra/launcher=vectorized", "optimizer.lr=0.003,0.05,1e30", "seed=0,1"
 MESH_SWEEPS = r"""
 import csv, json, pathlib, sys, tempfile
 import jax, numpy as np
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
+from conftest import compose_job_config as job_config  # tests/ is on the child's PYTHONPATH
 from trainlab import main, sharding, train
 from trainlab.rundir import checkpoint, writers
 from hydra_plugins.trainlab_launcher import _vectorized_loop as vectorized
@@ -46,13 +45,6 @@ def final_params(workdir):
   state = saved.restore(None, saved.latest_step())
   saved.close()
   return {"params": [np.asarray(a).tolist() for a in jax.tree.leaves(state["params"])], "model_state": []}
-
-def job_config(overrides):
-  with initialize_config_dir(config_dir=str(pathlib.Path(train.__file__).parents[1] / "conf"), version_base="1.3"):
-    cfg = compose(config_name="train", overrides=overrides)
-  with open_dict(cfg):
-    cfg.pop("hydra", None)
-  return cfg
 
 def chunk_on_mesh(overrides, devices):
   # the group's program as the sweep compiled it (cached): its compilations, and its chunk compiled for 8 members
