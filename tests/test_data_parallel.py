@@ -89,14 +89,20 @@ def eight_devices() -> dict:
   return {**os.environ, "XLA_FLAGS": flags, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
 
 
-def run_on_eight_devices(jobs: list[tuple[str, list[str], str]]) -> dict:
-  """Runs the jobs in a fresh process with 8 simulated CPU devices; returns their results by name."""
-  proc = subprocess.run([sys.executable, "-c", EIGHT_DEVICE_JOBS, json.dumps(jobs)], env=eight_devices(),
+def run_script_on_eight_devices(script: str, argument) -> dict:
+  """Runs the script in a fresh process with 8 simulated CPU devices, its argument as JSON in argv[1]; returns the
+  JSON it printed after RESULTS (which holds the process's device_count, checked here)."""
+  proc = subprocess.run([sys.executable, "-c", script, json.dumps(argument)], env=eight_devices(),
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads(proc.stdout.split("RESULTS", 1)[1])
   assert results.pop("device_count") == 8
   return results
+
+
+def run_on_eight_devices(jobs: list[tuple[str, list[str], str]]) -> dict:
+  """Runs the jobs in a fresh process with 8 simulated CPU devices; returns their results by name."""
+  return run_script_on_eight_devices(EIGHT_DEVICE_JOBS, jobs)
 
 
 def assert_same_trees(a: dict, b: dict, rtol: float, atol: float) -> None:

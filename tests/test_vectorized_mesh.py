@@ -9,16 +9,12 @@ what it found as JSON.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from conftest import run_cli
 from hydra_plugins.trainlab_launcher.vectorized_launcher import VectorizedLauncher
-from test_data_parallel import assert_same_trees, eight_devices
+from test_data_parallel import assert_same_trees, run_script_on_eight_devices
 from trainlab.config import ConfigError
 
 # 3 learning rates (1e30 diverges at once: a member masked on its device) x 2 seeds = 6 jobs, one group. On 4
@@ -87,12 +83,7 @@ print("RESULTS" + json.dumps(results))
 
 
 def run_sweeps_on_eight_devices(sweeps: dict[str, list[str]]) -> dict:
-  proc = subprocess.run([sys.executable, "-c", MESH_SWEEPS, json.dumps(sweeps)], env=eight_devices(),
-                        capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  results = json.loads(proc.stdout.split("RESULTS", 1)[1])
-  assert results.pop("device_count") == 8
-  return results
+  return run_script_on_eight_devices(MESH_SWEEPS, sweeps)
 
 
 def assert_same_jobs(split: dict, one: dict) -> None:
