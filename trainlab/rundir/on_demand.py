@@ -45,11 +45,12 @@ POLL_S = 0.2  # how often the job looks for the sweep's stop file while its sour
 
 
 class SourceInterrupted(Exception):
-  """The source stopped on a signal (passed on by the job, or its own) after its checkpoint: the job that needs
-  it is `interrupted`, not failed, and resume=true continues the source."""
+  """The source stopped on a signal (passed on by the job, or its own) after its checkpoint, or was not started
+  because the sweep is stopping: the job that needs it is `interrupted`, not failed, and resume=true continues
+  the source."""
 
   def __init__(self, key: str, run_dir: pathlib.Path, signal_name: str):
-    super().__init__(f"{key}: the source run in {run_dir} was stopped by {signal_name} after its checkpoint; "
+    super().__init__(f"{key}: the source run in {run_dir} stopped on {signal_name} before it finished; "
                      "resume=true continues it")
     self.signal_name = signal_name
 
@@ -99,6 +100,8 @@ def ensure(overrides: list[str], sources: pathlib.Path, key: str = "init.source_
       return run_dir, False
     if summary.get("status") in ("failed", "diverged"):
       raise ConfigError(_failed(key, run_dir, summary, "") + "; remove the directory to train it again")
+    if stop_file is not None and stop_file.exists():  # stopped while this job waited on the lock
+      raise SourceInterrupted(key, run_dir, stop_file.read_text().strip() or "SIGTERM")
     _train(overrides, run_dir, key, stop_file)
     summary = writers.read_summary(run_dir) or {}
     if summary.get("status") == "interrupted":
