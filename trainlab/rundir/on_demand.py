@@ -89,7 +89,7 @@ def ensure(overrides: list[str], sources: pathlib.Path, key: str = "init.source_
 
   Raises:
     ConfigError: an override that describes no source, a source that does not start or fails, in one line.
-    SourceInterrupted: the source stopped on a signal, after its checkpoint.
+    SourceInterrupted: the source stopped on a signal after its checkpoint, or the sweep is stopping.
   """
   overrides = check_overrides(key, overrides)
   run_dir = source_dir(sources, overrides)
