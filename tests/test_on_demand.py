@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import signal
 import subprocess
+import sys
 import threading
+import time
 
 import pytest
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from trainlab.config import ConfigError
 from trainlab.rundir import jobs, on_demand, writers
 
@@ -53,7 +58,7 @@ def test_two_callers_at_once_train_the_source_once(made):
 
 def test_a_finished_source_is_reused_without_training(made, monkeypatch):
   sources, _ = made
-  monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("a finished source was trained again"))
+  monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("a finished source was trained again"))
   assert on_demand.ensure(TINY, sources) == (on_demand.source_dir(sources, TINY), False)
 
 
@@ -84,7 +89,7 @@ def test_a_failed_source_is_not_trained_again(tmp_path, monkeypatch):
   run_dir = on_demand.source_dir(tmp_path, TINY)
   run_dir.mkdir(parents=True)
   writers.write_summary(run_dir, {"status": "failed", "error": "FloatingPointError: boom"})
-  monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("a failed source was trained again"))
+  monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("a failed source was trained again"))
   with pytest.raises(ConfigError, match=r"failed: FloatingPointError: boom; its log: .*source.log; remove the "
                                         r"directory to train it again$"):
     on_demand.ensure(TINY, tmp_path)
@@ -148,3 +153,53 @@ def test_parallel_jobs_of_a_sweep_train_their_source_once(tmp_path):
   assert {m["run"] for m in made} == {str(run_dir)}
   assert (run_dir / on_demand.LOG_FILE).read_text().count("final metrics") == 1
   assert [r["job"] for r in csv.DictReader((sweep / "results.csv").open())] == ["0", "1"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher,waiting", [([], "pending"), (["hydra/launcher=joblib"], "interrupted")])
+def test_a_sweep_stopped_while_its_source_trains_loses_nothing(tmp_path, launcher, waiting):
+  """SIGTERM to the sweep's own process alone while a job trains the source both jobs need: the job passes it on
+  to the source's child process (its own process group; in a joblib worker, which the signal misses, on the sweep's
+  stop file), waits for its checkpoint, and is `interrupted`, not failed; the other job is `pending` (basic
+  launcher: not started) or `interrupted` (joblib: it waited on the source's lock); no child is left running.
+  resume=true continues the source from its checkpoint (each of its steps logged once across both attempts) and
+  completes both jobs; results.csv lists the jobs only."""
+  sweep = tmp_path / "sweep"
+  source = ["steps=4000", "eval_every=20", "log_every=20", "checkpoint.every=20", "batch_size=32",
+            "diagnostics=off", "model.widths=[8]", "regularizer=[]"]
+  quoted = ",".join(f'"{o}"' for o in source)
+  args = ["train", "-m", *launcher, *TINY, f"init.source_overrides=[{quoted}]", "seed=0,1",
+          f"hydra.sweep.dir={sweep}"]
+  run_dir = on_demand.source_dir(sweep.resolve() / jobs.SOURCES_DIR, source)
+  proc = subprocess.Popen([sys.executable, "-m", "trainlab", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+  deadline = time.monotonic() + 300
+  while not (run_dir / writers.METRICS_FILE).is_file() or not (run_dir / writers.METRICS_FILE).read_text():
+    assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  output = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 128 + signal.SIGTERM, output
+  first = writers.read_summary(run_dir)
+  assert first["status"] == "interrupted" and first["interrupted_by"] == "SIGTERM", output
+  assert 0 < first["steps_run"] < 4000
+  logs = output + "".join(p.read_text() for p in sweep.glob("*/*.log"))  # a joblib worker's log is its job's
+  pid = int(re.search(r"passing it on to the source run \(pid (\d+)\)", logs).group(1))
+  with pytest.raises(ProcessLookupError):  # the child ended (and was waited for) before the sweep did
+    os.kill(pid, 0)
+  statuses = {r["job"]: r["status"] for r in csv.DictReader((sweep / "results.csv").open())}
+  [trained] = [p.parent.name for p in sweep.glob("*/train.log") if "training the source run" in p.read_text()]
+  assert statuses == {trained: "interrupted", str(1 - int(trained)): waiting}, logs
+  assert writers.read_summary(sweep / trained)["interrupted_by"] == "SIGTERM"
+
+  run_cli(*args, "resume=true", cwd=tmp_path)
+  summary = writers.read_summary(run_dir)
+  assert summary["status"] == "completed" and summary["steps_run"] == 4000
+  assert summary["resumed_from_step"] == first["steps_run"]  # continued from its checkpoint, not restarted
+  steps = [json.loads(line)["step"] for line in (run_dir / writers.METRICS_FILE).read_text().splitlines()
+           if "train/loss" in json.loads(line)]
+  assert steps == list(range(20, 4001, 20))  # each logged once, across both attempts
+  assert [(r["job"], r["status"]) for r in csv.DictReader((sweep / "results.csv").open())] == [
+      ("0", "completed"), ("1", "completed")]
+  made = [writers.read_summary(sweep / j)["sources"]["init.source_overrides"]["made_on_demand"] for j in "01"]
+  assert sorted(made) == [False, True]

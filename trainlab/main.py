@@ -135,11 +135,18 @@ def _run_job(cfg: DictConfig, hydra_cfg: DictConfig, workdir: pathlib.Path, reco
   before_training()
   try:
     # the runs this one reads, given by the overrides that train them: trained here unless already there
-    record.update(on_demand.resolve(cfg, on_demand.sources_dir(hydra_cfg.sweep.dir if multirun else workdir)))
+    record.update(on_demand.resolve(cfg, on_demand.sources_dir(hydra_cfg.sweep.dir if multirun else workdir),
+                                    stop_file=stop_file))
     summary = train.train_and_evaluate(cfg, workdir, started, stop_file=stop_file)
   except checkpoint.ResumeError as e:  # the run directory stays as it was, ready for the right command
     job.restore_hydra_record(workdir, hydra_record)
     return job.refuse(str(e), multirun)
+  except on_demand.SourceInterrupted as e:  # a stop the user asked for while the source trained: not a failure
+    log.warning("%s", e)
+    summary = {"status": "interrupted", "interrupted_by": e.signal_name, "steps_run": 0}
+    job.record_result(workdir, record, summary)
+    job.stop_interrupted(summary, workdir, multirun, hydra_cfg)
+    return None
   except Exception as e:  # one failed job must not take the sweep down
     created = created and not (workdir / jobs.SOURCES_DIR).exists()  # nor the sources it trained there
     job.record_failure(workdir, record, e, multirun, created=created, held=held, hydra_record=hydra_record)

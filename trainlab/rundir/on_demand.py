@@ -8,6 +8,11 @@ tools do not take it for a job (rundir/jobs.py). The first job that needs it tra
 directory's `.source.lock`; jobs that need it meanwhile (a parallel launcher) wait on that lock, then find it
 finished (summary.json, completed) and read it as they would a directory given by hand. A source that failed is
 not trained again: every job that needs it fails with the same line, naming its directory and its log.
+
+A stop asked of the job while its source trains (SIGTERM or SIGINT to its process, the sweep's stop file) is
+passed on to the child, which runs in a process group of its own so that each signal reaches it once: the job
+waits for the source to checkpoint and raises SourceInterrupted, and resume=true continues the source from its
+checkpoint.
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ import json
 import logging
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,6 +41,18 @@ LOCK_FILE = ".source.lock"  # beside the run's own .lock, which the child proces
 LOG_FILE = "source.log"  # the child's output: Hydra's errors never reach the run's own train.log
 NESTED = "TRAINLAB_SOURCE_RUN"  # set in the child: a source made on demand does not make sources itself
 REFUSED = ("hydra.", "resume", "init.source_overrides", "regularizer.distill.teacher_overrides")
+POLL_S = 0.2  # how often the job looks for the sweep's stop file while its source trains
+
+
+class SourceInterrupted(Exception):
+  """The source stopped on a signal (passed on by the job, or its own) after its checkpoint, or was not started
+  because the sweep is stopping: the job that needs it is `interrupted`, not failed, and resume=true continues
+  the source."""
+
+  def __init__(self, key: str, run_dir: pathlib.Path, signal_name: str):
+    super().__init__(f"{key}: the source run in {run_dir} stopped on {signal_name} before it finished; "
+                     "resume=true continues it")
+    self.signal_name = signal_name
 
 
 def sources_dir(base: pathlib.Path) -> pathlib.Path:
@@ -61,12 +81,15 @@ def check_overrides(key: str, overrides) -> list[str]:
   return list(overrides)
 
 
-def ensure(overrides: list[str], sources: pathlib.Path, key: str = "init.source_overrides"
-           ) -> tuple[pathlib.Path, bool]:
+def ensure(overrides: list[str], sources: pathlib.Path, key: str = "init.source_overrides",
+           stop_file: pathlib.Path | None = None) -> tuple[pathlib.Path, bool]:
   """(the directory of the finished source run that `overrides` describe, whether this call trained it).
+
+  stop_file: the sweep's stop file; once it appears, the source is stopped as by a signal.
 
   Raises:
     ConfigError: an override that describes no source, a source that does not start or fails, in one line.
+    SourceInterrupted: the source stopped on a signal after its checkpoint, or the sweep is stopping.
   """
   overrides = check_overrides(key, overrides)
   run_dir = source_dir(sources, overrides)
@@ -77,15 +100,20 @@ def ensure(overrides: list[str], sources: pathlib.Path, key: str = "init.source_
       return run_dir, False
     if summary.get("status") in ("failed", "diverged"):
       raise ConfigError(_failed(key, run_dir, summary, "") + "; remove the directory to train it again")
-    _train(overrides, run_dir, key)
+    if stop_file is not None and stop_file.exists():  # stopped while this job waited on the lock
+      raise SourceInterrupted(key, run_dir, stop_file.read_text().strip() or "SIGTERM")
+    _train(overrides, run_dir, key, stop_file)
     summary = writers.read_summary(run_dir) or {}
+    if summary.get("status") == "interrupted":
+      raise SourceInterrupted(key, run_dir, summary.get("interrupted_by") or "SIGTERM")
     if summary.get("status") != "completed":
       raise ConfigError(_failed(key, run_dir, summary, _last_error(run_dir / LOG_FILE)))
   return run_dir, True
 
 
-def _train(overrides: list[str], run_dir: pathlib.Path, key: str) -> None:
-  """`trainlab train OVERRIDES` into run_dir, continuing what an earlier, interrupted attempt left there."""
+def _train(overrides: list[str], run_dir: pathlib.Path, key: str, stop_file: pathlib.Path | None = None) -> None:
+  """`trainlab train OVERRIDES` into run_dir, continuing what an earlier, interrupted attempt left there; returns
+  when the child has ended, a stop passed on to it included (PassOn)."""
   command = [sys.executable, "-m", "trainlab", "train", *overrides, "resume=true", f"hydra.run.dir={run_dir}"]
   log.info("%s: training the source run in %s: trainlab train %s (its log: %s)", key, run_dir,
            " ".join(overrides), run_dir / LOG_FILE)
@@ -93,7 +121,59 @@ def _train(overrides: list[str], run_dir: pathlib.Path, key: str) -> None:
   # what it needs as it goes, unless the user said otherwise.
   env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", **os.environ, NESTED: "1"}
   with open(run_dir / LOG_FILE, "a") as out:
-    subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
+    with PassOn() as passing:
+      # Its own process group: a signal to the job's group (Ctrl-C) reaches the child once, through PassOn.
+      child = passing.start(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                             start_new_session=True))
+      while child.poll() is None:
+        if stop_file is not None and not passing.sent and stop_file.exists():  # a worker the signal missed
+          passing.send(signal.Signals[stop_file.read_text().strip() or "SIGTERM"])
+        time.sleep(POLL_S)
+
+
+class PassOn:
+  """While open, SIGTERM and SIGINT to this process are sent on to the child (each one, so that its second and
+  third mean what they mean to a run; one that came before it started, once it has), then given to the handler
+  that was there if it is a Python function (a sweep's SweepStop writes its stop file); the default actions, which
+  would end this process and leave the child running, are not taken."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.child, self.sent, self._early, self._previous = None, 0, [], {}
+
+  def start(self, child: subprocess.Popen) -> subprocess.Popen:
+    self.child = child
+    for signum in self._early:
+      self.send(signum)
+    return child
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
+      for signum in self.SIGNALS:
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for signum, handler in self._previous.items():
+      if signal.getsignal(signum) == self._handle:  # not where the handler before has since put its own choice
+        signal.signal(signum, handler)
+    self._previous = {}
+
+  def send(self, signum: int) -> None:
+    if self.child is None:
+      self._early.append(signum)
+    elif self.child.poll() is None:
+      log.warning("%s: passing it on to the source run (pid %d), which stops after a checkpoint",
+                  signal.Signals(signum).name, self.child.pid)
+      self.child.send_signal(signum)
+      self.sent += 1
+
+  def _handle(self, signum, frame) -> None:
+    self.send(signum)
+    previous = self._previous.get(signum)
+    if callable(previous) and previous is not signal.default_int_handler:
+      previous(signum, frame)
 
 
 def _failed(key: str, run_dir: pathlib.Path, summary: dict, reason: str) -> str:
@@ -120,13 +200,14 @@ def _given(cfg: DictConfig, key: str):
   return node[leaf]
 
 
-def resolve(cfg: DictConfig, sources: pathlib.Path) -> dict:
+def resolve(cfg: DictConfig, sources: pathlib.Path, stop_file: pathlib.Path | None = None) -> dict:
   """Sets init.from_run and regularizer.distill.teacher to the sources their overrides describe, trained into
-  `sources` where not yet there; returns what summary.json records of them ({} when the run needs none).
+  `sources` where not yet there (stopped when the sweep's `stop_file` appears); returns what summary.json records
+  of them ({} when the run needs none).
 
   Raises:
     ConfigError: both a directory and overrides given, a source made on demand that needs one itself, or
-      ensure's errors.
+      ensure's errors; SourceInterrupted.
   """
   record = {}
   for key, path_key in KEYS.items():
@@ -139,7 +220,7 @@ def resolve(cfg: DictConfig, sources: pathlib.Path) -> dict:
     if os.environ.get(NESTED):
       raise ConfigError(f"{key} is not allowed in a source run made on demand: give its own source by "
                         f"{path_key}=DIR")
-    run_dir, made = ensure(list(overrides), sources, key)
+    run_dir, made = ensure(list(overrides), sources, key, stop_file)
     OmegaConf.update(cfg, path_key, str(run_dir), merge=False)
     record[key] = {"overrides": list(overrides), "run": str(run_dir), "made_on_demand": made}
   return {"sources": record} if record else {}
