@@ -203,3 +203,30 @@ def test_a_sweep_stopped_while_its_source_trains_loses_nothing(tmp_path, launche
       ("0", "completed"), ("1", "completed")]
   made = [writers.read_summary(sweep / j)["sources"]["init.source_overrides"]["made_on_demand"] for j in "01"]
   assert sorted(made) == [False, True]
+
+
+@pytest.mark.slow
+def test_a_job_killed_outright_leaves_no_source_training(tmp_path):
+  """SIGKILL to a single run's process while its source trains (no handler runs): the source's child, in its own
+  process group, gets SIGTERM as its parent dies, checkpoints and ends `interrupted`, for resume=true."""
+  source = ["steps=4000", "eval_every=20", "log_every=20", "checkpoint.every=20", "batch_size=32",
+            "diagnostics=off", "model.widths=[8]", "regularizer=[]"]
+  quoted = ",".join(f'"{o}"' for o in source)
+  run = tmp_path / "run"
+  run_dir = on_demand.source_dir(run.resolve() / jobs.SOURCES_DIR, source)
+  proc = subprocess.Popen([sys.executable, "-m", "trainlab", "train", *TINY, f"init.source_overrides=[{quoted}]",
+                           f"hydra.run.dir={run}"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+  deadline = time.monotonic() + 300
+  while not (run_dir / writers.METRICS_FILE).is_file() or not (run_dir / writers.METRICS_FILE).read_text():
+    assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+    time.sleep(0.05)
+  proc.kill()
+  proc.communicate(timeout=60)
+  deadline = time.monotonic() + 120
+  while (writers.read_summary(run_dir) or {}).get("status") is None:
+    assert time.monotonic() < deadline, (run_dir / on_demand.LOG_FILE).read_text()[-2000:]
+    time.sleep(0.1)
+  summary = writers.read_summary(run_dir)
+  assert summary["status"] == "interrupted" and summary["interrupted_by"] == "SIGTERM"
+  assert 0 < summary["steps_run"] < 4000

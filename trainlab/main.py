@@ -161,6 +161,7 @@ def train(argv: list[str]) -> None:
   """`trainlab train`: the Hydra app, where a misspelled group, option or key gets its close match in one line
   instead of Hydra's advice to add it as a new key."""
   sys.argv = ["trainlab train", *argv]
+  on_demand.stop_with_parent()  # a source run started by a job's on-demand training ends with that job
   if os.environ.get("HYDRA_FULL_ERROR"):  # the user asked for Hydra's own tracebacks
     train_app()
     return

@@ -119,7 +119,7 @@ def _train(overrides: list[str], run_dir: pathlib.Path, key: str, stop_file: pat
            " ".join(overrides), run_dir / LOG_FILE)
   # A job's own process may already hold most of an accelerator's memory (JAX preallocates it): the child takes
   # what it needs as it goes, unless the user said otherwise.
-  env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", **os.environ, NESTED: "1"}
+  env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", **os.environ, NESTED: str(os.getpid())}  # see stop_with_parent
   with open(run_dir / LOG_FILE, "a") as out:
     with PassOn() as passing:
       # Its own process group: a signal to the job's group (Ctrl-C) reaches the child once, through PassOn.
@@ -129,6 +129,22 @@ def _train(overrides: list[str], run_dir: pathlib.Path, key: str, stop_file: pat
         if stop_file is not None and not passing.sent and stop_file.exists():  # a worker the signal missed
           passing.send(signal.Signals[stop_file.read_text().strip() or "SIGTERM"])
         time.sleep(POLL_S)
+
+
+def stop_with_parent() -> None:
+  """In a source run's own process, first thing (Linux): a SIGTERM to it when the job's process that started it
+  dies, so that a job killed outright (SIGKILL, or a hangup to its group, which the source's own group does not
+  get) leaves no source training on: it checkpoints and stops, and resume=true continues it. Set here rather than
+  between fork and exec, which is unsafe in a process with threads (JAX's). Elsewhere nothing is done."""
+  parent = os.environ.get(NESTED, "")
+  if not parent.isdigit() or not sys.platform.startswith("linux"):
+    return
+  import ctypes
+
+  PR_SET_PDEATHSIG = 1  # linux/prctl.h
+  ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+  if os.getppid() != int(parent):  # it died before the line above: nothing to train for
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class PassOn:
