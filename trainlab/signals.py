@@ -28,6 +28,22 @@ log = logging.getLogger(__name__)
 TIME_LIMIT = "SIGUSR2"  # the signal a run takes for its time limit (submitit's default, SUBMITIT_PREEMPT_SIGNAL)
 
 
+def install(signums, handler) -> dict:
+  """`handler` for each of the signals; returns the handlers it replaced, for `restore`. Nothing off the main
+  thread, where Python delivers no signal and cannot set a handler."""
+  if threading.current_thread() is not threading.main_thread():
+    return {}
+  return {signum: signal.signal(signum, handler) for signum in signums}
+
+
+def restore(previous: dict, only_from=None) -> None:
+  """The handlers `install` replaced; with `only_from`, only where that handler is still the one in place (not
+  where another has since put its own choice)."""
+  for signum, handler in previous.items():
+    if only_from is None or signal.getsignal(signum) == only_from:
+      signal.signal(signum, handler)
+
+
 class Stopping:
   """A context in which SIGTERM and SIGINT request a stop; `signal_name` says which came first (None: none)."""
 
@@ -37,14 +53,11 @@ class Stopping:
     self.signal_name, self._previous = None, {}
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
-      for signum in self.SIGNALS:
-        self._previous[signum] = signal.signal(signum, self._handle)
+    self._previous = install(self.SIGNALS, self._handle)
     return self
 
   def __exit__(self, *exc) -> None:
-    for signum, handler in self._previous.items():
-      signal.signal(signum, handler)
+    restore(self._previous)
     self._previous = {}
 
   def _handle(self, signum, frame) -> None:

@@ -25,11 +25,11 @@ import pathlib
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 from omegaconf import DictConfig, OmegaConf
 
+from trainlab import signals
 from trainlab.config import ConfigError
 from trainlab.rundir import jobs, lock, writers
 
@@ -165,15 +165,11 @@ class PassOn:
     return child
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
-      for signum in self.SIGNALS:
-        self._previous[signum] = signal.signal(signum, self._handle)
+    self._previous = signals.install(self.SIGNALS, self._handle)
     return self
 
   def __exit__(self, *exc) -> None:
-    for signum, handler in self._previous.items():
-      if signal.getsignal(signum) == self._handle:  # not where the handler before has since put its own choice
-        signal.signal(signum, handler)
+    signals.restore(self._previous, only_from=self._handle)  # a sweep's third signal may have set SIG_DFL since
     self._previous = {}
 
   def send(self, signum: int) -> None:
